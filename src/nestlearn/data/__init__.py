@@ -1,0 +1,1 @@
+"""nestlearn.data"""
