@@ -1,0 +1,28 @@
+"""Feed-forward layers. Signature shared by every FFN: ``forward(x, *, state=None) -> (y, state)``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP ``W_down(silu(W_gate x) * W_up x)`` (Shazeer 2020), as in Llama.
+
+    Shapes: ``x: [B, T, D] -> [B, T, D]``. Stateless: ``state`` passes through unchanged.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.dim, self.hidden = dim, hidden
+        self.w_gate = nn.Linear(dim, hidden, bias=False)
+        self.w_up = nn.Linear(dim, hidden, bias=False)
+        self.w_down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, *, state: None = None) -> tuple[torch.Tensor, None]:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x)), state
+
+    def flops_per_token(self) -> int:
+        """Forward multiply-adds x2 per token (matmuls only)."""
+        return 2 * 3 * self.dim * self.hidden

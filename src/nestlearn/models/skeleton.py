@@ -1,0 +1,217 @@
+"""The one LanguageModel skeleton every family shares: embed -> blocks -> norm -> head.
+
+Axis legend: B batch, T time, D model width, V vocabulary.
+
+A family differs only in the mixer and FFN classes inside its blocks (STYLE example 4), so
+checkpointing, generation, evaluation and parallelism are written once, here and in
+``nestlearn.train``. Per-sequence state (KV caches, memory weights, CMS levels) is data:
+a :class:`ModelState` threaded through ``forward``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from nestlearn.layers.norm import RMSNorm
+from nestlearn.models.config import ModelConfig
+
+
+def _detach(obj: Any) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    if hasattr(obj, "detach"):
+        return obj.detach()
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_detach(o) for o in obj)
+    return obj
+
+
+@dataclass
+class ModelState:
+    """Per-sequence state of every block: ``layers[i] = (mixer_state, ffn_state)``.
+
+    ``position`` counts the tokens already consumed (the next token's absolute position).
+    """
+
+    layers: list[tuple[Any, Any]]
+    position: int = 0
+
+    def detach(self) -> ModelState:
+        return ModelState([(_detach(m), _detach(f)) for m, f in self.layers], self.position)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``h = x + mixer(norm(x)); y = h + ffn(norm(h))``.
+
+    ``ffn`` may be ``None`` (e.g. Mamba-style blocks). Both submodules follow the house
+    signature ``forward(x, *, state=None) -> (y, state)``.
+    """
+
+    def __init__(self, dim: int, mixer: nn.Module, ffn: nn.Module | None, eps: float) -> None:
+        super().__init__()
+        self.mixer_norm = RMSNorm(dim, eps)
+        self.mixer = mixer
+        self.ffn_norm = RMSNorm(dim, eps) if ffn is not None else None
+        self.ffn = ffn
+
+    def forward(
+        self, x: torch.Tensor, *, state: tuple[Any, Any] | None = None
+    ) -> tuple[torch.Tensor, tuple[Any, Any] | None]:
+        ms, fs = state if state is not None else (None, None)
+        y, ms = self.mixer(self.mixer_norm(x), state=ms)
+        x = x + y
+        if self.ffn is not None:
+            y, fs = self.ffn(self.ffn_norm(x), state=fs)
+            x = x + y
+        return x, ((ms, fs) if state is not None else None)
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple:
+        def make(mod: nn.Module | None) -> Any:
+            fn = getattr(mod, "init_state", None)
+            return fn(batch_size, device, dtype) if fn is not None else None
+
+        return (make(self.mixer), make(self.ffn))
+
+
+class LanguageModel(nn.Module):
+    """Causal language model over token ids.
+
+    Shapes: ``idx: [B, T] (int64) -> logits: [B, T, V]``.
+    Build with :func:`nestlearn.models.build_model`; parameters are set by :meth:`init_weights`.
+    """
+
+    def __init__(self, cfg: ModelConfig, blocks: list[Block]) -> None:
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set (> 0) before building the model")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """Set every parameter and buffer. The one place initialisation happens.
+
+        ============================== ==========================================
+        parameter                      init
+        ============================== ==========================================
+        embed.weight                   normal(0, init_std); tied: normal(0, s_head)
+        head.weight (untied)           normal(0, s_head), s_head = min(init_std, 0.3/sqrt(D))
+        input-side Linear weights      normal(0, init_std)
+        output projections (``wo``,    normal(0, init_std / sqrt(2 * n_layers))
+        ``w_down``, ``out_proj``)      (GPT-2 / Llama residual scaling)
+        biases                         zeros
+        RMSNorm weights                ones
+        modules with reset_parameters  their own documented init (memories, convs)
+        ============================== ==========================================
+
+        ``s_head`` keeps the logits' standard deviation at about 0.3 whatever the width, so
+        the step-0 loss is within ~0.05 nats of ln(V) for every preset (checked by a test).
+        Non-persistent buffers (RoPE frequencies) are recomputed, so a model built on the
+        meta device and moved with ``to_empty`` is fully initialised by this call.
+        """
+        cfg = self.cfg
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.embed.weight.device).manual_seed(seed)
+        std = cfg.init_std
+        s_head = min(std, 0.3 / math.sqrt(cfg.dim))
+        out_std = std / math.sqrt(2 * cfg.n_layers)
+        out_names = ("wo", "w_down", "out_proj")
+        for module_name, module in self.named_modules():
+            if module is self:
+                continue
+            if isinstance(module, nn.Linear) and module is not self.head:
+                leaf = module_name.rsplit(".", 1)[-1]
+                s = out_std if leaf in out_names else std
+                module.weight.normal_(0.0, s, generator=gen)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, RMSNorm):
+                module.reset_parameters()
+            elif hasattr(module, "reset_parameters") and not isinstance(
+                module, (nn.Linear, nn.Embedding)
+            ):
+                module.reset_parameters()
+            if hasattr(module, "reset_buffers"):
+                module.reset_buffers()
+        self.embed.weight.normal_(0.0, s_head if cfg.tie_embeddings else std, generator=gen)
+        if not cfg.tie_embeddings:
+            self.head.weight.normal_(0.0, s_head, generator=gen)
+
+    # --------------------------------------------------------------- forward
+    def forward(
+        self,
+        idx: torch.Tensor,
+        *,
+        state: ModelState | None = None,
+        return_state: bool = False,
+    ) -> tuple[torch.Tensor, ModelState | None]:
+        """Logits for every position; optionally thread per-sequence state.
+
+        Args:
+            idx: ``[B, T]`` token ids.
+            state: state returned by an earlier call (continues that sequence).
+            return_state: start a fresh state when ``state`` is None and return it.
+        Returns:
+            ``(logits [B, T, V], state or None)``.
+        """
+        if idx.ndim != 2:
+            raise ValueError(f"idx must be [batch, time], got shape {tuple(idx.shape)}")
+        x = self.embed(idx)
+        if state is None and return_state:
+            state = self.init_state(idx.shape[0], device=idx.device)
+        new_layers = []
+        for i, block in enumerate(self.blocks):
+            x, s = block(x, state=state.layers[i] if state is not None else None)
+            new_layers.append(s)
+        logits = self.head(self.norm(x))
+        if state is None:
+            return logits, None
+        return logits, ModelState(new_layers, state.position + idx.shape[1])
+
+    def init_state(self, batch_size: int, device: torch.device | None = None) -> ModelState:
+        """A fresh per-sequence state for ``batch_size`` sequences."""
+        device = device or self.embed.weight.device
+        dtype = self.embed.weight.dtype
+        return ModelState([b.init_state(batch_size, device, dtype) for b in self.blocks], 0)
+
+    # ----------------------------------------------------------- accounting
+    def num_params(self, exclude_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embedding:
+            n -= self.embed.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token (forward + backward = 3x forward).
+
+        Counts the matmuls of every block (each submodule's ``flops_per_token``; a
+        submodule without one is counted as 2 x its parameter count) plus the head.
+        """
+        fwd = 2 * self.cfg.dim * self.cfg.vocab_size
+        for block in self.blocks:
+            for mod in (block.mixer, block.ffn):
+                if mod is None:
+                    continue
+                fn = getattr(mod, "flops_per_token", None)
+                if fn is None:
+                    fwd += 2 * sum(p.numel() for p in mod.parameters())
+                else:
+                    try:
+                        fwd += int(fn(seq_len))
+                    except TypeError:
+                        fwd += int(fn())
+        return 3 * fwd
