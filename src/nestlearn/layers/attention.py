@@ -80,12 +80,16 @@ class CausalSelfAttention(nn.Module):
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         """An empty KV cache for ``batch_size`` sequences."""
-        empty = torch.zeros(batch_size, 0, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
+        empty = torch.zeros(
+            batch_size, 0, self.n_kv_heads, self.head_dim, device=device, dtype=dtype
+        )
         return KVCache(empty, empty.clone())
 
     def reset_buffers(self) -> None:
         """Recompute non-persistent buffers (needed after building on the meta device)."""
-        self.inv_freq = rope_frequencies(self.head_dim, self.rope_base, device=self.wq.weight.device)
+        self.inv_freq = rope_frequencies(
+            self.head_dim, self.rope_base, device=self.wq.weight.device
+        )
 
     def forward(
         self, x: torch.Tensor, *, state: KVCache | None = None

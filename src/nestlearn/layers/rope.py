@@ -13,11 +13,15 @@ from __future__ import annotations
 import torch
 
 
-def rope_frequencies(head_dim: int, base: float, device: torch.device | None = None) -> torch.Tensor:
+def rope_frequencies(
+    head_dim: int, base: float, device: torch.device | None = None
+) -> torch.Tensor:
     """Inverse frequencies ``base^(-2i/D)``, shape ``[D/2]``, float32."""
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
-    return 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    return 1.0 / (
+        base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    )
 
 
 def rope_cos_sin(

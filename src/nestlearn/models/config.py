@@ -49,7 +49,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for key in ("dim", "n_layers", "n_heads", "max_seq_len"):
             if int(getattr(self, key)) <= 0:
-                raise ValueError(f"model.{key} must be a positive integer, got {getattr(self, key)}")
+                raise ValueError(
+                    f"model.{key} must be a positive integer, got {getattr(self, key)}"
+                )
         if self.vocab_size < 0:
             raise ValueError(f"model.vocab_size must be >= 0, got {self.vocab_size}")
         if self.dim % self.n_heads:

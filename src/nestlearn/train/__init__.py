@@ -1,1 +1,6 @@
-"""nestlearn.train"""
+"""Training: config, trainer, checkpoints, schedules, distributed wrapping."""
+
+from nestlearn.train.config import ConfigError, TrainConfig, resolve_config
+from nestlearn.train.trainer import Trainer, TrainResult
+
+__all__ = ["ConfigError", "TrainConfig", "TrainResult", "Trainer", "resolve_config"]

@@ -38,7 +38,12 @@ register_family(
 register_preset(
     "transformer-tiny",
     "CPU demo size: d=256, 4 layers, 4 heads, seq 256",
-    family="transformer", vocab_size=0, dim=256, n_layers=4, n_heads=4, max_seq_len=256,
+    family="transformer",
+    vocab_size=0,
+    dim=256,
+    n_layers=4,
+    n_heads=4,
+    max_seq_len=256,
 )
 # Titans recipe shapes (Behrouz et al. 2025, Titans section 5.1: 170M/340M/400M/760M,
 # Llama-2 32K tokenizer, training length 4K). The exact widths are not printed in the
@@ -46,20 +51,40 @@ register_preset(
 register_preset(
     "transformer-170m",
     "Titans recipe 170M shape (d=768, 12 layers), vocab 32K, seq 4096",
-    family="transformer", vocab_size=32000, dim=768, n_layers=12, n_heads=12, max_seq_len=4096,
+    family="transformer",
+    vocab_size=32000,
+    dim=768,
+    n_layers=12,
+    n_heads=12,
+    max_seq_len=4096,
 )
 register_preset(
     "transformer-340m",
     "Titans recipe 340M shape (d=1024, 24 layers), vocab 32K, seq 4096",
-    family="transformer", vocab_size=32000, dim=1024, n_layers=24, n_heads=16, max_seq_len=4096,
+    family="transformer",
+    vocab_size=32000,
+    dim=1024,
+    n_layers=24,
+    n_heads=16,
+    max_seq_len=4096,
 )
 register_preset(
     "transformer-760m",
     "Nested Learning Table 2 760M/30B shape (d=1536, 24 layers), vocab 32K, seq 4096",
-    family="transformer", vocab_size=32000, dim=1536, n_layers=24, n_heads=16, max_seq_len=4096,
+    family="transformer",
+    vocab_size=32000,
+    dim=1536,
+    n_layers=24,
+    n_heads=16,
+    max_seq_len=4096,
 )
 register_preset(
     "transformer-1.3b",
     "Nested Learning Table 2 1.3B/100B shape (d=2048, 24 layers), vocab 32K, seq 4096",
-    family="transformer", vocab_size=32000, dim=2048, n_layers=24, n_heads=16, max_seq_len=4096,
+    family="transformer",
+    vocab_size=32000,
+    dim=2048,
+    n_layers=24,
+    n_heads=16,
+    max_seq_len=4096,
 )

@@ -1,0 +1,449 @@
+"""The ``nestlearn`` command. Thin: parse, build configs, call ``train`` / ``eval``.
+
+nestlearn demo                       the main job (train, evaluate, plot, sample)
+nestlearn train --preset NAME [k=v]  train from a preset or --config FILE.yaml
+nestlearn eval --checkpoint RUN      perplexity and bits-per-byte
+nestlearn generate --checkpoint RUN  sample text
+nestlearn prepare FILES --out DIR    tokenize text into memmap shards
+nestlearn list                       families and presets
+nestlearn bench --model NAME ...     throughput, memory and MFU
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_INTERRUPTED = 130
+
+
+def _setup_logging(verbose: bool) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.DEBUG if verbose else logging.INFO
+    if rank != 0:
+        level = logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _print(*args: object) -> None:
+    if _is_main():
+        print(*args, flush=True)
+
+
+# ------------------------------------------------------------------------ train
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model",
+        description="Train from a preset or a YAML recipe, with dotted overrides (e.g. optim.lr=3e-4 train.steps=500).",
+    )
+    p.add_argument("--preset", help="model preset (see `nestlearn list`)")
+    p.add_argument(
+        "--config", help="YAML run recipe (sections model, optim, data, schedule, train)"
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its newest good checkpoint",
+    )
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<name>-<time>)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nestlearn.train import Trainer, resolve_config
+    from nestlearn.train.config import TrainConfig, apply_overrides, from_dict, load_yaml
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise SystemExit(
+                f"error: {saved} not found; --resume needs a run folder made by `nestlearn train`"
+            )
+        if args.preset or args.config:
+            raise SystemExit(
+                "error: --resume takes the run's saved config; drop --preset/--config (overrides are allowed)"
+            )
+        cfg = from_dict(TrainConfig, apply_overrides(load_yaml(saved), args.overrides))
+    else:
+        if not args.preset and not args.config:
+            raise SystemExit(
+                "error: give --preset NAME or --config FILE.yaml (`nestlearn list` shows presets)"
+            )
+        cfg = resolve_config(args.preset, args.config, args.overrides)
+        run_dir = Path(args.out) if args.out else None
+    trainer = Trainer(cfg, run_dir=run_dir, resume=bool(args.resume))
+    _print(
+        f"run folder: {trainer.run_dir}  ({trainer.params:,} parameters, {trainer.dist.world_size} process(es), device {trainer.device})"
+    )
+    result = trainer.fit()
+    if result.interrupted:
+        _print(
+            f"interrupted at step {result.steps}; resume with: nestlearn train --resume {trainer.run_dir}"
+        )
+        return EXIT_INTERRUPTED
+    ev = result.final_eval
+    _print(
+        f"done: {result.steps} steps in {result.wall_time_s:.0f}s; validation loss {ev['loss']:.4f}, "
+        f"perplexity {ev['ppl']:.2f}, bits/byte {ev['bpb']:.4f}"
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------- eval
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="perplexity and bits-per-byte of a checkpoint")
+    p.add_argument(
+        "--checkpoint", required=True, metavar="RUN", help="run folder or checkpoint folder"
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--split",
+        default="validation",
+        choices=["train", "validation", "test"],
+        help="corpus split (default validation)",
+    )
+    src.add_argument("--text", metavar="FILE", help="evaluate on a UTF-8 text file instead")
+    src.add_argument(
+        "--data", metavar="DIR", help="evaluate on a folder made by `nestlearn prepare`"
+    )
+    p.add_argument("--tokens", type=int, default=262144, help="tokens to score (default 262144)")
+    p.add_argument(
+        "--seq-len", type=int, default=None, help="window length (default: the run's data.seq_len)"
+    )
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from nestlearn.eval.perplexity import evaluate_lm, token_byte_lengths
+    from nestlearn.train.batches import ArrayTokens
+    from nestlearn.train.run import load_run
+
+    run = load_run(args.checkpoint)
+    tok = run.tokenizer
+    if args.text:
+        path = Path(args.text)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise SystemExit(f"error: {path} is not UTF-8 text") from None
+        if not text.strip():
+            raise SystemExit(f"error: {path} is empty")
+        source, what = ArrayTokens(np.asarray(tok.encode(text))), str(path)
+    elif args.data:
+        from nestlearn.data import TokenShards
+
+        source, what = TokenShards(Path(args.data)), args.data
+    else:
+        from nestlearn.data import default_corpus
+
+        source, what = default_corpus(run.cfg.data.tokenizer, args.split), f"corpus/{args.split}"
+    seq = args.seq_len or run.cfg.data.seq_len
+    ev = evaluate_lm(
+        run.model,
+        source,
+        seq_len=seq,
+        batch_size=args.batch_size,
+        max_tokens=args.tokens,
+        token_bytes=token_byte_lengths(tok, run.cfg.model.vocab_size),
+    )
+    if args.json:
+        print(json.dumps({"checkpoint": str(run.checkpoint), "data": what, "seq_len": seq, **ev}))
+    else:
+        from nestlearn.train.report import format_table
+
+        print(
+            format_table(
+                ["checkpoint", "data", "tokens", "loss", "perplexity", "bits/byte"],
+                [
+                    [
+                        f"{run.checkpoint.parent.parent.name}@{run.step}",
+                        what,
+                        ev["tokens"],
+                        ev["loss"],
+                        ev["ppl"],
+                        ev["bpb"],
+                    ]
+                ],
+            )
+        )
+    return 0
+
+
+# --------------------------------------------------------------------- generate
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="sample text from a checkpoint")
+    p.add_argument(
+        "--checkpoint", required=True, metavar="RUN", help="run folder or checkpoint folder"
+    )
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from nestlearn.train.run import load_run
+
+    if args.max_new_tokens <= 0:
+        raise SystemExit("error: --max-new-tokens must be positive")
+    run = load_run(args.checkpoint)
+    print(
+        _sample_text(
+            run.model,
+            run.tokenizer,
+            args.prompt,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.seed,
+            args.num_samples,
+            torch,
+        )
+    )
+    return 0
+
+
+def _sample_text(model, tok, prompt, n, temperature, top_k, top_p, seed, num_samples, torch) -> str:  # noqa: ANN001
+    from nestlearn.models import FAMILIES
+    from nestlearn.models.generation import generate
+
+    ids = tok.encode(prompt) if prompt else []
+    if tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
+        ids = [tok.bos_id] + ids
+    idx = torch.tensor([ids] * num_samples, dtype=torch.long)
+    use_state = FAMILIES[model.cfg.family].supports_decode
+    out, _ = generate(
+        model,
+        idx,
+        n,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        eos_id=tok.eos_id,
+        use_state=use_state,
+    )
+    texts = []
+    for row in out.tolist():
+        new = [t for t in row[len(ids) :] if t != tok.eos_id]
+        texts.append(prompt + tok.decode(new))
+    return "\n---\n".join(texts)
+
+
+# --------------------------------------------------------------------- list
+def _add_list(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="model families and presets")
+    p.set_defaults(func=cmd_list)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from nestlearn.models import FAMILIES, PRESET_NOTES, PRESETS, build_model, preset_config
+    from nestlearn.train.report import format_table
+
+    print("families:")
+    print(
+        format_table(
+            ["family", "decode", "description"],
+            [
+                [f.name, "yes" if f.supports_decode else "no", f.description]
+                for f in FAMILIES.values()
+            ],
+        )
+    )
+    print(
+        "\npresets (parameters at the preset's vocabulary; 'tok' = set by the tokenizer, shown at 256):"
+    )
+    rows = []
+    for name in PRESETS:
+        cfg = preset_config(name)
+        vocab = cfg.vocab_size or 256
+        cfg.vocab_size = vocab
+        n = build_model(cfg, meta=True).num_params()
+        rows.append(
+            [
+                name,
+                cfg.family,
+                f"{n / 1e6:.1f}M",
+                vocab if PRESETS[name].get("vocab_size") else "tok",
+                PRESET_NOTES[name],
+            ]
+        )
+    print(format_table(["preset", "family", "params", "vocab", "note"], rows))
+    return 0
+
+
+# --------------------------------------------------------------------- demo
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="the main job: train on the embedded corpus, evaluate, plot, sample"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=400,
+        help="optimizer steps (default 400, a few minutes on 2 cores)",
+    )
+    p.add_argument("--preset", default="transformer-tiny")
+    p.add_argument("--out", default=None, help="run folder (default runs/demo-<time>)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from nestlearn.train import Trainer, resolve_config
+    from nestlearn.train.report import format_table, plot_losses
+
+    t0 = time.perf_counter()
+    overrides = [
+        f"train.steps={args.steps}",
+        "train.eval_every=100",
+        "train.ckpt_every=100",
+        "data.batch_size=16",
+        "schedule.warmup_steps=30",
+        "optim.lr=3e-3",
+    ] + list(args.overrides)
+    cfg = resolve_config(args.preset, None, overrides)
+    run_dir = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    _print(
+        f"nestlearn demo: training {args.preset} on the embedded public-domain corpus "
+        f"({cfg.train.steps} steps x {cfg.data.batch_size} x {cfg.data.seq_len} tokens, tokenizer {cfg.data.tokenizer})"
+    )
+    trainer = Trainer(cfg, run_dir=run_dir)
+    _print(f"model: {trainer.params:,} parameters; run folder: {run_dir}")
+    result = trainer.fit()
+    if result.interrupted:
+        _print(f"interrupted; resume with: nestlearn train --resume {run_dir}")
+        return EXIT_INTERRUPTED
+    test = trainer.evaluate_split("test")
+    png = plot_losses(
+        {args.preset: run_dir},
+        run_dir / "loss_curve.png",
+        title=f"{args.preset} on the nestlearn corpus",
+    )
+    ev = result.final_eval
+    _print("")
+    _print(
+        format_table(
+            [
+                "model",
+                "params",
+                "steps",
+                "train time",
+                "val loss",
+                "val ppl",
+                "val bits/byte",
+                "test ppl",
+                "test bits/byte",
+            ],
+            [
+                [
+                    args.preset,
+                    trainer.params,
+                    result.steps,
+                    f"{result.wall_time_s:.0f}s",
+                    ev["loss"],
+                    ev["ppl"],
+                    ev["bpb"],
+                    test["ppl"],
+                    test["bpb"],
+                ]
+            ],
+        )
+    )
+    _print(f"\nloss curve: {png}")
+    sample = _sample_text(
+        trainer.model, trainer.tokenizer, "The ", 300, 0.8, None, 0.95, 0, 1, torch
+    )
+    _print(f"\nsample (temperature 0.8, top-p 0.95):\n{sample}\n")
+    _print(f"total wall time {time.perf_counter() - t0:.0f}s")
+    return 0
+
+
+# --------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nestlearn",
+        description="Nested Learning (Hope, Titans, CMS, deep optimizers) in PyTorch.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    from nestlearn import __version__
+
+    parser.add_argument("--version", action="version", version=f"nestlearn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_demo(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_generate(sub)
+    _add_list(sub)
+    try:
+        from nestlearn.data.prepare import add_prepare_args, run_prepare
+
+        p = sub.add_parser(
+            "prepare", help="tokenize text files, folders or JSONL into memmap shards"
+        )
+        add_prepare_args(p)
+        p.set_defaults(func=run_prepare)
+    except ImportError:
+        pass
+    try:
+        from nestlearn.bench import add_bench_args, run_bench
+
+        p = sub.add_parser("bench", help="throughput, memory and MFU of model families")
+        add_bench_args(p)
+        p.set_defaults(func=run_bench)
+    except ImportError:
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from nestlearn.train.checkpoint import CheckpointError
+    from nestlearn.train.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

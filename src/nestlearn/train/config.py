@@ -1,0 +1,333 @@
+"""Run configuration: typed sections, YAML recipes and dotted overrides.
+
+A run config is a :class:`TrainConfig` with sections ``model``, ``optim``, ``data``,
+``schedule`` and ``train``. YAML files mirror it; ``key.sub=value`` overrides are parsed
+as YAML scalars. Unknown keys and wrong types fail before any work with a message that
+names the key and the fix (STYLE example 6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nestlearn.models.config import ModelConfig
+from nestlearn.optim.config import OptimConfig
+
+
+@dataclass
+class DataConfig:
+    tokenizer: str = "byte"
+    """Tokenizer: ``byte``, ``bpe-8192`` or ``hf:PATH/tokenizer.json``."""
+    train: str = "corpus"
+    """Training tokens: ``corpus`` (the embedded default corpus) or a folder made by
+    ``nestlearn prepare``."""
+    val: str | None = None
+    """Validation tokens: ``None`` means the corpus validation split when ``train`` is
+    ``corpus``, otherwise the last ``val_fraction`` of the training tokens is held out."""
+    val_fraction: float = 0.02
+    """Share of a prepared folder held out for validation when ``val`` is not given."""
+    seq_len: int = 256
+    """Tokens per training sequence."""
+    batch_size: int = 16
+    """Sequences per optimizer step, summed over ranks and accumulation steps."""
+
+    def __post_init__(self) -> None:
+        if self.seq_len <= 1:
+            raise ValueError(f"data.seq_len must be > 1, got {self.seq_len}")
+        if self.batch_size <= 0:
+            raise ValueError(f"data.batch_size must be positive, got {self.batch_size}")
+        if not 0 < self.val_fraction < 0.5:
+            raise ValueError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_steps: int = 50
+    """Linear warm-up from 0 to ``optim.lr``."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at ``min_lr_ratio * optim.lr`` on the last step."""
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0:
+            raise ValueError(f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class RunConfig:
+    steps: int = 1000
+    """Optimizer steps in the whole run."""
+    seed: int = 0
+    """Seeds the init and the data order."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (per rank)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    dtype: str = "auto"
+    """``auto`` (bf16 autocast on GPUs that support it, else float32), ``float32``, ``bfloat16``."""
+    device: str = "auto"
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun each rank takes its local GPU)."""
+    compile: bool = False
+    """``torch.compile`` every block (applied by the trainer, per block)."""
+    parallel: str = "ddp"
+    """Under torchrun: ``ddp`` or ``fsdp`` (FSDP2, one shard unit per block)."""
+    threads: int = 0
+    """CPU threads for torch; 0 leaves torch's default."""
+    log_every: int = 1
+    """Write a metrics line every N steps."""
+    eval_every: int = 100
+    """Validation every N steps (and at the end); 0 disables."""
+    eval_tokens: int = 65536
+    """Validation tokens per evaluation."""
+    ckpt_every: int = 200
+    """Checkpoint every N steps (and at the end, and on SIGINT/SIGTERM); 0 = end only."""
+    keep_last: int = 2
+    """How many checkpoints to keep."""
+    out_dir: str = ""
+    """Run folder; empty means ``runs/<name>-<time>``."""
+    name: str = ""
+    """Run name (defaults to the preset or the family)."""
+    progress: bool = True
+    """Show a tqdm progress bar on rank 0."""
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "grad_accum", "log_every", "keep_last"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
+        for key in ("eval_every", "ckpt_every", "eval_tokens", "threads"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.grad_clip < 0:
+            raise ValueError(f"train.grad_clip must be >= 0, got {self.grad_clip}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"train.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"train.parallel must be ddp or fsdp, got {self.parallel!r}")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: RunConfig = field(default_factory=RunConfig)
+    preset: str = ""
+    """The preset the model section came from (informational)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def check(self, world_size: int = 1) -> None:
+        """Cross-section checks that need more than one section (and the world size)."""
+        per = self.data.batch_size / (world_size * self.train.grad_accum)
+        if per != int(per) or per < 1:
+            raise ValueError(
+                f"data.batch_size={self.data.batch_size} must be divisible by "
+                f"world_size({world_size}) x train.grad_accum({self.train.grad_accum}); "
+                f"try data.batch_size={world_size * self.train.grad_accum * max(1, round(per))}"
+            )
+        if self.data.seq_len > 1 and self.model.max_seq_len < self.data.seq_len:
+            raise ValueError(
+                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len="
+                f"{self.model.max_seq_len}; raise model.max_seq_len or lower data.seq_len"
+            )
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+class ConfigError(ValueError):
+    """A config key, value or file is invalid; the message names it and the fix."""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert ``value`` against the annotation ``tp`` (a small, strict subset)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(
+            f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}"
+        )
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (a,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, a, key) for v in value]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, strictly: unknown keys and bad types fail."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        if k not in names:
+            close = difflib.get_close_matches(k, names, n=1)
+            hint = (
+                f"; did you mean {prefix}{close[0]}?"
+                if close
+                else f"; known keys: {', '.join(names)}"
+            )
+            raise ConfigError(f"unknown config key {prefix}{k}{hint}")
+        kwargs[k] = _coerce(v, hints[k], prefix + k)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from e
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=3e-4"`` -> ``(["optim", "lr"], 0.0003)`` (the value is read as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value, e.g. optim.lr=3e-4")
+    key, raw = text.split("=", 1)
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
+    if isinstance(value, str) and _looks_like_float(raw):
+        value = float(raw)  # YAML 1.1 reads "3e-4" as a string
+    return key.split("."), value
+
+
+def _looks_like_float(raw: str) -> bool:
+    try:
+        float(raw)
+        return True
+    except ValueError:
+        return False
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted overrides to a nested mapping (in place) and return it."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for p in path[:-1]:
+            if p not in node or node[p] is None:
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise ConfigError(f"override {text!r}: {p} is not a section")
+            node = node[p]
+        node[path[-1]] = value
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {p} must hold a mapping of sections, got {type(data).__name__}"
+        )
+    return data
+
+
+def resolve_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> TrainConfig:
+    """Preset, then YAML file, then dotted overrides -> a validated :class:`TrainConfig`."""
+    from nestlearn.models import PRESETS  # local: keeps config parsing import-light
+
+    file_data = load_yaml(config_file) if config_file else {}
+    preset = preset or file_data.get("preset") or None
+    data: dict[str, Any] = {}
+    if preset:
+        if preset not in PRESETS:
+            close = difflib.get_close_matches(preset, list(PRESETS), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"unknown preset {preset!r}{hint} (`nestlearn list` shows them all)")
+        data = {"model": dict(PRESETS[preset]), "preset": preset}
+        data["data"] = {"seq_len": PRESETS[preset].get("max_seq_len", 256)}
+    _deep_update(data, file_data)
+    apply_overrides(data, list(overrides or []))
+    return from_dict(TrainConfig, data)
+
+
+def _deep_update(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def dump_config(cfg: TrainConfig, path: str | Path) -> None:
+    data = cfg.to_dict()
+    data["optim"]["betas"] = list(data["optim"]["betas"])
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
