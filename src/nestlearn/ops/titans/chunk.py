@@ -1,0 +1,395 @@
+"""Chunk-parallel Titans memory update: the hot path of Titans (LMM) and, later, Hope.
+
+Inner math in float32 (float64 when the inputs are float64); outputs are cast back to the input
+dtype and the returned state stays in the compute dtype.
+
+Contract (same as ``naive.naive_chunk_titans``; derivation in ``README.md``): tokens are grouped into
+chunks of ``chunk_size`` (aligned to ``initial_state.offset``). For every token ``t`` of a chunk
+that starts from weights ``W^g``:
+
+    u_t  = grad_W ||M_W(k_t) - v_t||^2  at W = W^g                          (Titans eq. 12)
+    S_t  = eta_t S_{t-1} - theta_t u_t            (or S_t = -theta_t u_t without momentum; eq. 13)
+    W_t  = (1 - alpha_t) W_{t-1} + S_t                                         (eq. 14)
+    W_t[0] -= theta_t (W^g[0] k_t) k_t^T          (optimizer="dgd", NL eqs. 57/88/91, input side)
+    y_t  = M_{W_t}(q_t)                            (read with the weights *after* token t)
+
+So gradients are frozen at the chunk start (NL eqs. 90-91, "the last state of the previous chunk")
+but momentum, forgetting and reads are exact per token: the reads are the "dual form" of TTT,
+``W_t q = beta_t W^g q + gamma_t S^g q - sum_{s<=t} c_ts (z_s . q) delta_s``, one ``[C, C]`` matmul
+per layer. Equivalences: with ``chunk_size=1`` this is the per-token Titans recurrence
+(``naive_recurrent_titans``); at any chunk size it equals ``naive_chunk_titans`` up to rounding.
+
+No per-token Python loop and no host sync: weight-independent coefficients (decays, momentum
+mixing, ``q k^T`` products) are built for all chunks in a few batched ops; the Python loop runs
+over chunks only. For the linear memory the whole chunk step collapses to an affine map of the
+state (``M' = beta M + gamma S + B - M^g F``), so the loop body is one ``baddbmm`` and the reads are
+one batched matmul after the loop.
+
+Axis legend: B batch, T tokens, H heads, N chunks, C tokens per chunk, G = B*H fused batch,
+Dk / Dv key / value dims, o / i a memory layer's output / input dims.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nestlearn.ops.scan import decay_matrix, log_gate
+from nestlearn.ops.titans.common import (
+    Activation,
+    Optimizer,
+    TitansState,
+    activation_fn,
+    activation_grad_fn,
+    check_inputs,
+    zeros_state,
+)
+
+__all__ = ["chunk_titans"]
+
+
+def chunk_titans(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    theta: Tensor,
+    eta: Tensor | None = None,
+    alpha: Tensor | None = None,
+    initial_state: TitansState | None = None,
+    *,
+    chunk_size: int = 64,
+    activation: Activation = "silu",
+    optimizer: Optimizer = "gd",
+) -> tuple[Tensor, TitansState]:
+    """Multi-head Titans neural-memory update and read, chunk-parallel.
+
+    Args:
+        q: ``[B, T, H, Dk]`` queries (read path).
+        k: ``[B, T, H, Dk]`` keys (write path).
+        v: ``[B, T, H, Dv]`` values (targets of the inner l2 loss).
+        theta: ``[B, T, H]`` inner learning rate ``theta_t >= 0``.
+        eta: ``[B, T, H]`` momentum gate in ``[0, 1]`` ("past surprise"), or ``None`` for plain GD.
+        alpha: ``[B, T, H]`` forget gate in ``[0, 1]`` (``1 - alpha`` multiplies the old weights),
+            or ``None`` for no forgetting.
+        initial_state: :class:`TitansState`; ``None`` means a zero linear memory ``[B, H, Dv, Dk]``.
+            Its number of weights picks the memory: 1 = linear ``M(x) = W x``, ``L >= 2`` = residual
+            MLP ``M(x) = x + W_{L-1} s(... s(W_0 x))`` (``Dk == Dv``).
+        chunk_size: tokens per chunk ``C``; gradients inside a chunk use its starting weights.
+        activation: the MLP memory's ``s``: ``"silu"``, ``"gelu"`` or ``"relu"``.
+        optimizer: ``"gd"`` or ``"dgd"`` (adds the data-dependent decay ``-theta (W^g k) k^T`` on
+            the input-side weight; with ``alpha`` this is DGD with weight decay, NL eq. 88).
+
+    Returns:
+        ``(y, final_state)``: ``y`` is ``[B, T, H, Dv]`` in ``q.dtype``; ``final_state`` carries the
+        weights, momentum and (mid-chunk) the chunk's anchor weights and offset, so threading it
+        into a next call equals one call over the concatenated tokens.
+
+    Example::
+
+        >>> B, T, H, D = 2, 100, 4, 16
+        >>> q, k, v = (torch.randn(B, T, H, D) for _ in range(3))
+        >>> theta, eta, alpha = (torch.rand(B, T, H) * 0.1 for _ in range(3))
+        >>> y, st = chunk_titans(q, k, v, theta, eta, alpha, chunk_size=32)
+        >>> y.shape, st.weights[0].shape, st.offset
+        (torch.Size([2, 100, 4, 16]), torch.Size([2, 4, 16, 16]), 4)
+    """
+    check_inputs(q, k, v, theta, eta, alpha, initial_state, chunk_size, optimizer)
+    B, T, H, Dk = k.shape
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    if initial_state is None:
+        initial_state = zeros_state(
+            B, H, [(v.shape[-1], Dk)], momentum=False, dtype=cdt, device=q.device
+        )
+    state = initial_state.to(cdt)
+    if eta is not None and state.momentum is None:
+        state = state._replace(momentum=tuple(torch.zeros_like(w) for w in state.weights))
+    ins = [None if t is None else t.to(cdt) for t in (q, k, v, theta, eta, alpha)]
+
+    C, off = chunk_size, state.offset
+    head = min(C - off, T) if off > 0 else 0  # tokens that finish the chunk already under way
+    ys = []
+    W, S = state.weights, state.momentum
+    anchor = state.anchor if off > 0 else None
+    if head > 0:
+        y, W, S, _ = _segment(
+            [None if t is None else t[:, :head] for t in ins],
+            W,
+            S,
+            anchor,
+            head,
+            activation,
+            optimizer,
+        )
+        ys.append(y)
+        off = off + head
+        if off == C:
+            off, anchor = 0, None
+    rest = T - head
+    if rest > 0:
+        # A single short chunk is not padded: decode (T = 1) costs one token, not one chunk.
+        cl = C if rest > C else rest
+        y, W, S, last_start = _segment(
+            [None if t is None else t[:, head:] for t in ins], W, S, None, cl, activation, optimizer
+        )
+        ys.append(y)
+        off = rest % C
+        anchor = last_start if off > 0 else None
+    out = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]
+    return out.to(q.dtype), TitansState(W, S, anchor, off)
+
+
+# --------------------------------------------------------------------------------------------
+# layout helpers
+
+
+def _to_chunks(x: Tensor, n: int, cl: int, fill: float) -> Tensor:
+    """``[B, T, H, *D]`` -> ``[N, G, C, *D]`` (contiguous), padding T at the end with ``fill``."""
+    B, T, H = x.shape[:3]
+    extra = x.shape[3:]
+    pad = n * cl - T
+    if pad:
+        # pad the T axis (dim 1); F.pad lists pads from the last dim backwards
+        x = F.pad(x, (0, 0) * len(extra) + (0, 0, 0, pad), value=fill)
+    x = x.reshape(B, n, cl, H, *extra)
+    perm = (1, 0, 3, 2) + tuple(range(4, 4 + len(extra)))
+    return x.permute(*perm).reshape(n, B * H, cl, *extra).contiguous()
+
+
+def _from_chunks(y: Tensor, B: int, H: int, T: int) -> Tensor:
+    """``[N, G, C, D]`` -> ``[B, T, H, D]``."""
+    n, _, cl, d = y.shape
+    return y.reshape(n, B, H, cl, d).permute(1, 0, 3, 2, 4).reshape(B, n * cl, H, d)[:, :T]
+
+
+class _Coefs:
+    """Weight-independent chunk coefficients, ``[N, G, C(, C)]`` (see README "coefficients").
+
+    cS[t, s]: weight of u_s in W_t (through momentum); cM[t, s]: weight of the DGD term; beta_t,
+    gamma_t: weights of W^g and S^g in W_t. The ``*_end`` fields are the same quantities at the last
+    real token of each chunk (the last chunk may be padded, and with momentum a padded token is not
+    a no-op: W keeps integrating S). ``wS_end[s]`` / ``H_end``: weights of u_s and S^g in S at the end.
+    """
+
+    def __init__(
+        self, theta: Tensor, eta: Tensor | None, alpha: Tensor | None, dgd: bool, last_row: int
+    ) -> None:
+        self.last_row = last_row
+        la = log_gate(1.0 - alpha) if alpha is not None else torch.zeros_like(theta)
+        DM = decay_matrix(la)  # DM[t, r] = prod_{r<j<=t} (1 - alpha_j)
+        self.beta = torch.exp(la.cumsum(-1))  # prod_{j<=t} (1 - alpha_j)
+        cth = DM * theta.unsqueeze(-2)  # DM diag(theta)
+        self.cM = cth if dgd else None
+        self.gamma: Tensor | None = None
+        self.wS_end: Tensor | None = None
+        self.H_end: Tensor | None = None
+        if eta is not None:
+            le = log_gate(eta)
+            DS = decay_matrix(le)  # DS[r, s] = prod_{s<j<=r} eta_j
+            Hc = torch.exp(le.cumsum(-1))  # prod_{j<=r} eta_j
+            self.cS = DM @ (DS * theta.unsqueeze(-2))  # sum_r DM[t,r] DS[r,s] theta_s
+            self.gamma = (DM @ Hc.unsqueeze(-1)).squeeze(-1)
+            self.wS_end = self.end(DS) * theta  # DS[end, s] theta_s
+            self.H_end = self.end(Hc.unsqueeze(-1)).squeeze(-1)
+        else:
+            self.cS = cth
+        self.cS_end = self.end(self.cS)  # [N, G, C]
+        self.cM_end = None if self.cM is None else self.end(self.cM)
+        self.beta_end = self.end(self.beta.unsqueeze(-1)).squeeze(-1)  # [N, G]
+        self.gamma_end = (
+            None if self.gamma is None else self.end(self.gamma.unsqueeze(-1)).squeeze(-1)
+        )
+
+    def end(self, x: Tensor) -> Tensor:
+        """Row ``C - 1`` of ``x [N, G, C, ...]`` for full chunks and ``last_row`` for the last."""
+        rows = x[:, :, -1]
+        if self.last_row == x.shape[2] - 1:
+            return rows
+        return torch.cat([rows[:-1], x[-1:, :, self.last_row]], dim=0)
+
+
+# --------------------------------------------------------------------------------------------
+# one aligned segment: chunks of equal length cl, the first optionally with its own anchor
+
+
+def _segment(
+    ins: list[Tensor | None],
+    W: tuple[Tensor, ...],
+    S: tuple[Tensor, ...] | None,
+    anchor: tuple[Tensor, ...] | None,
+    cl: int,
+    activation: Activation,
+    optimizer: Optimizer,
+) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
+    """Run chunks of length ``cl`` over ``ins = [q, k, v, theta, eta, alpha]`` (``[B, T, H, ...]``).
+
+    Returns ``(y [B, T, H, Dv], W_end, S_end, W_at_start_of_last_chunk)``.
+    """
+    q, k, v, theta, eta, alpha = ins
+    assert q is not None and k is not None and v is not None and theta is not None
+    B, T, H, _ = q.shape
+    n = -(-T // cl)
+    Q, K, V = (_to_chunks(x, n, cl, 0.0) for x in (q, k, v))
+    # Padded tokens are no-ops: zero learning rate, no forgetting, no momentum decay.
+    th = _to_chunks(theta, n, cl, 0.0)
+    et = None if eta is None else _to_chunks(eta, n, cl, 1.0)
+    al = None if alpha is None else _to_chunks(alpha, n, cl, 0.0)
+    co = _Coefs(th, et, al, optimizer == "dgd", last_row=(T - 1) % cl)
+    G = B * H
+    Wg = tuple(w.reshape(G, *w.shape[2:]) for w in W)
+    Sg = None if S is None else tuple(s.reshape(G, *s.shape[2:]) for s in S)
+    Ag = None if anchor is None else tuple(a.reshape(G, *a.shape[2:]) for a in anchor)
+    run = _linear_chunks if len(W) == 1 else _mlp_chunks
+    Y, Wn, Sn, Wl = run(Q, K, V, co, Wg, Sg, Ag, activation)
+
+    def back(ts: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return tuple(t.reshape(B, H, *t.shape[1:]) for t in ts)
+
+    return _from_chunks(Y, B, H, T), back(Wn), None if Sn is None else back(Sn), back(Wl)
+
+
+def _linear_chunks(
+    Q: Tensor,
+    K: Tensor,
+    V: Tensor,
+    co: _Coefs,
+    W: tuple[Tensor, ...],
+    S: tuple[Tensor, ...] | None,
+    A: tuple[Tensor, ...] | None,
+    activation: Activation,
+) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
+    """Linear memory ``M: [G, Dv, Dk]``; chunk tensors ``[N, G, C, D]``. README "linear memory"."""
+    del activation
+    N, Dk = Q.shape[0], Q.shape[-1]
+    mom = S is not None
+    qk = Q @ K.mT  # [N, G, C, C]
+    AS = co.cS * qk  # cS is zero above the diagonal, so this is also the causal mask
+    WA = 2.0 * AS if co.cM is None else 2.0 * AS + co.cM * qk
+    R = WA @ K  # [N, G, C, Dk]: in-chunk writes seen by the reads, as a multiple of M^g
+    Yc = 2.0 * (AS @ V)  # [N, G, C, Dv]: the value part of the same writes
+    last = co.cS_end  # [N, G, C]
+    wC = 2.0 * last if co.cM_end is None else 2.0 * last + co.cM_end
+    betaC = co.beta_end[..., None, None]  # [N, G, 1, 1]
+    Kt = K.mT
+    if mom:
+        assert co.wS_end is not None and co.gamma_end is not None and co.H_end is not None
+        # chunk end: M' = beta M + gamma S + Bm - M^g Fm ;  S' = H S + Bs - M^g Fs
+        FF = Kt @ torch.cat([wC.unsqueeze(-1) * K, (2.0 * co.wS_end).unsqueeze(-1) * K], dim=-1)
+        BB = 2.0 * (torch.cat([last.unsqueeze(-1) * V, co.wS_end.unsqueeze(-1) * V], dim=-1).mT @ K)
+        Dv = V.shape[-1]
+        gammaC = co.gamma_end[..., None, None]
+        HC = co.H_end[..., None, None]
+    else:
+        FF = Kt @ (wC.unsqueeze(-1) * K)  # [N, G, Dk, Dk]
+        BB = 2.0 * ((last.unsqueeze(-1) * V).mT @ K)  # [N, G, Dv, Dk]
+    M = W[0]
+    Sm = S[0] if S is not None else None
+    Ma = A[0] if A is not None else M
+    Ms, Ss = [], []
+    for c in range(N):
+        Ms.append(M)
+        if mom:
+            assert Sm is not None
+            Ss.append(Sm)
+            P = Ma @ FF[c]  # [G, Dv, 2 Dk]
+            M, Sm = (
+                BB[c, :, :Dv] + betaC[c] * M + gammaC[c] * Sm - P[..., :Dk],
+                BB[c, :, Dv:] + HC[c] * Sm - P[..., Dk:],
+            )
+        else:
+            M = torch.baddbmm(BB[c] + betaC[c] * M, Ma, FF[c], alpha=-1.0)
+        Ma = M
+    Mst = torch.stack(Ms)  # [N, G, Dv, Dk]: weights at each chunk start
+    lhs = co.beta.unsqueeze(-1) * Q - R
+    if mom:
+        assert co.gamma is not None
+        lhs = torch.cat([lhs, co.gamma.unsqueeze(-1) * Q], dim=-1)
+        Mst = torch.cat([Mst, torch.stack(Ss)], dim=-1)
+    Y = lhs @ Mst.mT + Yc
+    if A is not None:
+        # first chunk: its writes were computed at the anchor, not at its start weights
+        Y = torch.cat([(Y[0] + R[0] @ (W[0] - A[0]).mT).unsqueeze(0), Y[1:]])
+    return Y, (M,), (Sm,) if mom else None, (Ms[-1],)  # type: ignore[return-value]
+
+
+def _mlp_chunks(
+    Q: Tensor,
+    K: Tensor,
+    V: Tensor,
+    co: _Coefs,
+    W: tuple[Tensor, ...],
+    S: tuple[Tensor, ...] | None,
+    A: tuple[Tensor, ...] | None,
+    activation: Activation,
+) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
+    """Residual MLP memory, weights ``[G, o, i]``; chunk tensors ``[N, G, C, D]``. README "MLP"."""
+    N, L = Q.shape[0], len(W)
+    act, dact = activation_fn(activation), activation_grad_fn(activation)
+    mom = S is not None
+    qk = Q @ K.mT
+    AS1 = co.cS * qk  # layer-0 read/write overlap (its inputs q, k do not depend on weights)
+    AM1 = None if co.cM is None else co.cM * qk
+    last = co.cS_end.unsqueeze(-1)  # [N, G, C, 1]
+    lastM = None if co.cM_end is None else co.cM_end.unsqueeze(-1)
+    wS = None if co.wS_end is None else co.wS_end.unsqueeze(-1)
+    beta = co.beta.unsqueeze(-1)  # [N, G, C, 1]
+    gamma = None if co.gamma is None else co.gamma.unsqueeze(-1)
+    betaC = co.beta_end[..., None, None]  # [N, G, 1, 1]
+    gammaC = None if co.gamma_end is None else co.gamma_end[..., None, None]
+    HC = None if co.H_end is None else co.H_end[..., None, None]
+
+    Wc, Sc = list(W), (list(S) if S is not None else None)
+    Wa = list(A) if A is not None else Wc
+    ys = []
+    for c in range(N):
+        Kc, Vc, Qc = K[c], V[c], Q[c]
+        start = Wc
+        # 1. write path at the anchor: forward, then the hand-derived backward of ||M(k) - v||^2
+        Z, Hs = [Kc], []
+        for li in range(L):
+            h = Z[-1] @ Wa[li].mT  # [G, C, o]
+            Hs.append(h)
+            if li < L - 1:
+                Z.append(act(h))
+        Dl: list[Tensor] = [Kc] * L  # placeholder, every entry is overwritten
+        Dl[L - 1] = 2.0 * (Kc + Hs[-1] - Vc)  # d loss / d output (residual memory)
+        for li in range(L - 1, 0, -1):
+            Dl[li - 1] = (Dl[li] @ Wa[li]) * dact(Hs[li - 1])
+        # 2. read path with per-token weights W_t = beta_t W + gamma_t S - sum_s c_ts delta_s z_s^T
+        r = Qc
+        for li in range(L):
+            o = Wc[li].shape[-2]
+            if mom:
+                assert Sc is not None and gamma is not None
+                base = r @ torch.cat([Wc[li], Sc[li]], dim=-2).mT  # [G, C, 2o]
+                a = beta[c] * base[..., :o] + gamma[c] * base[..., o:]
+            else:
+                a = beta[c] * (r @ Wc[li].mT)
+            if li == 0:
+                a = a - AS1[c] @ Dl[0]
+                if AM1 is not None:
+                    a = a - AM1[c] @ Hs[0]  # DGD: -theta (W^g k_s)(k_s . q_t)
+            else:
+                a = a - (co.cS[c] * (r @ Z[li].mT)) @ Dl[li]
+            r = act(a) if li < L - 1 else a
+        ys.append(Qc + r)
+        # 3. chunk end: the last row of the coefficients applies every write at once
+        newW, newS = [], []
+        for li in range(L):
+            g = last[c] * Dl[li]  # [G, C, o]
+            if li == 0 and lastM is not None:
+                g = g + lastM[c] * Hs[0]
+            o = Wc[li].shape[-2]
+            if mom:
+                assert Sc is not None and wS is not None and gammaC is not None and HC is not None
+                P = torch.cat([g, wS[c] * Dl[li]], dim=-1).mT @ Z[li]  # [G, 2o, i]
+                newW.append(betaC[c] * Wc[li] + gammaC[c] * Sc[li] - P[:, :o])
+                newS.append(HC[c] * Sc[li] - P[:, o:])
+            else:
+                newW.append(torch.baddbmm(betaC[c] * Wc[li], g.mT, Z[li], alpha=-1.0))
+        Wc = newW
+        Sc = newS if mom else None
+        Wa = Wc
+        last_start = start
+    Y = torch.stack(ys)
+    return Y, tuple(Wc), None if Sc is None else tuple(Sc), tuple(last_start)

@@ -1,0 +1,186 @@
+"""Reference (slow, obviously correct) Titans memory updates: the spec for ``chunk.py``.
+
+Both functions share ``chunk_titans``'s signature and loop over tokens in Python. Inner gradients
+come from ``torch.func.grad`` of the memory loss (autograd), *not* from the hand-derived matmuls of
+the chunked op, so comparing the two also checks the derivation.
+
+Update rule per token t (Titans eqs. 12-14 with Nested Learning's DGD, eqs. 57/88):
+
+    u_t   = grad_W ||M_W(k_t) - v_t||^2 at the gradient point W^g      (per memory layer)
+    S_t   = eta_t S_{t-1} - theta_t u_t                                 (momentum; S_t = -theta_t u_t without)
+    W_t   = (1 - alpha_t) W_{t-1} + S_t                                 (forgetting / weight decay)
+    W_t[0] -= theta_t (W^g[0] k_t) k_t^T                                (optimizer="dgd": input-side weight)
+    y_t   = M_{W_t}(q_t)                                                 (read after the update, as Titans)
+
+``naive_recurrent_titans`` takes the gradient point ``W^g = W_{t-1}`` (the exact per-token
+recurrence). ``naive_chunk_titans`` takes ``W^g`` = the weights at the start of the token's chunk
+(chunk-wise training, Nested Learning eqs. 90-91 read as "the last state of the previous chunk").
+
+Inner math runs in float32 (float64 for float64 inputs); outputs are cast back to the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.func import grad
+
+from nestlearn.ops.titans.common import (
+    Activation,
+    Optimizer,
+    TitansState,
+    check_inputs,
+    memory_forward,
+    zeros_state,
+)
+
+__all__ = ["naive_chunk_titans", "naive_recurrent_titans"]
+
+
+def _prepare(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    theta: Tensor,
+    eta: Tensor | None,
+    alpha: Tensor | None,
+    initial_state: TitansState | None,
+) -> tuple[torch.dtype, list[Tensor | None], TitansState]:
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    B, T, H, Dk = k.shape
+    if initial_state is None:
+        initial_state = zeros_state(
+            B, H, [(v.shape[-1], Dk)], momentum=False, dtype=cdt, device=q.device
+        )
+    state = initial_state.to(cdt)
+    if eta is not None and state.momentum is None:
+        state = state._replace(momentum=tuple(torch.zeros_like(w) for w in state.weights))
+    ins = [None if t is None else t.to(cdt) for t in (q, k, v, theta, eta, alpha)]
+    return cdt, ins, state
+
+
+def _step(
+    W: list[Tensor],
+    S: list[Tensor] | None,
+    Wg: list[Tensor],
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    th: Tensor,
+    et: Tensor | None,
+    al: Tensor | None,
+    activation: Activation,
+    optimizer: Optimizer,
+) -> tuple[list[Tensor], list[Tensor] | None, Tensor]:
+    """One token. ``q, k, v: [B, H, D]``; gates ``[B, H]``; weights ``[B, H, o, i]``."""
+
+    def loss(ws: list[Tensor]) -> Tensor:
+        # Summing over (B, H) is fine: each per-(b, h) weight slice only affects its own term.
+        return (memory_forward(ws, k, activation) - v).pow(2).sum()
+
+    g = grad(loss)(Wg)
+    th4 = th[..., None, None]
+    upd = [-th4 * gi for gi in g]
+    if S is not None:
+        assert et is not None
+        S = [et[..., None, None] * s + u for s, u in zip(S, upd)]
+        upd = S
+    ret = 1.0 if al is None else (1.0 - al)[..., None, None]
+    Wn = [ret * w + u for w, u in zip(W, upd)]
+    if optimizer == "dgd":
+        # eq. 88: W (alpha I - eta k k^T); the k k^T factor multiplies the gradient-point weights
+        pk = (Wg[0] @ k.unsqueeze(-1)).squeeze(-1)  # [B, H, d_out]
+        Wn[0] = Wn[0] - th4 * pk.unsqueeze(-1) * k.unsqueeze(-2)
+    y = memory_forward(Wn, q, activation)
+    return Wn, S, y
+
+
+def naive_chunk_titans(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    theta: Tensor,
+    eta: Tensor | None = None,
+    alpha: Tensor | None = None,
+    initial_state: TitansState | None = None,
+    *,
+    chunk_size: int = 64,
+    activation: Activation = "silu",
+    optimizer: Optimizer = "gd",
+) -> tuple[Tensor, TitansState]:
+    """Chunk-wise Titans update as a plain token loop (gradients at each chunk's start weights).
+
+    Same signature and contract as :func:`nestlearn.ops.titans.chunk.chunk_titans`.
+
+    Args:
+        q, k: ``[B, T, H, Dk]``; v: ``[B, T, H, Dv]``.
+        theta: ``[B, T, H]`` inner learning rate; eta: momentum gate or ``None`` (no momentum);
+            alpha: forget gate or ``None`` (no forgetting).
+        initial_state: see :class:`TitansState`; ``None`` = zero linear memory.
+        chunk_size: tokens per chunk; chunks are aligned to ``initial_state.offset``.
+
+    Returns:
+        ``(y [B, T, H, Dv], final_state)``.
+    """
+    check_inputs(q, k, v, theta, eta, alpha, initial_state, chunk_size, optimizer)
+    cdt, (qc, kc, vc, tc, ec, ac), state = _prepare(q, k, v, theta, eta, alpha, initial_state)
+    W = list(state.weights)
+    S = None if state.momentum is None else list(state.momentum)
+    Wg = list(state.anchor) if state.offset > 0 else W
+    pos = state.offset
+    ys = []
+    for t in range(q.shape[1]):
+        if pos % chunk_size == 0:
+            Wg = W  # a new chunk: its gradients are taken at the weights it starts from
+        W, S, y = _step(
+            W, S, Wg, qc[:, t], kc[:, t], vc[:, t], tc[:, t],
+            None if ec is None else ec[:, t], None if ac is None else ac[:, t],
+            activation, optimizer,
+        )  # fmt: skip
+        ys.append(y)
+        pos += 1
+    off = pos % chunk_size
+    final = TitansState(
+        tuple(W), None if S is None else tuple(S), tuple(Wg) if off > 0 else None, off
+    )
+    y = torch.stack(ys, dim=2).transpose(1, 2)  # [B, H, T, Dv] -> [B, T, H, Dv]
+    return y.to(q.dtype), final
+
+
+def naive_recurrent_titans(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    theta: Tensor,
+    eta: Tensor | None = None,
+    alpha: Tensor | None = None,
+    initial_state: TitansState | None = None,
+    *,
+    chunk_size: int = 1,
+    activation: Activation = "silu",
+    optimizer: Optimizer = "gd",
+) -> tuple[Tensor, TitansState]:
+    """The exact per-token Titans recurrence (gradient at the previous token's weights).
+
+    Equals ``naive_chunk_titans(..., chunk_size=1)``. ``chunk_size`` is accepted for a shared
+    signature and ignored; ``initial_state`` must sit on a chunk boundary (``offset == 0``).
+
+    Returns:
+        ``(y [B, T, H, Dv], final_state)`` with ``final_state.offset == 0``.
+    """
+    del chunk_size
+    check_inputs(q, k, v, theta, eta, alpha, initial_state, 1, optimizer)
+    cdt, (qc, kc, vc, tc, ec, ac), state = _prepare(q, k, v, theta, eta, alpha, initial_state)
+    W = list(state.weights)
+    S = None if state.momentum is None else list(state.momentum)
+    ys = []
+    for t in range(q.shape[1]):
+        W, S, y = _step(
+            W, S, W, qc[:, t], kc[:, t], vc[:, t], tc[:, t],
+            None if ec is None else ec[:, t], None if ac is None else ac[:, t],
+            activation, optimizer,
+        )  # fmt: skip
+        ys.append(y)
+    final = TitansState(tuple(W), None if S is None else tuple(S), None, 0)
+    y = torch.stack(ys, dim=2).transpose(1, 2)
+    return y.to(q.dtype), final
