@@ -64,8 +64,9 @@ def generate(
 ) -> tuple[torch.Tensor, ModelState | None]:
     """Continue ``idx: [B, T]`` by ``max_new_tokens`` tokens.
 
-    Returns ``(tokens [B, T + n], state)``; ``state`` (when the model decodes with one) can
-    be passed back in to continue the same sequences later. Generation stops early when
+    Returns ``(tokens [B, T + n], state)``. ``state`` (when the model decodes with one) has
+    consumed every returned token but the last, so ``generate(model, tokens[:, -1:], m,
+    state=state)`` continues the same sequences. Generation stops early when
     every sequence has produced ``eos_id``.
     """
     was_training = model.training
@@ -78,7 +79,9 @@ def generate(
     try:
         if use_state:
             logits, state = model(idx, state=state, return_state=True)
-            for _ in range(max_new_tokens):
+            for i in range(max_new_tokens):
+                if i:
+                    logits, state = model(out[:, -1:], state=state)
                 nxt = sample_next(
                     logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=gen
                 )
@@ -87,7 +90,6 @@ def generate(
                     done |= nxt == eos_id
                     if bool(done.all()):
                         break
-                logits, state = model(nxt[:, None], state=state)
         else:
             for _ in range(max_new_tokens):
                 logits, _ = model(out)

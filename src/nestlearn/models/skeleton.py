@@ -96,7 +96,11 @@ class LanguageModel(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the embedding with the head when configured (again after ``to_empty``)."""
+        if self.cfg.tie_embeddings:
             self.head.weight = self.embed.weight
 
     # ------------------------------------------------------------------ init
@@ -123,6 +127,7 @@ class LanguageModel(nn.Module):
         meta device and moved with ``to_empty`` is fully initialised by this call.
         """
         cfg = self.cfg
+        self.tie_weights()
         gen = None
         if seed is not None:
             gen = torch.Generator(device=self.embed.weight.device).manual_seed(seed)

@@ -1,0 +1,56 @@
+"""Shared fixtures: quiet threads, restored default dtype, small learnable token streams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def _torch_defaults():
+    dtype = torch.get_default_dtype()
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
+
+
+class ByteTok:
+    """A minimal stand-in tokenizer for trainer tests (bytes, no specials)."""
+
+    name = "test-bytes"
+    vocab_size = 256
+    bos_id = None
+    eos_id = None
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+    def token_byte_lengths(self) -> list[int]:
+        return [1] * 256
+
+
+def source_text_tokens() -> np.ndarray:
+    """Real, learnable bytes: this package's own source code, about 200 KB."""
+    files = sorted((REPO / "src" / "nestlearn").rglob("*.py"))
+    blob = b"\n".join(f.read_bytes() for f in files)
+    return np.frombuffer(blob, dtype=np.uint8).astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    from nestlearn.train.batches import ArrayTokens
+
+    arr = source_text_tokens()
+    cut = int(len(arr) * 0.9)
+    return ByteTok(), ArrayTokens(arr[:cut]), ArrayTokens(arr[cut:])
