@@ -1,0 +1,647 @@
+"""Benchmark harness: throughput, memory and MFU of model families, measured in one process.
+
+Axis legend: B batch, T sequence length, V vocabulary, C decode context length.
+
+``nestlearn bench`` (wired by the CLI from :func:`add_bench_args` and :func:`run_bench`) and
+``benchmarks/bench_models.py`` measure, for each ``--model``, in this order and in one process:
+
+1. the machine's matmul peak (square ``n x n`` matmuls in the run's dtype, best of a few; at
+   the default float32 this is the fp32 peak), once per run and shared by every model;
+2. training throughput: forward + cross-entropy + backward + AdamW step on ``[B, T]`` random
+   tokens, median step time after warm-up;
+3. forward-only throughput (``torch.no_grad``), median after warm-up;
+4. decode throughput at each context length ``C`` where the family supports decoding: prefill
+   ``C`` tokens into a fresh state, then time single-token steps, median after warm-up;
+5. peak memory over steps 2-4 (CPU: the process's peak RSS, ``VmHWM``, reset per model via
+   ``/proc/self/clear_refs``; CUDA: ``torch.cuda.max_memory_allocated``).
+
+``flops_per_token`` is :meth:`LanguageModel.flops_per_token` at ``T``: *training* FLOPs per
+token (3 x forward, matmuls and attention only), so ``gflops = train_tokens_per_s *
+flops_per_token / 1e9`` is the achieved rate of the train measurement and
+``mfu = gflops / peak_gflops``. Ratios (``*_vs_first``) divide by the first model listed.
+Timings are only compared within one run; nothing here asserts on absolute time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import gc
+import json
+import logging
+import math
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nestlearn.models import FAMILIES, PRESETS, ModelConfig, build_model
+from nestlearn.optim.build import build_optimizer
+from nestlearn.optim.config import OptimConfig
+
+logger = logging.getLogger(__name__)
+
+SPEC_FIELDS: tuple[str, ...] = (
+    "model", "params", "dim", "layers", "vocab", "batch", "seq",
+    "train_tokens_per_s", "fwd_tokens_per_s", "decode_tokens_per_s",
+    "peak_mem_mb", "flops_per_token", "gflops", "peak_gflops", "mfu",
+)  # fmt: skip
+"""The fields of issue 2 item 8, in output order."""
+
+EXTRA_FIELDS: tuple[str, ...] = (
+    "train_vs_first", "fwd_vs_first", "decode_vs_first",
+    "decode_context", "decode_batch", "decode_tokens_per_s_at",
+    "family", "threads", "dtype", "device", "compile", "naive",
+)  # fmt: skip
+"""Documented extras after the spec fields (``docs/benchmarks.md`` explains each)."""
+
+RATIO_FIELDS: dict[str, str] = {
+    "train_vs_first": "train_tokens_per_s",
+    "fwd_vs_first": "fwd_tokens_per_s",
+    "decode_vs_first": "decode_tokens_per_s",
+}
+
+DEFAULT_DIM, DEFAULT_LAYERS, DEFAULT_VOCAB = 256, 4, 256
+PREFILL_SEGMENT = 2048
+"""Prefill is fed in segments of at most this many tokens (a power of two, so segments stay
+aligned with any power-of-two memory chunk size) to bound the logits' memory at long context."""
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+# ------------------------------------------------------------------- model specs
+def _parse_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split ``"name"`` or ``"name:key=value,key=value"`` into ``(name, overrides)``.
+
+    ``name`` is a family (``FAMILIES``) or a preset (``PRESETS``). Values are read as Python
+    literals (ints, floats, ``true``/``false``/``none``), otherwise kept as strings.
+    """
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    if name not in FAMILIES and name not in PRESETS:
+        raise ValueError(
+            f"unknown --model {name!r}; choose a family ({', '.join(sorted(FAMILIES))}) "
+            f"or a preset ({', '.join(sorted(PRESETS))}), optionally with ':key=value,...'"
+        )
+    overrides: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"bad option {item!r} in --model {spec!r}; write key=value")
+        overrides[key.strip()] = _parse_value(value.strip())
+    return name, overrides
+
+
+def resolve_config(
+    spec: str | ModelConfig,
+    *,
+    dim: int | None = None,
+    layers: int | None = None,
+    vocab: int | None = None,
+    max_seq_len: int = 512,
+    naive: bool = False,
+) -> tuple[ModelConfig, bool]:
+    """The :class:`ModelConfig` a model spec names, and whether ``naive`` was applied.
+
+    Precedence, lowest first: bench defaults (d=256, 4 layers, vocab 256) or the preset's own
+    shape; then ``dim``/``layers``/``vocab`` when given; then the spec's ``key=value`` options
+    (:class:`ModelConfig` fields; any other key goes into ``mixer``). ``n_heads`` defaults to
+    ``max(1, dim // 64)``. ``max_seq_len`` is raised to at least the given value.
+    """
+    if isinstance(spec, ModelConfig):
+        cfg = copy.deepcopy(spec)
+        cfg.max_seq_len = max(cfg.max_seq_len, max_seq_len)
+        base = cfg.to_dict()
+        overrides: dict[str, Any] = {}
+    else:
+        name, overrides = parse_model_spec(spec)
+        if name in FAMILIES:
+            base = {"family": name, "vocab_size": DEFAULT_VOCAB, "dim": DEFAULT_DIM,
+                    "n_layers": DEFAULT_LAYERS}  # fmt: skip
+        else:
+            base = copy.deepcopy(PRESETS[name])
+            if not base.get("vocab_size"):
+                base["vocab_size"] = DEFAULT_VOCAB
+        if dim is not None and dim != base.get("dim"):
+            base["dim"] = dim
+            base.pop("n_heads", None)  # a preset's head count may not divide the new width
+            base.pop("n_kv_heads", None)
+        if layers is not None:
+            base["n_layers"] = layers
+        if vocab is not None:
+            base["vocab_size"] = vocab
+        base.setdefault("n_heads", max(1, base["dim"] // 64))
+    known = {f.name for f in fields(ModelConfig)}
+    mixer = dict(base.get("mixer") or {})
+    for key, value in overrides.items():
+        if key in known:
+            base[key] = value
+        else:
+            mixer[key] = value
+    base["max_seq_len"] = max(int(base.get("max_seq_len", 0)), max_seq_len)
+    family = base.get("family", "transformer")
+    applied = False
+    if naive:
+        if getattr(FAMILIES.get(family), "supports_naive", False):
+            mixer["naive"] = True
+            applied = True
+        else:
+            logger.warning("family %r does not declare supports_naive; --naive ignored", family)
+    base["mixer"] = mixer
+    return ModelConfig(**base), applied
+
+
+# ----------------------------------------------------------------- measurements
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn: Callable[[], Any], steps: int, warmup: int, device: torch.device) -> float:
+    """Median wall time (s) of ``steps`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_matmul_peak(
+    size: int | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    repeats: int = 5,
+) -> float:
+    """Best achieved GFLOP/s of ``[n, n] @ [n, n]`` matmuls (``2 n^3`` FLOPs each).
+
+    Uses the current ``torch.get_num_threads()``; ``size`` defaults to 2048 on CPU and 8192 on
+    CUDA (large enough to be compute-bound). One untimed warm-up call, then the best of
+    ``repeats``: the best, not the median, because the peak is what the machine *can* do.
+    """
+    device = torch.device(device)
+    n = size or (8192 if device.type == "cuda" else 2048)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    torch.mm(a, b)
+    _sync(device)
+    best, spent, calls = math.inf, 0.0, 0
+    # at least `repeats` calls and 0.2 s of work, so a small `size` is not one noisy sample
+    while calls < repeats or (spent < 0.2 and calls < 100):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        dt = time.perf_counter() - t0
+        best, spent, calls = min(best, dt), spent + dt, calls + 1
+    return 2 * n**3 / best / 1e9
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        # "5" resets VmHWM (peak RSS) to the current RSS (Linux >= 4.0, proc(5)).
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        logger.debug("cannot reset the peak RSS; peak_mem_mb is the process lifetime peak")
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            match = re.search(r"^VmHWM:\s+(\d+)\s+kB", f.read(), re.MULTILINE)
+        if match:
+            return int(match.group(1)) / 1024
+    except OSError:
+        pass
+    import resource  # not on Windows; macOS reports bytes, Linux kB
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if rss > 2**32 else rss / 1024
+
+
+def _train_and_fwd_times(
+    run: torch.nn.Module,
+    idx: torch.Tensor,
+    targets: torch.Tensor,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+) -> tuple[float, float]:
+    """Median seconds of a train step (forward, loss, backward, AdamW) and of a forward.
+
+    ``idx, targets: [B, T]``. The optimizer (and its state) is freed on return, before
+    decoding is measured.
+    """
+    opt = build_optimizer(run, OptimConfig())
+
+    def train_step() -> None:
+        logits, _ = run(idx)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def fwd_step() -> None:
+        with torch.no_grad():
+            run(idx)
+
+    run.train()
+    train_s = _median_time(train_step, steps, warmup, device)
+    run.eval()
+    fwd_s = _median_time(fwd_step, steps, warmup, device)
+    return train_s, fwd_s
+
+
+def _decode_tokens_per_s(
+    model: torch.nn.Module,
+    *,
+    vocab: int,
+    context: int,
+    batch: int,
+    tokens: int,
+    warmup: int,
+    device: torch.device,
+    gen: torch.Generator,
+) -> float:
+    """Tokens/s of single-token decode steps after prefilling ``context`` tokens."""
+    ids = torch.randint(0, vocab, (batch, context + warmup + tokens), generator=gen).to(device)
+    with torch.no_grad():
+        state = model.init_state(batch, device=device)
+        for start in range(0, context, PREFILL_SEGMENT):
+            _, state = model(ids[:, start : min(context, start + PREFILL_SEGMENT)], state=state)
+        pos = context
+        times = []
+        for i in range(warmup + tokens):
+            _sync(device)
+            t0 = time.perf_counter()
+            _, state = model(ids[:, pos : pos + 1], state=state)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+            pos += 1
+    del state
+    return batch / statistics.median(times)
+
+
+def _sig(x: float | None, digits: int = 4) -> float | None:
+    if x is None:
+        return None
+    return float(f"{x:.{digits}g}")
+
+
+def bench_model(
+    model: str | ModelConfig = "transformer",
+    *,
+    dim: int | None = None,
+    layers: int | None = None,
+    vocab: int | None = None,
+    batch: int = 4,
+    seq: int = 512,
+    steps: int = 10,
+    warmup: int = 3,
+    decode_context: Sequence[int] = (1024,),
+    decode_batch: int = 1,
+    decode_tokens: int = 32,
+    naive: bool = False,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+    compile: bool = False,
+    threads: int | None = None,
+    peak_gflops: float | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measure one model; returns a record with :data:`SPEC_FIELDS` and :data:`EXTRA_FIELDS`.
+
+    ``model`` is a family name, a preset name, ``"name:key=value,..."`` or a
+    :class:`ModelConfig`. Training and forward passes run on ``idx: [batch, seq]``; decoding
+    runs at each length in ``decode_context`` (empty or ``0`` skips it) with ``decode_batch``
+    sequences, timing ``decode_tokens`` single-token steps. ``peak_gflops`` is measured here
+    when not given (pass it to share one measurement across models). The ``*_vs_first`` ratio
+    fields are ``1.0`` here; :func:`bench_models` fills them across models.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    for key, value in (("batch", batch), ("seq", seq), ("steps", steps),
+                       ("decode_batch", decode_batch), ("decode_tokens", decode_tokens)):  # fmt: skip
+        if value <= 0:
+            raise ValueError(f"{key} must be a positive integer, got {value}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    contexts = [int(c) for c in decode_context if int(c) > 0]
+    torch_dtype, device = _DTYPES[dtype], torch.device(device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if peak_gflops is None:
+        peak_gflops = measure_matmul_peak(dtype=torch_dtype, device=device)
+
+    longest = max([seq, *(c + warmup + decode_tokens for c in contexts)])
+    cfg, naive_applied = resolve_config(
+        model, dim=dim, layers=layers, vocab=vocab, max_seq_len=longest, naive=naive
+    )
+    name = model if isinstance(model, str) else cfg.family
+    family = FAMILIES[cfg.family]
+    _reset_peak_memory(device)
+
+    net = build_model(cfg, device=device, seed=seed).to(dtype=torch_dtype)
+    run = torch.compile(net) if compile else net
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    idx = torch.randint(0, cfg.vocab_size, (batch, seq), generator=gen).to(device)
+    targets = torch.randint(0, cfg.vocab_size, (batch, seq), generator=gen).to(device)
+    logger.info("%s: %d params, train %d steps", name, net.num_params(), steps)
+    train_s, fwd_s = _train_and_fwd_times(run, idx, targets, steps, warmup, device)
+
+    decode_at: dict[str, float | None] = {}
+    for c in contexts:
+        if not family.supports_decode:
+            decode_at[str(c)] = None
+            continue
+        logger.info("%s: decode at context %d", name, c)
+        # Decoding runs eagerly even with --compile: a growing state recompiles every step.
+        decode_at[str(c)] = _decode_tokens_per_s(
+            net, vocab=cfg.vocab_size, context=c, batch=decode_batch, tokens=decode_tokens,
+            warmup=warmup, device=device, gen=gen,
+        )  # fmt: skip
+    peak_mem = _peak_memory_mb(device)
+
+    train_tps = batch * seq / train_s
+    flops = int(net.flops_per_token(seq))
+    gflops = train_tps * flops / 1e9
+    first_decode = decode_at[str(contexts[0])] if contexts else None
+    record: dict[str, Any] = {
+        "model": name,
+        "params": net.num_params(),
+        "dim": cfg.dim,
+        "layers": cfg.n_layers,
+        "vocab": cfg.vocab_size,
+        "batch": batch,
+        "seq": seq,
+        "train_tokens_per_s": _sig(train_tps),
+        "fwd_tokens_per_s": _sig(batch * seq / fwd_s),
+        "decode_tokens_per_s": _sig(first_decode),
+        "peak_mem_mb": round(peak_mem, 1),
+        "flops_per_token": flops,
+        "gflops": _sig(gflops),
+        "peak_gflops": _sig(peak_gflops),
+        "mfu": _sig(gflops / peak_gflops),
+        "train_vs_first": 1.0,
+        "fwd_vs_first": 1.0,
+        "decode_vs_first": 1.0 if first_decode is not None else None,
+        "decode_context": contexts[0] if contexts else None,
+        "decode_batch": decode_batch,
+        "decode_tokens_per_s_at": {k: _sig(v) for k, v in decode_at.items()},
+        "family": cfg.family,
+        "threads": torch.get_num_threads(),
+        "dtype": dtype,
+        "device": str(device),
+        "compile": compile,
+        "naive": naive_applied,
+    }
+    del net, run
+    gc.collect()
+    return record
+
+
+def add_ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Set each record's ``*_vs_first`` fields to its value over the first record's.
+
+    A ratio is ``None`` where either value is missing (e.g. a family that cannot decode).
+    Records are updated in place and returned.
+    """
+    if not records:
+        return records
+    first = records[0]
+    for rec in records:
+        for ratio, key in RATIO_FIELDS.items():
+            a, b = rec.get(key), first.get(key)
+            rec[ratio] = _sig(a / b) if a is not None and b else None
+    return records
+
+
+def bench_models(
+    models: Sequence[str | ModelConfig],
+    *,
+    threads: int | None = None,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+    peak_size: int | None = None,
+    peak_gflops: float | None = None,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Benchmark several models in this process, sharing one matmul-peak measurement.
+
+    ``kwargs`` go to :func:`bench_model`. Returns one record per model, ratios filled against
+    the first.
+    """
+    if not models:
+        raise ValueError("give at least one model to benchmark")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if peak_gflops is None:
+        logger.info("measuring the %s matmul peak on %d threads", dtype, torch.get_num_threads())
+        peak_gflops = measure_matmul_peak(peak_size, dtype=_DTYPES[dtype], device=device)
+    records = [
+        bench_model(m, dtype=dtype, device=device, peak_gflops=peak_gflops, **kwargs)
+        for m in models
+    ]
+    return add_ratios(records)
+
+
+# -------------------------------------------------------------------------- CLI
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 1024,16384, got {text!r}"
+        ) from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"context lengths must be >= 0, got {text!r}")
+    return values
+
+
+def add_bench_args(parser: argparse.ArgumentParser) -> None:
+    """Add the ``nestlearn bench`` options to ``parser``."""
+    p = parser
+    p.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="NAME",
+        help="family, preset, or 'name:key=value,...'; repeat to compare "
+        "(ratios are against the first). Default: transformer",
+    )
+    p.add_argument(
+        "--dim",
+        type=int,
+        default=None,
+        help=f"model width (default {DEFAULT_DIM}, or the preset's)",
+    )
+    p.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help=f"number of blocks (default {DEFAULT_LAYERS}, or the preset's)",
+    )
+    p.add_argument(
+        "--vocab",
+        type=int,
+        default=None,
+        help=f"vocabulary size (default {DEFAULT_VOCAB}, or the preset's)",
+    )
+    p.add_argument("--batch", type=int, default=4, help="sequences per step (default 4)")
+    p.add_argument("--seq", type=int, default=512, help="tokens per sequence (default 512)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default: torch's current setting)",
+    )
+    p.add_argument("--steps", type=int, default=10, help="timed steps; the median is reported")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    p.add_argument(
+        "--decode-context",
+        type=_int_list,
+        default=[1024],
+        metavar="C[,C...]",
+        help="decode context length(s); the first is decode_tokens_per_s, all are "
+        "in decode_tokens_per_s_at; 0 skips decoding (default 1024)",
+    )
+    p.add_argument(
+        "--decode-batch", type=int, default=1, help="sequences decoded together (default 1)"
+    )
+    p.add_argument(
+        "--decode-tokens", type=int, default=32, help="timed single-token decode steps (default 32)"
+    )
+    p.add_argument(
+        "--naive",
+        action="store_true",
+        help="use the naive reference ops (mixer option naive=True) in families "
+        "that declare supports_naive",
+    )
+    p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model for the train and forward measurements",
+    )
+    p.add_argument(
+        "--peak-size",
+        type=int,
+        default=None,
+        help="matmul size for the peak measurement (default 2048 CPU, 8192 CUDA)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object per model per line")
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """An aligned, human-readable table of ``records`` with the ratio columns."""
+
+    def num(x: Any, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
+    rows = [
+        (
+            r["model"],
+            num(r["params"] / 1e6, ".2f") + "M",
+            num(r["train_tokens_per_s"], ",.0f"),
+            num(r["train_vs_first"], ".2f") + ("x" if r["train_vs_first"] is not None else ""),
+            num(r["fwd_tokens_per_s"], ",.0f"),
+            num(r["fwd_vs_first"], ".2f") + ("x" if r["fwd_vs_first"] is not None else ""),
+            num(r["decode_tokens_per_s"], ",.1f"),
+            num(r["decode_vs_first"], ".2f") + ("x" if r["decode_vs_first"] is not None else ""),
+            num(r["peak_mem_mb"], ",.0f"),
+            num(r["gflops"], ".2f"),
+            num(100 * r["mfu"], ".1f") + "%",
+        )
+        for r in records
+    ]
+    ctx = records[0]["decode_context"] if records else None
+    header = ("model", "params", "train tok/s", "vs 1st", "fwd tok/s", "vs 1st",
+              f"decode tok/s@{ctx}", "vs 1st", "peak MB", "GFLOP/s", "MFU")  # fmt: skip
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    lines = [
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))
+        )
+    ]
+    for row in rows:
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+            )
+        )
+    extra = [
+        f"{r['model']}: decode tok/s " + ", ".join(f"{k}: {num(v, ',.1f')}" for k, v in at.items())
+        for r in records
+        if len(at := r["decode_tokens_per_s_at"]) > 1
+    ]
+    if records:
+        r0 = records[0]
+        lines.insert(
+            0,
+            f"batch {r0['batch']} x seq {r0['seq']}, {r0['dtype']} on {r0['device']}, "
+            f"{r0['threads']} threads; matmul peak {r0['peak_gflops']:.1f} GFLOP/s; "
+            "MFU = train GFLOP/s / peak",
+        )
+    return "\n".join(lines + extra)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run ``nestlearn bench`` from parsed :func:`add_bench_args` options; returns the exit code."""
+    records = bench_models(
+        args.models or ["transformer"],
+        threads=args.threads,
+        dtype=args.dtype,
+        device=args.device,
+        peak_size=args.peak_size,
+        dim=args.dim,
+        layers=args.layers,
+        vocab=args.vocab,
+        batch=args.batch,
+        seq=args.seq,
+        steps=args.steps,
+        warmup=args.warmup,
+        decode_context=args.decode_context,
+        decode_batch=args.decode_batch,
+        decode_tokens=args.decode_tokens,
+        naive=args.naive,
+        compile=args.compile,
+    )
+    if args.json:
+        for rec in records:
+            print(json.dumps(rec), flush=True)
+    else:
+        print(format_table(records), flush=True)
+    return 0
