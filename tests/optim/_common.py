@@ -70,6 +70,7 @@ def train(
     """Run ``steps`` optimizer steps from data step ``start``; returns the losses."""
     losses = []
     for t in range(start, start + steps):
+
         def closure(t: int = t) -> torch.Tensor:
             opt.zero_grad()
             loss = loss_fn(model, t)
