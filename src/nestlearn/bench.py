@@ -31,6 +31,7 @@ import gc
 import json
 import logging
 import math
+import os
 import re
 import statistics
 import time
@@ -432,6 +433,23 @@ def bench_model(
     return record
 
 
+def _warn_if_busy() -> None:
+    """Warn when other processes load the CPUs: OpenMP threads then wait on descheduled
+    peers and small steps (batch-1 decoding above all) slow down many times over."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return
+    cores = os.cpu_count() or 1
+    if load > 0.5 * cores:
+        logger.warning(
+            "the machine is busy (1-min load average %.1f on %d cores): absolute timings will "
+            "be low and noisy; compare ratios, or rerun when it is idle",
+            load,
+            cores,
+        )
+
+
 def add_ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Set each record's ``*_vs_first`` fields to its value over the first record's.
 
@@ -467,6 +485,7 @@ def bench_models(
         raise ValueError("give at least one model to benchmark")
     if threads is not None:
         torch.set_num_threads(threads)
+    _warn_if_busy()
     if peak_gflops is None:
         logger.info("measuring the %s matmul peak on %d threads", dtype, torch.get_num_threads())
         peak_gflops = measure_matmul_peak(peak_size, dtype=_DTYPES[dtype], device=device)
