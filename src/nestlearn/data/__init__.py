@@ -10,6 +10,8 @@ The trainer needs three calls::
     x = train.get(start, seq_len + 1)                    # np.ndarray [seq_len + 1]
     own = TokenShards("data/my-run")                     # from `nestlearn prepare ... --out`
 
+    from nestlearn.data.prepare import prepare          # the library form of `nestlearn prepare`
+
 ``data`` imports no model code.
 """
 
@@ -20,7 +22,9 @@ from nestlearn.data.corpus import (
     load_manifest,
 )
 from nestlearn.data.dataset import TokenShards, cache_root, default_corpus
-from nestlearn.data.prepare import add_prepare_args, prepare, run_prepare
+
+# `prepare` itself is not re-exported: it would shadow the submodule nestlearn.data.prepare.
+from nestlearn.data.prepare import add_prepare_args, run_prepare
 from nestlearn.data.tokenizers import (
     TOKENIZER_NAMES,
     ByteTokenizer,
@@ -43,6 +47,5 @@ __all__ = [
     "default_corpus",
     "get_tokenizer",
     "load_manifest",
-    "prepare",
     "run_prepare",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -78,6 +79,18 @@ class Tokenizer(ABC):
         """Like :meth:`encode_batch` but one 1-D array of ``dtype`` per text (the fast path)."""
         return [np.asarray(ids, dtype=dtype) for ids in self.encode_batch(texts)]
 
+    @abstractmethod
+    def token_bytes(self) -> list[bytes]:
+        """The UTF-8 bytes each id stands for, ``[vocab_size]`` (``b""`` for specials).
+
+        Exact even for ids that hold part of a multi-byte character (byte-level vocabularies),
+        so ``sum(len(token_bytes()[i]) for i in encode(s)) == len(s.encode())``.
+        """
+
+    def token_byte_lengths(self) -> np.ndarray:
+        """``len`` of each :meth:`token_bytes` entry, int64 ``[vocab_size]``, for bits per byte."""
+        return np.array([len(b) for b in self.token_bytes()], dtype=np.int64)
+
     @property
     def token_dtype(self) -> np.dtype:
         """The smallest unsigned dtype that holds every id: uint16 below 65536 ids, else uint32."""
@@ -116,6 +129,10 @@ class ByteTokenizer(Tokenizer):
     ) -> list[np.ndarray]:
         """One array per text straight from the UTF-8 buffer (no Python loop over bytes)."""
         return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8).astype(dtype) for t in texts]
+
+    def token_bytes(self) -> list[bytes]:
+        """``bytes([i])`` for ids 0-255, ``b""`` for the three specials."""
+        return [bytes([i]) for i in range(256)] + [b""] * 3
 
     def decode(self, ids: Sequence[int] | np.ndarray, *, skip_special: bool = True) -> str:
         """Bytes back to text; invalid UTF-8 (e.g. a cut multi-byte char) becomes U+FFFD."""
@@ -156,6 +173,7 @@ class HFTokenizer(Tokenizer):
                 "(or to a folder that holds one)"
             )
         raw = path.read_bytes()
+        self._byte_level = (json.loads(raw).get("decoder") or {}).get("type") == "ByteLevel"
         self.path = path
         self.name = name or f"hf:{path}"
         self.sha256 = hashlib.sha256(raw).hexdigest()
@@ -196,12 +214,43 @@ class HFTokenizer(Tokenizer):
         encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
         return [np.asarray(e.ids, dtype=dtype) for e in encs]
 
+    def token_bytes(self) -> list[bytes]:
+        """Bytes of each id: exact through the byte alphabet for byte-level files, else each id
+        decoded alone (exact for vocabularies whose pieces are whole characters)."""
+        added = self._tok.get_added_tokens_decoder()
+        out: list[bytes] = []
+        inverse = _byte_level_inverse() if self._byte_level else None
+        for i in range(self.vocab_size):
+            if i in added:
+                out.append(b"" if added[i].special else added[i].content.encode("utf-8"))
+                continue
+            piece = self._tok.id_to_token(i)
+            if inverse is not None and piece is not None and all(c in inverse for c in piece):
+                out.append(bytes(inverse[c] for c in piece))
+            else:
+                out.append(self._tok.decode([i], skip_special_tokens=False).encode("utf-8"))
+        return out
+
     def decode(self, ids: Sequence[int] | np.ndarray, *, skip_special: bool = True) -> str:
         """Text of ``ids`` (special ids dropped when ``skip_special``)."""
         seq = [int(i) for i in np.asarray(ids).reshape(-1)]
         if skip_special:
             seq = [i for i in seq if i not in self._special_ids]
         return self._tok.decode(seq, skip_special_tokens=skip_special)
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_level_inverse() -> dict[str, int]:
+    """GPT-2's byte -> printable character table, inverted (character -> byte)."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
 
 
 def _first_present(vocab: dict[str, int], candidates: Iterable[str]) -> int | None:
