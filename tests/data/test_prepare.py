@@ -282,3 +282,15 @@ def test_cli_hooks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     summary = capsys.readouterr().out
     assert "1 documents" in summary and "12 byte tokens" in summary
     assert TokenShards(tmp_path / "out").get(0, 12).tolist() == _byte_stream("hello world")
+
+
+def test_batching_and_progress_bar_do_not_change_the_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = _corpus(tmp_path)
+    ref = prepare(inputs, tmp_path / "ref", "bpe-8192", shard_tokens=50, progress=False)
+    monkeypatch.setattr(prep, "_BATCH_BYTES", 7)  # a batch of one or two documents at a time
+    meta = prepare(inputs, tmp_path / "out", "bpe-8192", shard_tokens=50, progress=True)
+    assert meta == ref
+    assert _snapshot(tmp_path / "out") == _snapshot(tmp_path / "ref")
+    assert "100%" in capsys.readouterr().err

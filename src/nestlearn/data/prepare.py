@@ -410,16 +410,21 @@ def prepare_sources(
                 writer.add_document(ids, (si, di), len(text.encode("utf-8")), skip)
 
         for si in range(start_src, len(sources)):
+            read = 0  # characters read from this input: <= its bytes, so the bar never goes back
             for di, text in enumerate(sources[si].documents(text_key)):
                 if si == start_src and di < start_doc:
                     continue
                 batch.append(((si, di), text))
                 batch_bytes += len(text)
+                read += len(text)
                 if batch_bytes >= _BATCH_BYTES:
                     flush_batch()
                     batch, batch_bytes = [], 0
-            if bar is not None:
-                bar.update(sources[si].n_bytes)
+                    if bar is not None:  # approximate inside an input ...
+                        bar.update(done + min(read, sources[si].n_bytes) - bar.n)
+            done += sources[si].n_bytes
+            if bar is not None:  # ... exact at its end
+                bar.update(done - bar.n)
         flush_batch()
         writer.finish([len(sources), 0, 0])
     finally:
