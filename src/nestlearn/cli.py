@@ -21,6 +21,10 @@ from pathlib import Path
 EXIT_INTERRUPTED = 130
 
 
+class UsageError(Exception):
+    """A bad command line or input file: printed as `error: ...`, exit code 2."""
+
+
 def _setup_logging(verbose: bool) -> None:
     rank = int(os.environ.get("RANK", "0"))
     level = logging.DEBUG if verbose else logging.INFO
@@ -67,26 +71,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         saved = run_dir / "config.yaml"
         if not saved.is_file():
-            raise SystemExit(
-                f"error: {saved} not found; --resume needs a run folder made by `nestlearn train`"
+            raise UsageError(
+                f"{saved} not found; --resume needs a run folder made by `nestlearn train`"
             )
         if args.preset or args.config:
-            raise SystemExit(
-                "error: --resume takes the run's saved config; drop --preset/--config (overrides are allowed)"
+            raise UsageError(
+                "--resume takes the run's saved config; drop --preset/--config (overrides are allowed)"
             )
         cfg = from_dict(TrainConfig, apply_overrides(load_yaml(saved), args.overrides))
     else:
         if not args.preset and not args.config:
-            raise SystemExit(
-                "error: give --preset NAME or --config FILE.yaml (`nestlearn list` shows presets)"
+            raise UsageError(
+                "give --preset NAME or --config FILE.yaml (`nestlearn list` shows presets)"
             )
         cfg = resolve_config(args.preset, args.config, args.overrides)
         run_dir = Path(args.out) if args.out else None
-    trainer = Trainer(cfg, run_dir=run_dir, resume=bool(args.resume))
-    _print(
-        f"run folder: {trainer.run_dir}  ({trainer.params:,} parameters, {trainer.dist.world_size} process(es), device {trainer.device})"
-    )
-    result = trainer.fit()
+    from nestlearn.train.distributed import cleanup_distributed
+
+    try:
+        trainer = Trainer(cfg, run_dir=run_dir, resume=bool(args.resume))
+        _print(
+            f"run folder: {trainer.run_dir}  ({trainer.params:,} parameters, "
+            f"{trainer.dist.world_size} process(es), device {trainer.device})"
+        )
+        result = trainer.fit()
+    finally:
+        cleanup_distributed()
     if result.interrupted:
         _print(
             f"interrupted at step {result.steps}; resume with: nestlearn train --resume {trainer.run_dir}"
@@ -142,9 +152,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
-            raise SystemExit(f"error: {path} is not UTF-8 text") from None
+            raise UsageError(f"{path} is not UTF-8 text") from None
         if not text.strip():
-            raise SystemExit(f"error: {path} is empty")
+            raise UsageError(f"{path} is empty")
         source, what = ArrayTokens(np.asarray(tok.encode(text))), str(path)
     elif args.data:
         from nestlearn.data import TokenShards
@@ -208,7 +218,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from nestlearn.train.run import load_run
 
     if args.max_new_tokens <= 0:
-        raise SystemExit("error: --max-new-tokens must be positive")
+        raise UsageError("--max-new-tokens must be positive")
     run = load_run(args.checkpoint)
     print(
         _sample_text(
@@ -434,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+    except (UsageError, ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:

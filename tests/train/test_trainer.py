@@ -14,9 +14,16 @@ from nestlearn.train.config import ConfigError
 from nestlearn.train.schedule import lr_factor
 
 BASE = [
-    "model.dim=64", "model.n_layers=2", "model.n_heads=2", "model.max_seq_len=64",
-    "data.seq_len=64", "data.batch_size=8", "train.progress=false", "train.eval_tokens=2048",
-    "schedule.warmup_steps=5", "train.threads=2",
+    "model.dim=64",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.max_seq_len=64",
+    "data.seq_len=64",
+    "data.batch_size=8",
+    "train.progress=false",
+    "train.eval_tokens=2048",
+    "schedule.warmup_steps=5",
+    "train.threads=2",
 ]
 
 
@@ -49,7 +56,9 @@ def test_interrupted_and_resumed_run_is_bit_identical(tiny_data, tmp_path):
         if step == 7:
             trainer.request_stop()
 
-    part = Trainer(_cfg(*steps), run_dir=tmp_path / "cut", data=tiny_data, on_step_end=stop_at_7).fit()
+    part = Trainer(
+        _cfg(*steps), run_dir=tmp_path / "cut", data=tiny_data, on_step_end=stop_at_7
+    ).fit()
     assert part.interrupted and part.steps == 7
     rest = Trainer(_cfg(*steps), run_dir=tmp_path / "cut", data=tiny_data, resume=True).fit()
     assert rest.steps == 16 and not rest.interrupted
@@ -61,8 +70,14 @@ def test_interrupted_and_resumed_run_is_bit_identical(tiny_data, tmp_path):
 
 
 def test_grad_accumulation_matches_full_batch(tiny_data, tmp_path):
-    one = Trainer(_cfg("train.steps=3", "train.eval_every=0"), run_dir=tmp_path / "a", data=tiny_data).fit()
-    acc = Trainer(_cfg("train.steps=3", "train.eval_every=0", "train.grad_accum=4"), run_dir=tmp_path / "b", data=tiny_data).fit()
+    one = Trainer(
+        _cfg("train.steps=3", "train.eval_every=0"), run_dir=tmp_path / "a", data=tiny_data
+    ).fit()
+    acc = Trainer(
+        _cfg("train.steps=3", "train.eval_every=0", "train.grad_accum=4"),
+        run_dir=tmp_path / "b",
+        data=tiny_data,
+    ).fit()
     assert one.losses == pytest.approx(acc.losses, abs=1e-5)
 
 
@@ -95,7 +110,11 @@ def test_keep_last_prunes_and_no_temp_left(tiny_data, tmp_path):
 def test_checkpoint_holds_no_pickle(tiny_data, tmp_path):
     Trainer(_cfg("train.steps=2", "train.eval_every=0"), run_dir=tmp_path, data=tiny_data).fit()
     (ckpt,) = list_checkpoints(tmp_path / "checkpoints")
-    assert sorted(p.name for p in ckpt.iterdir()) == ["meta.json", "model.safetensors", "optim.safetensors"]
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "meta.json",
+        "model.safetensors",
+        "optim.safetensors",
+    ]
     json.loads((ckpt / "meta.json").read_text())
 
 

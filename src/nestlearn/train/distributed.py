@@ -47,7 +47,9 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def cleanup_distributed() -> None:
+    """Leave the process group; the barrier keeps a fast rank from tearing gloo down early."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -145,17 +145,19 @@ class Trainer:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.model: LanguageModel = build_model(cfg.model, device=self.device, seed=cfg.train.seed)
         self.params = self.model.num_params()
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        for g in self.optimizer.param_groups:
-            g.setdefault("initial_lr", g["lr"])
         self.start_step = 0
         self.tokens_seen = 0
-        if resume:
-            self._load()
+        ckpt = self._load_model() if resume else None
         if cfg.train.compile:
             for block in self.model.blocks:
                 block.compile()
+        # wrap before building the optimizer: FSDP2 replaces parameters by sharded DTensors
         self.wrapped: nn.Module = wrap_model(self.model, self.dist, self.device, cfg.train.parallel)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        for g in self.optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+        if ckpt is not None and ckpt.optimizer is not None:
+            self._load_optimizer(ckpt.optimizer)
         self.token_bytes = token_byte_lengths(self.tokenizer, cfg.model.vocab_size)
         self.autocast = self._autocast_factory()
         if self.dist.is_main:
@@ -174,22 +176,22 @@ class Trainer:
             return contextlib.nullcontext
         return lambda: torch.autocast(device_type=dev, dtype=torch.bfloat16)
 
-    def _load(self) -> None:
+    def _fsdp(self) -> bool:
+        return self.cfg.train.parallel == "fsdp" and self.dist.enabled
+
+    def _load_model(self) -> Any:
+        """Load the newest good checkpoint's weights (before wrapping); return the checkpoint."""
         ckpt = load_latest(self.ckpt_dir, map_location="cpu")
         if ckpt is None:
             logger.info("no checkpoint in %s: starting from step 0", self.ckpt_dir)
-            return
+            return None
         missing, unexpected = self.model.load_state_dict(ckpt.model, strict=False)
-        missing = [
-            k for k in missing if not k.endswith("head.weight") or not self.cfg.model.tie_embeddings
-        ]
+        missing = [k for k in missing if not (k == "head.weight" and self.cfg.model.tie_embeddings)]
         if missing or unexpected:
             raise ValueError(
                 f"checkpoint {ckpt.path} does not fit this model (missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}); was the config changed?"
             )
-        if ckpt.optimizer is not None:
-            self.optimizer.load_state_dict(ckpt.optimizer)
         if "torch_cpu" in ckpt.rng:
             torch.set_rng_state(ckpt.rng["torch_cpu"])
         self.start_step = ckpt.step
@@ -197,6 +199,20 @@ class Trainer:
         logger.info("resumed from %s (step %d)", ckpt.path, ckpt.step)
         if self.dist.is_main and self.metrics_path.exists():
             self._truncate_metrics(ckpt.step)
+        return ckpt
+
+    def _load_optimizer(self, state: dict[str, Any]) -> None:
+        if self._fsdp():
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
+
+            set_optimizer_state_dict(
+                self.model, self.optimizer, state, options=StateDictOptions(full_state_dict=True)
+            )
+        else:
+            self.optimizer.load_state_dict(state)
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop log lines of steps after the checkpoint (they will be run again)."""
@@ -215,7 +231,7 @@ class Trainer:
     # ------------------------------------------------------------ checkpoint
     def save(self, step: int) -> Path | None:
         """Checkpoint after ``step`` completed steps (rank 0 writes; all ranks take part)."""
-        if self.cfg.train.parallel == "fsdp" and self.dist.enabled:
+        if self._fsdp():
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
                 get_model_state_dict,

@@ -1,0 +1,74 @@
+"""A 2-process gloo DDP run equals a single-process run with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nestlearn.train import Trainer, resolve_config
+
+HERE = Path(__file__).resolve().parent
+ARGS = [
+    "model.dim=64",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.max_seq_len=64",
+    "data.seq_len=64",
+    "data.batch_size=8",
+    "train.progress=false",
+    "train.eval_tokens=2048",
+    "train.steps=6",
+    "train.eval_every=0",
+    "train.threads=1",
+    "schedule.warmup_steps=2",
+]
+
+
+def _torchrun(tmp: Path, nproc: int, extra: list[str]) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(HERE / "ddp_worker.py"),
+        str(tmp),
+        *ARGS,
+        *extra,
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((tmp / "result.json").read_text())
+
+
+@pytest.mark.distributed
+def test_two_process_ddp_equals_single_process(tiny_data, tmp_path):
+    ddp = _torchrun(tmp_path, 2, [])
+    assert ddp["world"] == 2
+    single = Trainer(
+        resolve_config("transformer-tiny", None, ARGS), run_dir=tmp_path / "single", data=tiny_data
+    ).fit()
+    assert len(ddp["losses"]) == len(single.losses) == 6
+    for a, b in zip(ddp["losses"], single.losses):
+        assert abs(a - b) < 1e-5, (ddp["losses"], single.losses)
+    assert abs(ddp["final"]["loss"] - single.final_eval["loss"]) < 1e-5
+    # only rank 0 wrote the run folder's files
+    ckpts = list((tmp_path / "run" / "checkpoints").iterdir())
+    assert [p.name for p in ckpts] == ["step_00000006"]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_process_fsdp_equals_single_process(tiny_data, tmp_path):
+    fsdp = _torchrun(tmp_path, 2, ["train.parallel=fsdp"])
+    single = Trainer(
+        resolve_config("transformer-tiny", None, ARGS), run_dir=tmp_path / "single", data=tiny_data
+    ).fit()
+    for a, b in zip(fsdp["losses"], single.losses):
+        assert abs(a - b) < 1e-5
