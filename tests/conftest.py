@@ -54,3 +54,10 @@ def tiny_data():
     arr = source_text_tokens()
     cut = int(len(arr) * 0.9)
     return ByteTok(), ArrayTokens(arr[:cut]), ArrayTokens(arr[cut:])
+
+
+def pytest_configure(config):  # noqa: D103 - keep the corpus cache of a test run private
+    import os
+    import tempfile
+
+    os.environ.setdefault("NESTLEARN_CACHE", tempfile.mkdtemp(prefix="nestlearn-test-cache-"))

@@ -133,6 +133,18 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--tasks",
+        metavar="T1,T2",
+        help="zero-shot tasks instead of perplexity (piqa, arc_easy, ...; see docs/evaluation.md)",
+    )
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding the task data sets")
+    p.add_argument("--limit", type=int, default=None, help="examples per task (default: all)")
+    p.add_argument(
+        "--freeze-memory",
+        action="store_true",
+        help="turn off test-time memory updates (families that learn in context)",
+    )
     p.set_defaults(func=cmd_eval)
 
 
@@ -145,6 +157,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from nestlearn.train.batches import ArrayTokens
     from nestlearn.train.run import load_run
 
+    if args.tasks:
+        try:
+            from nestlearn.eval.tasks import run_tasks
+        except ImportError as e:
+            raise UsageError(f"task evaluation is not available in this install ({e})") from e
+        return run_tasks(args)
     run = load_run(args.checkpoint)
     tok = run.tokenizer
     if args.text:
@@ -241,9 +259,10 @@ def _sample_text(model, tok, prompt, n, temperature, top_k, top_p, seed, num_sam
     from nestlearn.models import FAMILIES
     from nestlearn.models.generation import generate
 
+    # training streams separate documents with eos, so eos is what precedes a document start
     ids = tok.encode(prompt) if prompt else []
-    if tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
-        ids = [tok.bos_id] + ids
+    if tok.eos_id is not None:
+        ids = [tok.eos_id] + ids
     idx = torch.tensor([ids] * num_samples, dtype=torch.long)
     use_state = FAMILIES[model.cfg.family].supports_decode
     out, _ = generate(
@@ -396,6 +415,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------- main
+def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands defined in ``nestlearn/commands/*.py`` (see that package's docstring)."""
+    import importlib
+    import pkgutil
+
+    import nestlearn.commands as pkg
+
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"nestlearn.commands.{info.name}")
+        p = sub.add_parser(mod.COMMAND, help=mod.HELP, description=getattr(mod, "__doc__", None))
+        mod.add_args(p)
+        p.set_defaults(func=mod.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nestlearn",
@@ -411,24 +446,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_generate(sub)
     _add_list(sub)
-    try:
-        from nestlearn.data.prepare import add_prepare_args, run_prepare
+    from nestlearn.bench import add_bench_args, run_bench
+    from nestlearn.data.prepare import add_prepare_args, run_prepare
 
-        p = sub.add_parser(
-            "prepare", help="tokenize text files, folders or JSONL into memmap shards"
-        )
-        add_prepare_args(p)
-        p.set_defaults(func=run_prepare)
-    except ImportError:
-        pass
-    try:
-        from nestlearn.bench import add_bench_args, run_bench
-
-        p = sub.add_parser("bench", help="throughput, memory and MFU of model families")
-        add_bench_args(p)
-        p.set_defaults(func=run_bench)
-    except ImportError:
-        pass
+    p = sub.add_parser("prepare", help="tokenize text files, folders or JSONL into memmap shards")
+    add_prepare_args(p)
+    p.set_defaults(func=run_prepare)
+    p = sub.add_parser("bench", help="throughput, memory and MFU of model families")
+    add_bench_args(p)
+    p.set_defaults(func=run_bench)
+    _add_plugin_commands(sub)
     return parser
 
 
