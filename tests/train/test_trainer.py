@@ -154,3 +154,17 @@ def test_seq_len_beyond_data_is_a_clear_error(tmp_path):
     data = (ByteTok(), ArrayTokens(list(range(40))), ArrayTokens(list(range(40))))
     with pytest.raises(ValueError, match="fewer than data.seq_len"):
         Trainer(_cfg("train.steps=1"), run_dir=tmp_path, data=data).fit()
+
+
+def test_bf16_autocast_on_cpu_trains(tiny_data, tmp_path):
+    res = Trainer(_cfg("train.steps=8", "train.eval_every=0", "train.dtype=bfloat16", "optim.lr=3e-3"),
+                  run_dir=tmp_path, data=tiny_data).fit()
+    assert all(math.isfinite(x) for x in res.losses)
+    assert res.losses[-1] < res.losses[0] - 0.3
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager(tiny_data, tmp_path):
+    eager = Trainer(_cfg("train.steps=3", "train.eval_every=0"), run_dir=tmp_path / "e", data=tiny_data).fit()
+    comp = Trainer(_cfg("train.steps=3", "train.eval_every=0", "train.compile=true"), run_dir=tmp_path / "c", data=tiny_data).fit()
+    assert comp.losses == pytest.approx(eager.losses, abs=1e-4)
