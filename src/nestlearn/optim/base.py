@@ -113,13 +113,11 @@ def apply_update(
         p.add_(d, alpha=-step_lr)
 
 
-def copy_into(dst: Sequence[Tensor], src: Sequence[Tensor], foreach: bool = True) -> None:
-    """Write new state tensors back into the optimizer's state tensors, in place."""
-    if foreach and dst:
-        torch._foreach_copy_(list(dst), list(src))
-    else:
-        for a, b in zip(dst, src):
-            a.copy_(b)
+def store(state: Any, params: Sequence[Tensor], key: str, tensors: Sequence[Tensor]) -> None:
+    """Put freshly computed state tensors into ``state[p][key]`` (no copy: the pure update
+    functions return new tensors, so the old ones are simply dropped)."""
+    for p, t in zip(params, tensors):
+        state[p][key] = t
 
 
 def _param_of(item: Any) -> Tensor:
@@ -230,7 +228,8 @@ class NestedOptimizer(Optimizer):
             grads, ms, vs, steps, betas=group["fallback_betas"], eps=group["fallback_eps"],
             foreach=foreach,
         )  # fmt: skip
-        copy_into(ms + vs, m + v, foreach)
+        store(self.state, params, "exp_avg", m)
+        store(self.state, params, "exp_avg_sq", v)
         apply_update(
             params, d, [group["lr"]] * len(params), lr=group["lr"],
             weight_decay=group["weight_decay"], foreach=foreach,

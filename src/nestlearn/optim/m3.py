@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from nestlearn.optim.base import NestedOptimizer, apply_update, copy_into
+from nestlearn.optim.base import NestedOptimizer, apply_update, store
 from nestlearn.optim.momentum import output_map
 from nestlearn.optim.newton_schulz import (
     ADJUST_LR_FNS,
@@ -105,9 +105,14 @@ def m3_update(
         v = torch._foreach_mul(state.v, b2)
         torch._foreach_addcmul_(v, grads, grads, value=1.0 - b2)
         if precondition:
-            den = torch._foreach_sqrt(torch._foreach_div(v, 1.0 - b2**step))
-            torch._foreach_add_(den, eps)
-            x1 = torch._foreach_div(torch._foreach_div(m1, 1.0 - b1**step), den)
+            # M^/(sqrt(V^) + eps) = M (sqrt(bc2)/bc1) / (sqrt(V) + eps sqrt(bc2)); the scalar
+            # factor is dropped before Newton-Schulz (which normalises), saving a full pass.
+            sqrt_bc2 = (1.0 - b2**step) ** 0.5
+            den = torch._foreach_sqrt(v)
+            torch._foreach_add_(den, eps * sqrt_bc2)
+            x1 = torch._foreach_div(m1, den)
+            if ns_steps == 0:
+                torch._foreach_mul_(x1, sqrt_bc2 / (1.0 - b1**step))
         else:
             x1 = m1
         o1 = output_map(x1, "newton-schulz", **ns)
@@ -122,7 +127,9 @@ def m3_update(
         else:
             m2 = torch._foreach_lerp(state.m2, torch._foreach_div(slow, float(slow_every)), 1 - b3)
             if precondition:
-                x2 = torch._foreach_div(torch._foreach_div(m2, 1.0 - b3**n_slow), den)
+                x2 = torch._foreach_div(m2, den)
+                if ns_steps == 0:
+                    torch._foreach_mul_(x2, sqrt_bc2 / (1.0 - b3**n_slow))
             else:
                 x2 = m2
             o2 = output_map(x2, "newton-schulz", **ns)
@@ -217,8 +224,8 @@ class M3(NestedOptimizer):
             d, new, n_slow = m3_update(
                 [p.grad for p in ps], state, step, n_slow, batched=group["foreach"], **hp
             )
-            for old, fresh in zip(state, new):
-                copy_into(old, fresh, group["foreach"])
+            for key, fresh in zip(self._KEYS, new):
+                store(self.state, ps, key, fresh)
             for p in ps:
                 self.state[p]["n_slow"] = n_slow
             if group["variant"] == "stabilised":

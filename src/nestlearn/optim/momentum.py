@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nestlearn.optim.base import NestedOptimizer, apply_update, as_matrix, copy_into
+from nestlearn.optim.base import NestedOptimizer, apply_update, as_matrix, store
 from nestlearn.optim.newton_schulz import (
     ADJUST_LR_FNS,
     NS_COEFFICIENTS,
@@ -206,8 +206,7 @@ class PreconditionedMomentum(NestedOptimizer):
             d, b, v = preconditioned_momentum_update(
                 p.grad, st["momentum_buffer"], st["second_moment"], st["step"], **hp
             )
-            st["momentum_buffer"].copy_(b)
-            st["second_moment"].copy_(v)
+            st["momentum_buffer"], st["second_moment"] = b, v
             dirs.append(d)
         apply_update(params, dirs, [group["lr"]] * len(params), lr=group["lr"],
                      weight_decay=group["weight_decay"], foreach=group["foreach"])  # fmt: skip
@@ -275,17 +274,16 @@ class DeltaMomentum(NestedOptimizer):
                          fallback_eps=fallback_eps, foreach=foreach)  # fmt: skip
 
     def _method_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        bufs, news = [], []
+        news = []
         for p in params:
             st = self.state[p]
             if "momentum_buffer" not in st:
                 st["momentum_buffer"] = torch.zeros_like(p)
             d, _ = delta_momentum_update(p.grad, st["momentum_buffer"], momentum=group["momentum"],
                                          decay=group["decay"], normalize=group["normalize"])  # fmt: skip
-            bufs.append(st["momentum_buffer"])
+            st["momentum_buffer"] = d
             news.append(d)
-        copy_into(bufs, news, group["foreach"])
-        apply_update(params, bufs, [group["lr"]] * len(params), lr=group["lr"],
+        apply_update(params, news, [group["lr"]] * len(params), lr=group["lr"],
                      weight_decay=group["weight_decay"], foreach=group["foreach"])  # fmt: skip
 
 
@@ -353,7 +351,7 @@ class FeatureMapMomentum(NestedOptimizer):
         feats = [feature_map(p.grad, group["feature_map"], group["temperature"]) for p in params]
         d, new = momentum_update(feats, bufs, momentum=group["momentum"], ema=group["ema"],
                                  nesterov=group["nesterov"], foreach=group["foreach"])  # fmt: skip
-        copy_into(bufs, new, group["foreach"])
+        store(self.state, params, "momentum_buffer", new)
         apply_update(params, d, [group["lr"]] * len(params), lr=group["lr"],
                      weight_decay=group["weight_decay"], foreach=group["foreach"])  # fmt: skip
 
@@ -459,7 +457,7 @@ class NonlinearOutputMomentum(NestedOptimizer):
         grads = [p.grad for p in params]
         d, new = momentum_update(grads, bufs, momentum=group["momentum"], ema=group["ema"],
                                  nesterov=group["nesterov"], foreach=group["foreach"])  # fmt: skip
-        copy_into(bufs, new, group["foreach"])
+        store(self.state, params, "momentum_buffer", new)
         out = output_map(d, group["output"], ns_steps=group["ns_steps"],
                          ns_coefficients=group["ns_coefficients"], ns_eps=group["ns_eps"],
                          ns_dtype=group["ns_dtype"], batched=group["foreach"])  # fmt: skip
