@@ -105,7 +105,7 @@ def test_lr_scheduler_scales_every_group_from_initial_lr() -> None:
     sched.step()
 
 
-def test_zero_learning_rate_factor_leaves_parameters_unchanged_except_decay() -> None:
+def test_vanishing_learning_rate_stops_every_group() -> None:
     """A schedule factor of ~0 must stop every group (the fallback too)."""
     model = make(TinyNet)
     opt = build_optimizer(model, _cfg("muon"))
