@@ -25,8 +25,10 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "FLUSH_LOG",
     "LOG_GATE_MIN",
     "decay_matrix",
+    "exp_flush",
     "log_gate",
     "naive_gated_scan",
     "segsum",
@@ -36,6 +38,20 @@ __all__ = [
 # float32 and float64 (<= 1e-30 of the old state) while keeping logs and their gradients finite.
 LOG_GATE_MIN: float = -69.0
 _GATE_MIN: float = 1e-30
+
+
+# Below float64, decay products under exp(-40) ~ 4e-18 are set to exactly zero. They are invisible
+# next to the O(1) diagonal terms at float32 precision (eps ~ 6e-8), and left alone their products
+# with data become subnormal floats, which are 10-100x slower on CPUs (measured: a 2048-token
+# forward+backward went from 1.2 s to 7.8 s).
+FLUSH_LOG: float = -40.0
+
+
+def exp_flush(x: Tensor) -> Tensor:
+    """``exp(x)``, with ``exp(x) := 0`` where ``x < FLUSH_LOG`` unless ``x`` is float64."""
+    if x.dtype != torch.float64:
+        x = x.masked_fill(x < FLUSH_LOG, float("-inf"))
+    return torch.exp(x)
 
 
 def log_gate(a: Tensor) -> Tensor:
@@ -83,9 +99,10 @@ def decay_matrix(log_a: Tensor) -> Tensor:
         log_a: ``[..., C]`` log-gates (see :func:`log_gate`).
 
     Returns:
-        ``[..., C, C]`` with ones on the diagonal and zeros above it.
+        ``[..., C, C]`` with ones on the diagonal and zeros above it (and tiny entries flushed to
+        zero below float64, see :func:`exp_flush`).
     """
-    return torch.exp(segsum(log_a))
+    return exp_flush(segsum(log_a))
 
 
 def naive_gated_scan(a: Tensor, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nestlearn.ops.scan import decay_matrix, log_gate
+from nestlearn.ops.scan import decay_matrix, exp_flush, log_gate
 from nestlearn.ops.titans.common import (
     Activation,
     Optimizer,
@@ -177,7 +177,7 @@ class _Coefs:
         self.last_row = last_row
         la = log_gate(1.0 - alpha) if alpha is not None else torch.zeros_like(theta)
         DM = decay_matrix(la)  # DM[t, r] = prod_{r<j<=t} (1 - alpha_j)
-        self.beta = torch.exp(la.cumsum(-1))  # prod_{j<=t} (1 - alpha_j)
+        self.beta = exp_flush(la.cumsum(-1))  # prod_{j<=t} (1 - alpha_j)
         cth = DM * theta.unsqueeze(-2)  # DM diag(theta)
         self.cM = cth if dgd else None
         self.gamma: Tensor | None = None
@@ -186,7 +186,7 @@ class _Coefs:
         if eta is not None:
             le = log_gate(eta)
             DS = decay_matrix(le)  # DS[r, s] = prod_{s<j<=r} eta_j
-            Hc = torch.exp(le.cumsum(-1))  # prod_{j<=r} eta_j
+            Hc = exp_flush(le.cumsum(-1))  # prod_{j<=r} eta_j
             self.cS = DM @ (DS * theta.unsqueeze(-2))  # sum_r DM[t,r] DS[r,s] theta_s
             self.gamma = (DM @ Hc.unsqueeze(-1)).squeeze(-1)
             self.wS_end = self.end(DS) * theta  # DS[end, s] theta_s
@@ -271,45 +271,68 @@ def _linear_chunks(
     wC = 2.0 * last if co.cM_end is None else 2.0 * last + co.cM_end
     betaC = co.beta_end[..., None, None]  # [N, G, 1, 1]
     Kt = K.mT
+    Dv = V.shape[-1]
+    gammaC = HC = None
     if mom:
         assert co.wS_end is not None and co.gamma_end is not None and co.H_end is not None
         # chunk end: M' = beta M + gamma S + Bm - M^g Fm ;  S' = H S + Bs - M^g Fs
         FF = Kt @ torch.cat([wC.unsqueeze(-1) * K, (2.0 * co.wS_end).unsqueeze(-1) * K], dim=-1)
         BB = 2.0 * (torch.cat([last.unsqueeze(-1) * V, co.wS_end.unsqueeze(-1) * V], dim=-1).mT @ K)
-        Dv = V.shape[-1]
         gammaC = co.gamma_end[..., None, None]
         HC = co.H_end[..., None, None]
     else:
         FF = Kt @ (wC.unsqueeze(-1) * K)  # [N, G, Dk, Dk]
         BB = 2.0 * ((last.unsqueeze(-1) * V).mT @ K)  # [N, G, Dv, Dk]
-    M = W[0]
-    Sm = S[0] if S is not None else None
-    Ma = A[0] if A is not None else M
-    Ms, Ss = [], []
+    # The chunk step is affine in X = [M | S] (aligned chunks, anchor = start):
+    #   X' = X @ Tc + BB,  Tc = [[beta I - Fm, -Fs], [gamma I, H I]]   (without momentum X = M)
+    # so the loop body is a single baddbmm. unbind() (not c-indexing) keeps backward O(N).
+    eye = torch.eye(Dk, dtype=Q.dtype, device=Q.device)
+    if mom:
+        assert gammaC is not None and HC is not None
+        Tc = torch.cat(
+            [
+                torch.cat([betaC * eye - FF[..., :Dk], -FF[..., Dk:]], dim=-1),
+                torch.cat([gammaC * eye, HC * eye], dim=-1),
+            ],
+            dim=-2,
+        )  # [N, G, 2Dk, 2Dk]
+        BBx = torch.cat([BB[..., :Dv, :], BB[..., Dv:, :]], dim=-1)  # [N, G, Dv, 2Dk]
+        assert S is not None
+        X = torch.cat([W[0], S[0]], dim=-1)
+    else:
+        Tc = betaC * eye - FF
+        BBx = BB
+        X = W[0]
+    Ts, Bs = Tc.unbind(0), BBx.unbind(0)
+    starts = []
     for c in range(N):
-        Ms.append(M)
-        if mom:
-            assert Sm is not None
-            Ss.append(Sm)
-            P = Ma @ FF[c]  # [G, Dv, 2 Dk]
-            M, Sm = (
-                BB[c, :, :Dv] + betaC[c] * M + gammaC[c] * Sm - P[..., :Dk],
-                BB[c, :, Dv:] + HC[c] * Sm - P[..., Dk:],
-            )
+        starts.append(X)
+        if c == 0 and A is not None:
+            # first chunk mid-way: writes use the anchor, decays/momentum act on the start state
+            P = A[0] @ FF[0]
+            M0 = W[0]
+            if mom:
+                assert S is not None and gammaC is not None and HC is not None
+                X = BBx[0] + torch.cat(
+                    [betaC[0] * M0 + gammaC[0] * S[0] - P[..., :Dk], HC[0] * S[0] - P[..., Dk:]],
+                    dim=-1,
+                )
+            else:
+                X = torch.baddbmm(BBx[0] + betaC[0] * M0, A[0], FF[0], alpha=-1.0)
         else:
-            M = torch.baddbmm(BB[c] + betaC[c] * M, Ma, FF[c], alpha=-1.0)
-        Ma = M
-    Mst = torch.stack(Ms)  # [N, G, Dv, Dk]: weights at each chunk start
+            X = torch.baddbmm(Bs[c], X, Ts[c])
+    Xst = torch.stack(starts)  # [N, G, Dv, Dk or 2Dk]: state at each chunk start
     lhs = co.beta.unsqueeze(-1) * Q - R
     if mom:
         assert co.gamma is not None
         lhs = torch.cat([lhs, co.gamma.unsqueeze(-1) * Q], dim=-1)
-        Mst = torch.cat([Mst, torch.stack(Ss)], dim=-1)
-    Y = lhs @ Mst.mT + Yc
+    Y = lhs @ Xst.mT + Yc
     if A is not None:
         # first chunk: its writes were computed at the anchor, not at its start weights
         Y = torch.cat([(Y[0] + R[0] @ (W[0] - A[0]).mT).unsqueeze(0), Y[1:]])
-    return Y, (M,), (Sm,) if mom else None, (Ms[-1],)  # type: ignore[return-value]
+    M_end = X[..., :Dk]
+    S_end = (X[..., Dk:],) if mom else None
+    return Y, (M_end,), S_end, (starts[-1][..., :Dk],)
 
 
 def _mlp_chunks(
@@ -338,12 +361,24 @@ def _mlp_chunks(
     gammaC = None if co.gamma_end is None else co.gamma_end[..., None, None]
     HC = None if co.H_end is None else co.H_end[..., None, None]
 
+    # unbind() once instead of indexing [c] in the loop: an indexed view's backward allocates the
+    # whole [N, ...] tensor per chunk (O(N^2) memory traffic).
+    def per_chunk(x: Tensor | None) -> list[Tensor | None]:
+        return [None] * N if x is None else list(x.unbind(0))
+
+    Qs, Ks, Vs, AS1s, AM1s, cSs = (per_chunk(x) for x in (Q, K, V, AS1, AM1, co.cS))
+    lasts, lastMs, wSs = per_chunk(last), per_chunk(lastM), per_chunk(wS)
+    betas, gammas, betaCs, gammaCs, HCs = (per_chunk(x) for x in (beta, gamma, betaC, gammaC, HC))
+
     Wc, Sc = list(W), (list(S) if S is not None else None)
     Wa = list(A) if A is not None else Wc
     ys = []
+    last_start = Wc
     for c in range(N):
-        Kc, Vc, Qc = K[c], V[c], Q[c]
-        start = Wc
+        Kc, Vc, Qc, cSc = Ks[c], Vs[c], Qs[c], cSs[c]
+        assert Kc is not None and Vc is not None and Qc is not None and cSc is not None
+        b_c, g_c, bC, gC, hC = betas[c], gammas[c], betaCs[c], gammaCs[c], HCs[c]
+        last_start = Wc
         # 1. write path at the anchor: forward, then the hand-derived backward of ||M(k) - v||^2
         Z, Hs = [Kc], []
         for li in range(L):
@@ -360,36 +395,35 @@ def _mlp_chunks(
         for li in range(L):
             o = Wc[li].shape[-2]
             if mom:
-                assert Sc is not None and gamma is not None
+                assert Sc is not None
                 base = r @ torch.cat([Wc[li], Sc[li]], dim=-2).mT  # [G, C, 2o]
-                a = beta[c] * base[..., :o] + gamma[c] * base[..., o:]
+                a = b_c * base[..., :o] + g_c * base[..., o:]
             else:
-                a = beta[c] * (r @ Wc[li].mT)
+                a = b_c * (r @ Wc[li].mT)
             if li == 0:
-                a = a - AS1[c] @ Dl[0]
-                if AM1 is not None:
-                    a = a - AM1[c] @ Hs[0]  # DGD: -theta (W^g k_s)(k_s . q_t)
+                a = a - AS1s[c] @ Dl[0]
+                if AM1s[c] is not None:
+                    a = a - AM1s[c] @ Hs[0]  # DGD: -theta (W^g k_s)(k_s . q_t)
             else:
-                a = a - (co.cS[c] * (r @ Z[li].mT)) @ Dl[li]
+                a = a - (cSc * (r @ Z[li].mT)) @ Dl[li]
             r = act(a) if li < L - 1 else a
         ys.append(Qc + r)
         # 3. chunk end: the last row of the coefficients applies every write at once
         newW, newS = [], []
         for li in range(L):
-            g = last[c] * Dl[li]  # [G, C, o]
-            if li == 0 and lastM is not None:
-                g = g + lastM[c] * Hs[0]
+            g = lasts[c] * Dl[li]  # [G, C, o]
+            if li == 0 and lastMs[c] is not None:
+                g = g + lastMs[c] * Hs[0]
             o = Wc[li].shape[-2]
             if mom:
-                assert Sc is not None and wS is not None and gammaC is not None and HC is not None
-                P = torch.cat([g, wS[c] * Dl[li]], dim=-1).mT @ Z[li]  # [G, 2o, i]
-                newW.append(betaC[c] * Wc[li] + gammaC[c] * Sc[li] - P[:, :o])
-                newS.append(HC[c] * Sc[li] - P[:, o:])
+                assert Sc is not None
+                P = torch.cat([g, wSs[c] * Dl[li]], dim=-1).mT @ Z[li]  # [G, 2o, i]
+                newW.append(bC * Wc[li] + gC * Sc[li] - P[:, :o])
+                newS.append(hC * Sc[li] - P[:, o:])
             else:
-                newW.append(torch.baddbmm(betaC[c] * Wc[li], g.mT, Z[li], alpha=-1.0))
+                newW.append(torch.baddbmm(bC * Wc[li], g.mT, Z[li], alpha=-1.0))
         Wc = newW
         Sc = newS if mom else None
         Wa = Wc
-        last_start = start
     Y = torch.stack(ys)
     return Y, tuple(Wc), None if Sc is None else tuple(Sc), tuple(last_start)
