@@ -1,0 +1,130 @@
+"""TTT-Linear and TTT-MLP on the shared skeleton (baseline "TTT" of arXiv 2512.24695, Table 2).
+
+Sun et al. 2024, "Learning to (Learn at Test Time)": each block is a TTT layer followed by a
+SwiGLU MLP, i.e. the paper's Transformer-backbone variants "TTT-Linear (T)" / "TTT-MLP (T)"
+(a Transformer++ with attention replaced by the TTT layer). Mini-batch TTT with ``b = 16`` and
+``eta_base = 1`` (Linear) / ``0.1`` (MLP) as in the paper.
+
+Options (``model.mixer``) are validated by :class:`TTTOptions`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from nestlearn.layers.ffn import SwiGLU
+from nestlearn.layers.ttt import TTTMixer
+from nestlearn.models.config import ModelConfig
+from nestlearn.models.registry import Family, register_family, register_preset
+from nestlearn.models.skeleton import Block
+
+
+@dataclass(kw_only=True)
+class TTTOptions:
+    """``model.mixer`` options of the ``ttt-linear`` and ``ttt-mlp`` families."""
+
+    mini_batch_size: int = 16
+    """TTT mini-batch b: inner gradients inside a mini-batch use its starting weights (paper: 16)."""
+    base_lr: float | None = None
+    """eta_base; None = the paper's value (1.0 for TTT-Linear, 0.1 for TTT-MLP)."""
+    mlp_expand: int = 4
+    """TTT-MLP only: inner hidden width over the head dim (paper: 4)."""
+    rope: bool = True
+    """Rotate q/k by the position inside the mini-batch (official implementation)."""
+    gate: bool = False
+    """Output gate gelu(wg(x)) (the official Mamba-backbone variant uses it)."""
+    naive: bool = False
+    """Run the per-token reference op instead of the dual form (checks and benchmarks)."""
+
+    def __post_init__(self) -> None:
+        if self.mini_batch_size < 1:
+            raise ValueError(
+                f"model.mixer.mini_batch_size must be >= 1, got {self.mini_batch_size}; try 16"
+            )
+        if self.base_lr is not None and not self.base_lr > 0:
+            raise ValueError(f"model.mixer.base_lr must be > 0 or null, got {self.base_lr}")
+        if self.mlp_expand < 1:
+            raise ValueError(f"model.mixer.mlp_expand must be >= 1, got {self.mlp_expand}")
+
+
+def _builder(kind: str):
+    def build(cfg: ModelConfig, layer: int) -> Block:
+        known = {f.name for f in fields(TTTOptions)}
+        bad = sorted(set(cfg.mixer) - known)
+        if bad:
+            raise ValueError(
+                f"unknown model.mixer options {bad} for family 'ttt-{kind}'; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        o = TTTOptions(**cfg.mixer)
+        mixer = TTTMixer(
+            cfg.dim,
+            cfg.n_heads,
+            inner=kind,  # type: ignore[arg-type]
+            mini_batch_size=o.mini_batch_size,
+            base_lr=o.base_lr,
+            mlp_expand=o.mlp_expand,
+            rope=o.rope,
+            rope_base=cfg.rope_base,
+            gate=o.gate,
+            naive=o.naive,
+            init_seed=layer,
+        )
+        return Block(cfg.dim, mixer, SwiGLU(cfg.dim, cfg.ffn_width), cfg.norm_eps)
+
+    return build
+
+
+@dataclass(frozen=True)
+class _NaiveCapableFamily(Family):
+    supports_naive: bool = True
+    """``nestlearn bench --naive`` may set ``mixer.naive=True`` (per-token reference op)."""
+
+
+register_family(
+    _NaiveCapableFamily("ttt-linear", _builder("linear"), "TTT-Linear (T): TTT layer + SwiGLU")
+)
+register_family(
+    _NaiveCapableFamily("ttt-mlp", _builder("mlp"), "TTT-MLP (T): TTT layer (MLP inner) + SwiGLU")
+)
+
+# ------------------------------------------------------------------------------------ presets
+# Tiny presets are matched to transformer-tiny (3,346,176 parameters with the byte tokenizer)
+# within 5%; TTT-MLP's inner MLP (2 x 4F^2 per head) is paid for with a narrower SwiGLU.
+register_preset(
+    "ttt-linear-tiny",
+    "CPU demo size: d=256, 4 layers, 4 heads, mini-batch 16, seq 256",
+    family="ttt-linear",
+    vocab_size=0,
+    dim=256,
+    n_layers=4,
+    n_heads=4,
+    max_seq_len=256,
+)
+register_preset(
+    "ttt-mlp-tiny",
+    "CPU demo size: d=256, 4 layers, 4 heads, mini-batch 16, FFN 512, seq 256",
+    family="ttt-mlp",
+    vocab_size=0,
+    dim=256,
+    n_layers=4,
+    n_heads=4,
+    ffn_hidden=512,
+    max_seq_len=256,
+)
+# Paper shapes: TTT follows the GPT-3/Mamba size ladder with head dim 64 (Sun et al. 2024,
+# 760M: d=1536 x 24 layers, 1.3B: d=2048 x 24 layers); Nested Learning Table 2 compares at
+# 760M/30B and 1.3B/100B tokens, vocabulary 32K, training length 4K.
+for _kind in ("linear", "mlp"):
+    for _name, _dim in (("760m", 1536), ("1.3b", 2048)):
+        register_preset(
+            f"ttt-{_kind}-{_name}",
+            f"TTT-{_kind.upper() if _kind == 'mlp' else 'Linear'} (T) at the Nested Learning "
+            f"Table 2 {_name.upper()} scale: d={_dim}, 24 layers, head dim 64, vocab 32K, seq 4096",
+            family=f"ttt-{_kind}",
+            vocab_size=32000,
+            dim=_dim,
+            n_layers=24,
+            n_heads=_dim // 64,
+            max_seq_len=4096,
+        )
