@@ -16,7 +16,7 @@ Results go to ``--out/results.json`` (resumable: finished runs are skipped), a f
 ``docs/figures/optim_lm.png`` and the section between the ``optim_lm`` markers of
 ``docs/optimizers.md``. Uses the trainer's Python API (``nestlearn.train.Trainer``).
 
-    python experiments/optim_lm.py --steps 200          # about 30-60 min on 2 CPU cores
+    python experiments/optim_lm.py --steps 150          # 20 runs; ~20 min on an idle CPU
 """
 
 from __future__ import annotations
@@ -129,8 +129,7 @@ def lockstep_timing(args: argparse.Namespace, best: dict[str, float], data: Any)
 
 def write_report(results: list[dict], timing: dict | None, args: argparse.Namespace) -> str:
     best: dict[str, float] = {}
-    lines = []
-    for name, (key, grid) in GRIDS.items():
+    for name, (_, grid) in GRIDS.items():
         tune = {r["lr"]: r["val_loss"] for r in results if r["name"] == name and r["seed"] == 0}
         if len(tune) == len(grid):
             best[name] = min(tune, key=lambda lr: tune[lr])
@@ -200,7 +199,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--eval-tokens", type=int, default=32768)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; 1 avoids OpenMP oversubscription on a shared machine",
+    )
     ap.add_argument("--timing-steps", type=int, default=30)
     ap.add_argument("--out", default=str(REPO / "runs/optim_lm"))
     ap.add_argument("--doc", default=str(REPO / "docs/optimizers.md"))
@@ -231,7 +235,7 @@ def main() -> None:
             print(f"{name} lr={lr:g} seed={seed}: val {r['val_loss']:.4f}", flush=True)
             save()
     best = {}
-    for name, (_, grid) in GRIDS.items():
+    for name in GRIDS:
         tune = {r["lr"]: r["val_loss"] for r in state["runs"] if r["name"] == name
                 and r["seed"] == 0}  # fmt: skip
         best[name] = min(tune, key=lambda lr: tune[lr])
