@@ -22,6 +22,13 @@ B, H, K, V = 2, 3, 5, 7
 TOL = {"rtol": 1e-9, "atol": 1e-11}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors gain nothing from a second thread; on a shared, oversubscribed machine two
+    OpenMP threads can be far slower than one (conftest restores the thread count)."""
+    torch.set_num_threads(1)
+
+
 def make_inputs(T: int, seed: int = 0) -> dict:
     gen = torch.Generator().manual_seed(seed)
 

@@ -1,0 +1,259 @@
+"""DeltaNet and Gated DeltaNet token mixers, plus the causal short convolution they use.
+
+Axis legend: B batch, T tokens, D model width, H heads, K key head dim, V value head dim,
+W conv width, Cc conv channels (``2 H K + H V``).
+
+Layer recipe (Yang et al. 2024, arXiv 2406.06484 section 3.3; Yang, Kautz & Hatamizadeh 2024,
+arXiv 2412.06464 section 3.4), the standard one used by flash-linear-attention's baselines:
+
+    q, k, v = SiLU(ShortConv_4(W_q x)), SiLU(ShortConv_4(W_k x)), SiLU(ShortConv_4(W_v x))
+    q, k    = q / ||q||, k / ||k||                          (per head; keeps beta ||k||^2 <= 1)
+    beta    = sigmoid(W_b x)                                (per head and token)
+    alpha   = exp(-exp(A_log) * softplus(W_a x + dt_bias))  (gated only, per head and token)
+    o       = delta rule (ops.delta_rule) over (q, k, v, beta[, log alpha])
+    y       = W_o( RMSNorm_head(o) * SiLU(W_g x) )         (output norm + gate)
+
+Decoding is O(1) per token: the state is the conv's last ``W - 1`` inputs plus the ``[K, V]``
+fast-weight matrix per head (:class:`DeltaNetState`). In Nested Learning terms (arXiv
+2512.24695, section 3.1 and the MIRAS table) the matrix is a level-2 associative memory trained in
+context by one GD step per token on an l2 regression loss, while the projections are the level-1
+parameters trained by the outer optimiser.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nestlearn.layers.norm import RMSNorm
+from nestlearn.ops.delta_rule import (
+    chunk_delta_rule,
+    chunk_gated_delta_rule,
+    naive_recurrent_delta_rule,
+    naive_recurrent_gated_delta_rule,
+)
+
+__all__ = ["DeltaNetMixer", "DeltaNetState", "ShortConv", "delta_op_flops"]
+
+RECURRENT_MAX_T = 4
+"""Calls with at most this many tokens (decode) use the per-token recurrence: for one token it is
+a handful of small ops, cheaper than setting up a chunk."""
+
+
+@dataclass
+class DeltaNetState:
+    """Per-sequence state of a :class:`DeltaNetMixer`.
+
+    ``conv: [B, W-1, Cc]`` the short conv's last inputs (activation dtype);
+    ``memory: [B, H, K, V]`` the fast-weight matrix (float32, float64 for float64 models).
+    """
+
+    conv: Tensor
+    memory: Tensor
+
+    def detach(self) -> DeltaNetState:
+        return DeltaNetState(self.conv.detach(), self.memory.detach())
+
+
+class ShortConv(nn.Module):
+    """Causal depthwise 1-D convolution over time followed by SiLU (Mamba/DeltaNet "short conv").
+
+    Shapes: ``x: [B, T, Cc] -> [B, T, Cc]``. ``tail: [B, W-1, Cc]`` holds the inputs preceding
+    ``x`` (zeros at the start of a sequence); the returned tail continues the sequence.
+    """
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"conv width must be >= 1, got {width}; the standard value is 4")
+        self.channels, self.width = channels, width
+        self.weight = nn.Parameter(torch.empty(channels, 1, width))
+
+    def reset_parameters(self) -> None:
+        # nn.Conv1d's default for a depthwise kernel: U(-1/sqrt(W), 1/sqrt(W)).
+        bound = 1.0 / math.sqrt(self.width)
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def init_tail(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        return torch.zeros(batch_size, self.width - 1, self.channels, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, tail: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        B, T, Cc = x.shape
+        if tail is None:
+            tail = self.init_tail(B, x.device, x.dtype)
+        xt = torch.cat([tail.to(x.dtype), x], dim=1)  # [B, W-1+T, Cc]
+        y = F.conv1d(xt.transpose(1, 2), self.weight.to(x.dtype), groups=Cc)  # [B, Cc, T]
+        new_tail = xt[:, xt.shape[1] - (self.width - 1) :]
+        return F.silu(y.transpose(1, 2)), new_tail
+
+
+class DeltaNetMixer(nn.Module):
+    """DeltaNet (``gated=False``) or Gated DeltaNet (``gated=True``) token mixer.
+
+    Shapes: ``x: [B, T, D] -> [B, T, D]``; ``forward(x, *, state=None) -> (y, state)``. With a
+    :class:`DeltaNetState` the call continues that sequence, so a full call equals any split into
+    segments with the state threaded through, and prefill + token-by-token decode.
+
+    Args:
+        dim: model width ``D``.
+        n_heads: heads ``H``.
+        head_dim: key/query head dim ``K`` (default ``D / H``).
+        expand_v: value head dim ``V = K * expand_v``.
+        conv_size: short-conv width ``W`` (4 in both papers).
+        gated: add the per-token decay ``alpha_t`` (Gated DeltaNet).
+        output_gate: multiply the normalised output by ``SiLU(W_g x)``.
+        chunk_size: chunk length of the chunked op (any value gives the same result).
+        norm_eps: epsilon of the per-head output RMSNorm.
+        naive: run the per-token reference loop instead of the chunked op (benchmarks, debugging).
+        backend: ``"auto"`` (flash-linear-attention kernels on CUDA with bf16/fp16 activations when
+            the package is installed, else the PyTorch chunked op), ``"torch"`` or ``"fla"``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        *,
+        head_dim: int | None = None,
+        expand_v: float = 1.0,
+        conv_size: int = 4,
+        gated: bool = False,
+        output_gate: bool = True,
+        chunk_size: int = 64,
+        norm_eps: float = 1e-6,
+        naive: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        K = head_dim or dim // n_heads
+        V = K * expand_v
+        if V != int(V) or V < 1:
+            raise ValueError(
+                f"value head dim = head_dim * expand_v = {K} * {expand_v} must be a positive "
+                "integer; pick expand_v so it is"
+            )
+        if backend not in ("auto", "torch", "fla"):
+            raise ValueError(f"backend must be auto, torch or fla, got {backend!r}")
+        self.dim, self.n_heads, self.head_k, self.head_v = dim, n_heads, K, int(V)
+        self.gated, self.chunk_size, self.naive, self.backend = gated, chunk_size, naive, backend
+        HK, HV = n_heads * K, n_heads * self.head_v
+        self.wq = nn.Linear(dim, HK, bias=False)
+        self.wk = nn.Linear(dim, HK, bias=False)
+        self.wv = nn.Linear(dim, HV, bias=False)
+        self.wb = nn.Linear(dim, n_heads, bias=False)  # beta logits
+        self.conv = ShortConv(2 * HK + HV, conv_size)
+        if gated:
+            self.wa = nn.Linear(dim, n_heads, bias=False)  # decay-rate logits
+            self.A_log = nn.Parameter(torch.empty(n_heads))
+            self.dt_bias = nn.Parameter(torch.empty(n_heads))
+        self.wg = nn.Linear(dim, HV, bias=False) if output_gate else None
+        self.o_norm = RMSNorm(self.head_v, norm_eps)
+        self.wo = nn.Linear(HV, dim, bias=False)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Decay parameters of the gated variant (Mamba2 / Gated DeltaNet init).
+
+        ``A = exp(A_log) ~ U(1, 16)`` and ``dt = softplus(dt_bias)`` log-uniform in
+        ``[1e-3, 0.1]``, so ``log alpha = -A * softplus(W_a x + dt_bias)`` starts between about
+        -0.001 and -1.6 per token: some heads remember for ~1000 tokens, others for ~1.
+        (The lower end is 1 rather than fla's 0, which would put ``log 0`` in ``A_log``.)
+        """
+        if not self.gated:
+            return
+        self.A_log.copy_(torch.empty_like(self.A_log).uniform_(1.0, 16.0).log())
+        lo, hi = math.log(1e-3), math.log(0.1)
+        dt = torch.exp(torch.rand_like(self.dt_bias) * (hi - lo) + lo).clamp_min(1e-4)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+    def init_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype
+    ) -> DeltaNetState:
+        """A fresh state: zero conv tail and zero memory."""
+        mdt = torch.float64 if dtype == torch.float64 else torch.float32
+        memory = torch.zeros(
+            batch_size, self.n_heads, self.head_k, self.head_v, device=device, dtype=mdt
+        )
+        return DeltaNetState(self.conv.init_tail(batch_size, device, dtype), memory)
+
+    def forward(
+        self, x: Tensor, *, state: DeltaNetState | None = None
+    ) -> tuple[Tensor, DeltaNetState | None]:
+        B, T, _ = x.shape
+        H, K, V = self.n_heads, self.head_k, self.head_v
+        qkv, tail = self.conv(
+            torch.cat([self.wq(x), self.wk(x), self.wv(x)], dim=-1),
+            state.conv if state is not None else None,
+        )
+        act = qkv.dtype  # bf16 under autocast even though x is float32
+        cdt = torch.float64 if act == torch.float64 else torch.float32  # the op's compute dtype
+        q, k, v = qkv.to(cdt).split([H * K, H * K, H * V], dim=-1)
+        q = F.normalize(q.view(B, T, H, K), dim=-1, eps=1e-6)
+        k = F.normalize(k.view(B, T, H, K), dim=-1, eps=1e-6)
+        v = v.reshape(B, T, H, V)
+        beta = torch.sigmoid(self.wb(x).to(cdt))  # [B, T, H]
+        g = None
+        if self.gated:  # log alpha_t = -A softplus(W_a x + dt_bias)  [B, T, H]
+            g = -self.A_log.to(cdt).exp() * F.softplus(self.wa(x).to(cdt) + self.dt_bias.to(cdt))
+        S0 = state.memory if state is not None else None
+        o, S = self._delta(q, k, v, beta, g, S0, act)  # o: [B, T, H, V] in cdt
+        o = self.o_norm(o.to(x.dtype))
+        if self.wg is not None:
+            o = o * F.silu(self.wg(x)).view(B, T, H, V)
+        y = self.wo(o.reshape(B, T, H * V))
+        return y, (DeltaNetState(tail, S) if state is not None else None)
+
+    def _delta(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        beta: Tensor,
+        g: Tensor | None,
+        S0: Tensor | None,
+        act: torch.dtype,
+    ) -> tuple[Tensor, Tensor]:
+        if self.backend == "fla" or (self.backend == "auto" and q.is_cuda and not self.naive):
+            from nestlearn.ops.fla_fast import fla_delta_rule  # CUDA only: CPU never imports fla
+
+            out = fla_delta_rule(
+                q, k, v, beta, g, S0, act_dtype=act, required=self.backend == "fla"
+            )
+            if out is not None:
+                return out
+        if self.naive or q.shape[1] <= RECURRENT_MAX_T:
+            if g is None:
+                return naive_recurrent_delta_rule(q, k, v, beta, S0)
+            return naive_recurrent_gated_delta_rule(q, k, v, g, beta, S0)
+        if g is None:
+            return chunk_delta_rule(q, k, v, beta, S0, chunk_size=self.chunk_size)
+        return chunk_gated_delta_rule(q, k, v, g, beta, S0, chunk_size=self.chunk_size)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Forward FLOPs per token: projections, short conv and the chunked delta rule."""
+        proj = 2 * sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        conv = 2 * self.conv.channels * self.conv.width
+        C = min(self.chunk_size, seq_len)
+        return proj + conv + self.n_heads * delta_op_flops(C, self.head_k, self.head_v)
+
+
+def delta_op_flops(C: int, K: int, V: int) -> int:
+    """Forward matmul FLOPs per token and head of the chunked delta rule with chunk size ``C``.
+
+    Per chunk: ``A`` and ``P`` (``2 C^2 K`` each), the triangular solve (``C^2 (K + V)``), the
+    state-transition pieces ``M``, ``D`` (``2 C K (K + V)``), the read pieces ``P W_k``, ``P W_v``
+    (``2 C^2 (K + V)``), the state step (``2 K^2 V``) and the reads (``2 C K V``); divided by ``C``.
+    """
+    per_chunk = (
+        4 * C * C * K
+        + C * C * (K + V)
+        + 2 * C * K * (K + V)
+        + 2 * C * C * (K + V)
+        + 2 * K * K * V
+        + 2 * C * K * V
+    )
+    return per_chunk // C

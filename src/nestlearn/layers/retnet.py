@@ -1,0 +1,187 @@
+"""RetNet's multi-scale retention (MSR) token mixer (Sun et al. 2023, arXiv 2307.08621).
+
+Axis legend: B batch, T tokens, D model width, H heads, K key head dim, V value head dim.
+
+    q, k  = xPos/RoPE-rotate(W_q x), xPos/RoPE-rotate(W_k x)     (rotation e^{i n theta}, eq. 3)
+    v     = W_v x                                                (value width expand_v * D)
+    o_h   = retention_h(q, k, v) with gamma_h = 1 - 2^(-5-h)     (eq. 8, ops.retention)
+    y     = W_o( swish(W_g x) * GroupNorm_H(o) )                 (eq. 8)
+
+The paper's xPos adds a per-dimension scale ``zeta^n`` on top of the rotation; RetNet folds the
+scale into the decay ``gamma`` (its eq. 3 keeps only ``e^{i n theta}``), so the rotation here is
+plain RoPE with interleaved pairs, as in the paper's reference code. The per-head decays are fixed
+buffers, not parameters. The paper's normalisations of the retention scores are per-row positive
+scalars that GroupNorm cancels, so they are omitted (see ``ops/retention/README.md``).
+
+Decoding is O(1) per token: the state is the ``[K, V]`` matrix per head plus the position of the
+next token (for the rotation), :class:`RetNetState`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nestlearn.layers.rope import apply_rope, rope_cos_sin, rope_frequencies
+from nestlearn.ops.retention import chunk_retention, naive_recurrent_retention
+
+__all__ = ["HeadGroupNorm", "RetNetMixer", "RetNetState", "retnet_gammas"]
+
+RECURRENT_MAX_T = 4
+"""Calls with at most this many tokens (decode) use the per-token recurrence."""
+
+
+def retnet_gammas(n_heads: int, device: torch.device | None = None) -> Tensor:
+    """RetNet's fixed per-head decays ``gamma_h = 1 - 2^(-5-h)``, ``h = 0..H-1`` (float32)."""
+    h = torch.arange(n_heads, device=device, dtype=torch.float64)
+    return (1.0 - 2.0 ** (-5.0 - h)).float()
+
+
+@dataclass
+class RetNetState:
+    """Per-sequence state of a :class:`RetNetMixer`.
+
+    ``memory: [B, H, K, V]`` (float32, float64 for float64 models); ``position``: tokens consumed.
+    """
+
+    memory: Tensor
+    position: int = 0
+
+    def detach(self) -> RetNetState:
+        return RetNetState(self.memory.detach(), self.position)
+
+
+class HeadGroupNorm(nn.Module):
+    """GroupNorm with one group per head over ``[..., H, V]`` (LayerNorm per head), fp32 math.
+
+    Affine ``weight, bias: [H * V]`` (ones / zeros), as ``nn.GroupNorm(H, H * V)`` in RetNet.
+    """
+
+    def __init__(self, n_heads: int, head_dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim, self.eps = n_heads, head_dim, eps
+        self.weight = nn.Parameter(torch.empty(n_heads * head_dim))
+        self.bias = nn.Parameter(torch.empty(n_heads * head_dim))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x: [..., H, V] -> [..., H * V]``."""
+        cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xf = F.layer_norm(x.to(cdt), (self.head_dim,), eps=self.eps).flatten(-2)
+        return (xf * self.weight.to(cdt) + self.bias.to(cdt)).to(x.dtype)
+
+
+class RetNetMixer(nn.Module):
+    """Multi-scale retention: ``forward(x [B, T, D], *, state=None) -> (y [B, T, D], state)``.
+
+    Args:
+        dim: model width ``D``.
+        n_heads: heads ``H``; key head dim ``K = D / H`` (must be even for the rotation).
+        expand_v: value width ``H V = expand_v * D`` (2 in RetNet).
+        chunk_size: chunk length of the chunkwise op (any value gives the same result).
+        rope_base: base of the rotation frequencies.
+        norm_eps: GroupNorm epsilon.
+        naive: run the per-token reference loop instead of the chunkwise op.
+        backend: ``"auto"`` (fla kernels on CUDA with bf16/fp16 when installed), ``"torch"``,
+            ``"fla"``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        *,
+        expand_v: float = 2.0,
+        chunk_size: int = 64,
+        rope_base: float = 10000.0,
+        norm_eps: float = 1e-6,
+        naive: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
+        K = dim // n_heads
+        V = K * expand_v
+        if V != int(V) or V < 1:
+            raise ValueError(
+                f"value head dim = (dim / n_heads) * expand_v = {K} * {expand_v} must be a "
+                "positive integer; pick expand_v so it is"
+            )
+        if backend not in ("auto", "torch", "fla"):
+            raise ValueError(f"backend must be auto, torch or fla, got {backend!r}")
+        self.dim, self.n_heads, self.head_k, self.head_v = dim, n_heads, K, int(V)
+        self.chunk_size, self.rope_base, self.naive, self.backend = (
+            chunk_size, rope_base, naive, backend
+        )  # fmt: skip
+        HV = n_heads * self.head_v
+        self.wq = nn.Linear(dim, dim, bias=False)
+        self.wk = nn.Linear(dim, dim, bias=False)
+        self.wv = nn.Linear(dim, HV, bias=False)
+        self.wg = nn.Linear(dim, HV, bias=False)
+        self.group_norm = HeadGroupNorm(n_heads, self.head_v, norm_eps)
+        self.wo = nn.Linear(HV, dim, bias=False)
+        self.register_buffer("inv_freq", rope_frequencies(K, rope_base), persistent=False)
+        self.register_buffer("gamma", retnet_gammas(n_heads), persistent=False)
+
+    def reset_buffers(self) -> None:
+        """Recompute the rotation frequencies and decays (needed after a meta-device build)."""
+        dev = self.wq.weight.device
+        self.inv_freq = rope_frequencies(self.head_k, self.rope_base, device=dev)
+        self.gamma = retnet_gammas(self.n_heads, device=dev)
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> RetNetState:
+        mdt = torch.float64 if dtype == torch.float64 else torch.float32
+        shape = (batch_size, self.n_heads, self.head_k, self.head_v)
+        return RetNetState(torch.zeros(shape, device=device, dtype=mdt), 0)
+
+    def forward(
+        self, x: Tensor, *, state: RetNetState | None = None
+    ) -> tuple[Tensor, RetNetState | None]:
+        B, T, _ = x.shape
+        H, K, V = self.n_heads, self.head_k, self.head_v
+        past = state.position if state is not None else 0
+        q = self.wq(x).view(B, T, H, K)
+        k = self.wk(x).view(B, T, H, K)
+        v = self.wv(x).view(B, T, H, V)
+        act = q.dtype  # bf16 under autocast even though x is float32
+        cdt = torch.float64 if act == torch.float64 else torch.float32  # the op's compute dtype
+        cos, sin = rope_cos_sin(torch.arange(past, past + T, device=x.device), self.inv_freq)
+        q = apply_rope(q.to(cdt), cos, sin, interleaved=True)
+        k = apply_rope(k.to(cdt), cos, sin, interleaved=True)
+        S0 = state.memory if state is not None else None
+        o, S = self._retention(q, k, v.to(cdt), S0, act)  # [B, T, H, V] in cdt
+        y = self.wo(F.silu(self.wg(x)) * self.group_norm(o).to(act))
+        return y, (RetNetState(S, past + T) if state is not None else None)
+
+    def _retention(
+        self, q: Tensor, k: Tensor, v: Tensor, S0: Tensor | None, act: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        if self.backend == "fla" or (self.backend == "auto" and q.is_cuda and not self.naive):
+            from nestlearn.ops.fla_fast import fla_retention  # CUDA only: CPU never imports fla
+
+            out = fla_retention(
+                q, k, v, self.gamma, S0, act_dtype=act, required=self.backend == "fla"
+            )
+            if out is not None:
+                return out
+        if self.naive or q.shape[1] <= RECURRENT_MAX_T:
+            return naive_recurrent_retention(q, k, v, self.gamma, S0)
+        return chunk_retention(q, k, v, self.gamma, S0, chunk_size=self.chunk_size)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Forward FLOPs per token: projections plus the chunkwise retention.
+
+        Per chunk and head: ``Q K^T`` and ``P V`` (``2 C^2 (K + V)``), the chunk write and the
+        reads of the chunk-start state (``4 C K V``); divided by ``C``.
+        """
+        proj = 2 * sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        C = min(self.chunk_size, seq_len)
+        K, V = self.head_k, self.head_v
+        return proj + self.n_heads * (2 * C * C * (K + V) + 4 * C * K * V) // C

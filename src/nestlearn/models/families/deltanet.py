@@ -1,0 +1,179 @@
+"""DeltaNet and Gated DeltaNet baselines: delta-rule mixer + SwiGLU FFN on the shared skeleton.
+
+DeltaNet is a baseline of Nested Learning's Table 2 (arXiv 2512.24695; 760M/30B and 1.3B/100B
+rows) and of the Titans NIAH tables; Gated DeltaNet is the stronger variant the NeurIPS text says
+Hope beats. Model options go in ``model.mixer`` (:class:`DeltaNetOptions`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from nestlearn.layers.deltanet import DeltaNetMixer
+from nestlearn.layers.ffn import SwiGLU
+from nestlearn.models.config import ModelConfig
+from nestlearn.models.registry import Family, register_family, register_preset
+from nestlearn.models.skeleton import Block
+
+TINY_TARGET = 3_346_176
+"""Parameters of ``transformer-tiny`` with the byte tokenizer (vocab 259): every ``*-tiny`` preset
+is matched to it (and to ``hope-tiny``) within 5%."""
+
+
+@dataclass(frozen=True)
+class LinearFamily(Family):
+    """A family whose mixer also runs the naive reference op (``nestlearn bench --naive``)."""
+
+    supports_naive: bool = True
+
+
+@dataclass
+class DeltaNetOptions:
+    """``model.mixer`` options of the ``deltanet`` and ``gated-deltanet`` families."""
+
+    head_dim: int | None = None
+    """Key/query head dim; ``None`` means ``dim / n_heads``."""
+    expand_v: float = 1.0
+    """Value head dim = ``head_dim * expand_v`` (Gated DeltaNet's paper shapes use 2)."""
+    conv_size: int = 4
+    """Width of the causal depthwise short convolution on q, k, v."""
+    output_gate: bool = True
+    """Multiply the normalised output by ``SiLU(W_g x)``."""
+    chunk_size: int = 64
+    """Chunk length of the chunked delta rule (exact at any value; 64 is fastest on CPU)."""
+    naive: bool = False
+    """Use the per-token reference loop (for benchmarks and debugging)."""
+    backend: str = "auto"
+    """``auto`` (fla kernels on CUDA + bf16 when installed), ``torch`` or ``fla``."""
+
+    def __post_init__(self) -> None:
+        if self.head_dim is not None and self.head_dim <= 0:
+            raise ValueError(f"model.mixer.head_dim must be positive or null, got {self.head_dim}")
+        if self.conv_size < 1:
+            raise ValueError(f"model.mixer.conv_size must be >= 1, got {self.conv_size}; try 4")
+        if self.chunk_size < 1:
+            raise ValueError(f"model.mixer.chunk_size must be >= 1, got {self.chunk_size}; try 64")
+        if self.backend not in ("auto", "torch", "fla"):
+            raise ValueError(
+                f"model.mixer.backend must be auto, torch or fla, got {self.backend!r}"
+            )
+
+
+def mixer_options(cls: type, cfg: ModelConfig) -> Any:
+    """Validate ``cfg.mixer`` into the options dataclass ``cls`` (unknown keys fail)."""
+    known = [f.name for f in fields(cls)]
+    bad = sorted(set(cfg.mixer) - set(known))
+    if bad:
+        raise ValueError(
+            f"unknown model.mixer keys {bad} for family {cfg.family!r}; known: {', '.join(known)}"
+        )
+    return cls(**cfg.mixer)
+
+
+def _mixer(cfg: ModelConfig, gated: bool) -> DeltaNetMixer:
+    opt: DeltaNetOptions = mixer_options(DeltaNetOptions, cfg)
+    return DeltaNetMixer(
+        cfg.dim,
+        cfg.n_heads,
+        head_dim=opt.head_dim,
+        expand_v=opt.expand_v,
+        conv_size=opt.conv_size,
+        gated=gated,
+        output_gate=opt.output_gate,
+        chunk_size=opt.chunk_size,
+        norm_eps=cfg.norm_eps,
+        naive=opt.naive,
+        backend=opt.backend,
+    )
+
+
+def build_deltanet_block(cfg: ModelConfig, layer: int) -> Block:
+    return Block(cfg.dim, _mixer(cfg, False), SwiGLU(cfg.dim, cfg.ffn_width), cfg.norm_eps)
+
+
+def build_gated_deltanet_block(cfg: ModelConfig, layer: int) -> Block:
+    return Block(cfg.dim, _mixer(cfg, True), SwiGLU(cfg.dim, cfg.ffn_width), cfg.norm_eps)
+
+
+register_family(
+    LinearFamily(
+        "deltanet",
+        build_deltanet_block,
+        "DeltaNet (delta-rule linear attention, short conv, output gate) + SwiGLU",
+    )
+)
+register_family(
+    LinearFamily(
+        "gated-deltanet",
+        build_gated_deltanet_block,
+        "Gated DeltaNet (delta rule with per-token decay) + SwiGLU",
+    )
+)
+
+
+def matched_ffn_hidden(
+    mixer: torch.nn.Module, dim: int, n_heads: int, multiple: int, ffn_hidden: int | None = None
+) -> int:
+    """SwiGLU width that makes ``mixer + SwiGLU`` hold as many parameters as a Transformer++
+    block of the same width (``4 D^2`` attention + SwiGLU of ``ffn_hidden`` or the default 8/3 D),
+    rounded to ``multiple``. ``mixer`` may live on the meta device."""
+    default = ModelConfig(dim=dim, n_heads=n_heads, ffn_hidden=ffn_hidden).ffn_width
+    target = 4 * dim * dim + 3 * dim * default
+    have = sum(p.numel() for p in mixer.parameters())
+    return max(multiple, round((target - have) / (3 * dim) / multiple) * multiple)
+
+
+def _ffn(gated: bool, dim: int, n_heads: int, multiple: int, **mixer: Any) -> int:
+    with torch.device("meta"):
+        m = DeltaNetMixer(dim, n_heads, gated=gated, **mixer)
+    return matched_ffn_hidden(m, dim, n_heads, multiple)
+
+
+for _name, _gated in (("deltanet", False), ("gated-deltanet", True)):
+    register_preset(
+        f"{_name}-tiny",
+        "CPU demo size: d=256, 4 layers, 4 heads, seq 256; FFN width matched to transformer-tiny",
+        family=_name,
+        vocab_size=0,
+        dim=256,
+        n_layers=4,
+        n_heads=4,
+        max_seq_len=256,
+        ffn_hidden=_ffn(_gated, 256, 4, 8),
+    )
+# Table 2 shapes (760M/30B and 1.3B/100B; vocab 32K, training length 4K as in the Titans recipe).
+# DeltaNet: head dim 128 as in Yang et al. 2024's 1.3B model. FFN width matched to the
+# transformer preset of the same shape, so every family holds the same parameter count.
+for _size, _dim, _heads in (("760m", 1536, 12), ("1.3b", 2048, 16)):
+    register_preset(
+        f"deltanet-{_size}",
+        f"Nested Learning Table 2 {_size.upper()} shape (d={_dim}, 24 layers), vocab 32K, seq 4096",
+        family="deltanet",
+        vocab_size=32000,
+        dim=_dim,
+        n_layers=24,
+        n_heads=_heads,
+        max_seq_len=4096,
+        ffn_hidden=_ffn(False, _dim, _heads, 64),
+    )
+# Gated DeltaNet (Yang, Kautz & Hatamizadeh 2024): keys 0.75 D and values 1.5 D (expand_v 2), as
+# in its paper; head dim 192 rather than the paper's 256, because D / n_heads must be an integer
+# here (2048 / 6 is not).
+for _size, _dim, _heads in (("760m", 1536, 6), ("1.3b", 2048, 8)):
+    _mx = {"head_dim": 192, "expand_v": 2.0}
+    register_preset(
+        f"gated-deltanet-{_size}",
+        f"Gated DeltaNet at the Table 2 {_size.upper()} shape (d={_dim}, 24 layers, "
+        "keys 0.75d / values 1.5d), vocab 32K, seq 4096",
+        family="gated-deltanet",
+        vocab_size=32000,
+        dim=_dim,
+        n_layers=24,
+        n_heads=_heads,
+        max_seq_len=4096,
+        ffn_hidden=_ffn(True, _dim, _heads, 64, **_mx),
+        mixer=dict(_mx),
+    )

@@ -1,0 +1,100 @@
+"""RetNet baseline: multi-scale retention + SwiGLU FFN on the shared skeleton.
+
+RetNet (Sun et al. 2023) is a baseline of Nested Learning's Table 2 (arXiv 2512.24695; 760M/30B
+and 1.3B/100B rows). The paper's block pairs MSR with a plain 2D-wide FFN; here, as for every
+baseline at this scale, the FFN is SwiGLU, with its width chosen so the block holds as many
+parameters as a Transformer++ block. Options go in ``model.mixer`` (:class:`RetNetOptions`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nestlearn.layers.ffn import SwiGLU
+from nestlearn.layers.retnet import RetNetMixer
+from nestlearn.models.config import ModelConfig
+from nestlearn.models.families.deltanet import LinearFamily, matched_ffn_hidden, mixer_options
+from nestlearn.models.registry import register_family, register_preset
+from nestlearn.models.skeleton import Block
+
+
+@dataclass
+class RetNetOptions:
+    """``model.mixer`` options of the ``retnet`` family."""
+
+    expand_v: float = 2.0
+    """Value width = ``expand_v * dim`` (2 in RetNet)."""
+    chunk_size: int = 64
+    """Chunk length of the chunkwise retention (exact at any value)."""
+    naive: bool = False
+    """Use the per-token reference loop (benchmarks, debugging)."""
+    backend: str = "auto"
+    """``auto`` (fla kernels on CUDA + bf16 when installed), ``torch`` or ``fla``."""
+
+    def __post_init__(self) -> None:
+        if not self.expand_v > 0:
+            raise ValueError(f"model.mixer.expand_v must be > 0, got {self.expand_v}; try 2")
+        if self.chunk_size < 1:
+            raise ValueError(f"model.mixer.chunk_size must be >= 1, got {self.chunk_size}; try 64")
+        if self.backend not in ("auto", "torch", "fla"):
+            raise ValueError(
+                f"model.mixer.backend must be auto, torch or fla, got {self.backend!r}"
+            )
+
+
+def build_retnet_block(cfg: ModelConfig, layer: int) -> Block:
+    opt: RetNetOptions = mixer_options(RetNetOptions, cfg)
+    mixer = RetNetMixer(
+        cfg.dim,
+        cfg.n_heads,
+        expand_v=opt.expand_v,
+        chunk_size=opt.chunk_size,
+        rope_base=cfg.rope_base,
+        norm_eps=cfg.norm_eps,
+        naive=opt.naive,
+        backend=opt.backend,
+    )
+    return Block(cfg.dim, mixer, SwiGLU(cfg.dim, cfg.ffn_width), cfg.norm_eps)
+
+
+register_family(
+    LinearFamily(
+        "retnet",
+        build_retnet_block,
+        "RetNet (multi-scale retention, fixed per-head decay, xPos rotation) + SwiGLU",
+    )
+)
+
+
+def _ffn(dim: int, n_heads: int, multiple: int) -> int:
+    with torch.device("meta"):
+        m = RetNetMixer(dim, n_heads)
+    return matched_ffn_hidden(m, dim, n_heads, multiple)
+
+
+register_preset(
+    "retnet-tiny",
+    "CPU demo size: d=256, 4 layers, 4 heads, values 2d, seq 256; FFN matched to transformer-tiny",
+    family="retnet",
+    vocab_size=0,
+    dim=256,
+    n_layers=4,
+    n_heads=4,
+    max_seq_len=256,
+    ffn_hidden=_ffn(256, 4, 8),
+)
+# Table 2 shapes; heads of key dim 256 as in RetNet's 1.3B model (d=2048, 8 heads).
+for _size, _dim, _heads in (("760m", 1536, 6), ("1.3b", 2048, 8)):
+    register_preset(
+        f"retnet-{_size}",
+        f"Nested Learning Table 2 {_size.upper()} shape (d={_dim}, 24 layers), vocab 32K, seq 4096",
+        family="retnet",
+        vocab_size=32000,
+        dim=_dim,
+        n_layers=24,
+        n_heads=_heads,
+        max_seq_len=4096,
+        ffn_hidden=_ffn(_dim, _heads, 64),
+    )

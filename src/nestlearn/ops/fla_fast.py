@@ -1,0 +1,124 @@
+"""Optional fast path: flash-linear-attention's Triton kernels for the delta rule and retention.
+
+Used only when all of these hold: the tensors are on a CUDA device, the activations are bfloat16
+or float16 (fla's chunked delta-rule kernels refuse float32), and ``import fla`` succeeds. Anything
+else returns ``None`` and the caller runs the pure-PyTorch op, which is the reference these kernels
+are tested against (``tests/models/test_baselines_linear.py``, ``gpu`` marker). CPU code never
+reaches the import: callers check ``q.is_cuda`` before importing this module's functions.
+
+Install with ``pip install flash-linear-attention`` (it needs triton and a CUDA GPU).
+
+Axis legend: B batch, T tokens, H heads, K key dim, V value dim.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["fla_delta_rule", "fla_module", "fla_retention"]
+
+_HALF = (torch.bfloat16, torch.float16)
+
+
+@functools.cache
+def fla_module(name: str) -> ModuleType | None:
+    """``fla.ops.<name>`` or ``None`` when flash-linear-attention is not importable (cached)."""
+    try:
+        return importlib.import_module(f"fla.ops.{name}")
+    except Exception as e:  # ImportError, or triton failing to initialise
+        logger.info("flash-linear-attention fast path unavailable (%s: %s)", type(e).__name__, e)
+        return None
+
+
+def _usable(x: Tensor, act_dtype: torch.dtype, required: bool, op: str) -> bool:
+    if not x.is_cuda or act_dtype not in _HALF:
+        if required:
+            raise ValueError(
+                f"backend='fla' needs CUDA tensors in bfloat16/float16, got {x.device} "
+                f"{act_dtype}; use backend='auto' to fall back to the PyTorch op"
+            )
+        return False
+    if fla_module(op) is None:
+        if required:
+            raise ImportError(
+                "backend='fla' needs flash-linear-attention: pip install flash-linear-attention"
+            )
+        return False
+    return True
+
+
+def fla_delta_rule(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    g: Tensor | None,
+    initial_state: Tensor | None,
+    *,
+    act_dtype: torch.dtype = torch.bfloat16,
+    scale: float | None = None,
+    required: bool = False,
+) -> tuple[Tensor, Tensor] | None:
+    """(Gated) delta rule through fla's chunked kernels, same contract as ``chunk_delta_rule``.
+
+    Args:
+        q, k: ``[B, T, H, K]`` (already L2-normalised), v: ``[B, T, H, V]``, beta, g: ``[B, T, H]``,
+            initial_state: ``[B, H, K, V]``. Any floating dtype; cast to ``act_dtype`` for fla.
+        act_dtype: the model's activation dtype; only bf16/fp16 take the kernel path.
+        required: raise instead of returning ``None`` when the kernels cannot be used.
+
+    Returns:
+        ``(o [B, T, H, V] float32, final_state [B, H, K, V] float32)`` or ``None``.
+    """
+    name = "delta_rule" if g is None else "gated_delta_rule"
+    if not _usable(q, act_dtype, required, name):
+        return None
+    mod = fla_module(name)
+    h0 = None if initial_state is None else initial_state.float()
+    q, k, v, beta = (t.to(act_dtype) for t in (q, k, v, beta))
+    if g is None:
+        o, S = mod.chunk_delta_rule(
+            q=q, k=k, v=v, beta=beta, scale=scale, initial_state=h0, output_final_state=True
+        )
+    else:
+        o, S = mod.chunk_gated_delta_rule(
+            q=q, k=k, v=v, g=g.float(), beta=beta, scale=scale, initial_state=h0,
+            output_final_state=True,
+        )  # fmt: skip
+    return o.float(), S.float()
+
+
+def fla_retention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gamma: Tensor,
+    initial_state: Tensor | None,
+    *,
+    act_dtype: torch.dtype = torch.bfloat16,
+    scale: float | None = None,
+    required: bool = False,
+) -> tuple[Tensor, Tensor] | None:
+    """Retention through fla's ``chunk_simple_gla`` with a per-head constant log-decay.
+
+    Same arguments as :func:`fla_delta_rule` with ``gamma: [H]`` instead of ``beta``/``g``.
+    Returns ``(o float32, final_state float32)`` or ``None``.
+    """
+    if not _usable(q, act_dtype, required, "simple_gla"):
+        return None
+    mod = fla_module("simple_gla")
+    h0 = None if initial_state is None else initial_state.float()
+    q, k, v = (t.to(act_dtype) for t in (q, k, v))
+    o, S = mod.chunk_simple_gla(
+        q=q, k=k, v=v, g_gamma=gamma.float().log(), scale=scale, initial_state=h0,
+        output_final_state=True,
+    )  # fmt: skip
+    return o.float(), S.float()
