@@ -393,11 +393,9 @@ def _mlp_chunks(
         # 2. read path with per-token weights W_t = beta_t W + gamma_t S - sum_s c_ts delta_s z_s^T
         r = Qc
         for li in range(L):
-            o = Wc[li].shape[-2]
             if mom:
                 assert Sc is not None
-                base = r @ torch.cat([Wc[li], Sc[li]], dim=-2).mT  # [G, C, 2o]
-                a = b_c * base[..., :o] + g_c * base[..., o:]
+                a = b_c * (r @ Wc[li].mT) + g_c * (r @ Sc[li].mT)
             else:
                 a = b_c * (r @ Wc[li].mT)
             if li == 0:
@@ -414,12 +412,10 @@ def _mlp_chunks(
             g = lasts[c] * Dl[li]  # [G, C, o]
             if li == 0 and lastMs[c] is not None:
                 g = g + lastMs[c] * Hs[0]
-            o = Wc[li].shape[-2]
             if mom:
                 assert Sc is not None
-                P = torch.cat([g, wSs[c] * Dl[li]], dim=-1).mT @ Z[li]  # [G, 2o, i]
-                newW.append(bC * Wc[li] + gC * Sc[li] - P[:, :o])
-                newS.append(hC * Sc[li] - P[:, o:])
+                newW.append(torch.baddbmm(bC * Wc[li] + gC * Sc[li], g.mT, Z[li], alpha=-1.0))
+                newS.append(torch.baddbmm(hC * Sc[li], (wSs[c] * Dl[li]).mT, Z[li], alpha=-1.0))
             else:
                 newW.append(torch.baddbmm(bC * Wc[li], g.mT, Z[li], alpha=-1.0))
         Wc = newW
