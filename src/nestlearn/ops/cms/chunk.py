@@ -1,0 +1,197 @@
+"""Chunk-parallel update of one Continuum Memory System level: the fast path.
+
+Inner math in float32 (float64 when the input is float64) with autocast off; the output is cast
+back to the input dtype and the returned state stays in the compute dtype.
+
+Contract (same as ``naive.naive_cms_level``; derivation in ``README.md``). Tokens are grouped into
+chunks of ``period`` tokens aligned to absolute positions (``initial_state.position``). Every token
+of chunk ``c`` is read with that chunk's weights ``W_c = W_0 + Delta_c`` and, with the local
+``"next"`` objective, contributes the gradient of ``1/2 ||MLP_{W_c}(x_t) - x_{t+1}||^2`` at
+``W_c``. At each boundary ``i = 0 (mod period)`` (NL eq. 71)::
+
+    Delta_{c+1} = Delta_c - lr * sum_{t in chunk c} grad_t
+
+and, for a nested level (eq. 72), every ``reset_period`` tokens::
+
+    A <- A - reset_lr * (sum of the level's gradients since its last reset);   Delta <- A
+
+With the ``"external"`` objective the op computes no gradient itself: a driver deposits the
+gradient of the true next-token loss into ``state.grad`` (``nestlearn.memory.cms.ntp_forward``).
+
+Equivalence: equal to ``naive_cms_level`` (a per-token loop that takes the gradients with
+autograd) up to rounding, at any chunk size, for any split of the tokens into calls. Because the
+gradient of a chunk is taken at its starting weights, one chunk is a handful of batched matmuls
+(``level_forward`` + ``level_grads``); the Python loop runs over chunks only, with no host sync.
+
+Axis legend: B batch, T tokens, C tokens of a chunk, D width, H hidden, Hin = 2H or H.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nestlearn.ops.cms.common import (
+    Activation,
+    CMSLevelState,
+    Objective,
+    Pair,
+    add,
+    check_inputs,
+    level_forward,
+    level_grads,
+    scaled_sub,
+)
+
+__all__ = ["chunk_cms_level"]
+
+
+def chunk_cms_level(
+    x: Tensor,
+    w_in: Tensor,
+    w_out: Tensor,
+    lr: Tensor | float,
+    initial_state: CMSLevelState | None = None,
+    *,
+    period: int,
+    activation: Activation = "swiglu",
+    objective: Objective = "next",
+    reset_period: int | None = None,
+    reset_lr: Tensor | float | None = None,
+    first_order: bool = False,
+    update: bool = True,
+    output_final_state: bool = False,
+) -> tuple[Tensor, CMSLevelState | None]:
+    """Read and update one CMS level over ``T`` tokens, chunk-parallel.
+
+    Args:
+        x: ``[B, T, D]`` level input (the keys; with ``"next"`` also the values, shifted by one).
+        w_in: ``[Hin, D]`` meta-learned input weights (``[W_gate; W_up]`` for ``"swiglu"``).
+        w_out: ``[D, H]`` meta-learned output weights.
+        lr: the level's inner learning rate ``eta`` (0-dim tensor or float; eq. 71).
+        initial_state: :class:`CMSLevelState` from an earlier call, or ``None`` (fresh sequence).
+        period: chunk size ``C`` of the level: its weights change every ``C`` tokens.
+        activation: ``"swiglu"``, ``"gelu"``, ``"silu"`` or ``"relu"``.
+        objective: ``"next"`` (local next-input regression) or ``"external"`` (gradients supplied
+            by a driver in ``state.grad``).
+        reset_period: nested variant: re-initialise the level every ``reset_period`` tokens (a
+            multiple of ``period``) to its per-sequence anchor.
+        reset_lr: nested variant: learning rate of the anchor's update (the slower level's).
+        first_order: take the inner gradients as constants (no backprop through them).
+        update: ``False`` freezes the level (reads only; position still advances).
+        output_final_state: return the state (else ``None`` and the last, never-applied chunk's
+            gradient is skipped).
+
+    Returns:
+        ``(y [B, T, D] in x.dtype, final_state or None)``.
+
+    Example::
+
+        >>> B, T, D, H = 2, 100, 16, 32
+        >>> x = torch.randn(B, T, D)
+        >>> w_in, w_out = torch.randn(2 * H, D) * 0.1, torch.randn(D, H) * 0.1
+        >>> y, st = chunk_cms_level(x, w_in, w_out, 0.01, period=16, output_final_state=True)
+        >>> y.shape, st.delta[0].shape, st.position
+        (torch.Size([2, 100, 16]), torch.Size([2, 64, 16]), 100)
+    """
+    check_inputs(x, w_in, w_out, period, activation, objective, reset_period, initial_state)
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        y, st = _run(
+            x.to(cdt),
+            w_in.to(cdt),
+            w_out.to(cdt),
+            torch.as_tensor(lr, dtype=cdt, device=x.device),
+            None if reset_lr is None else torch.as_tensor(reset_lr, dtype=cdt, device=x.device),
+            (initial_state or CMSLevelState()).to(cdt),
+            period,
+            reset_period,
+            activation,
+            objective == "next" and update,
+            first_order,
+            update,
+            output_final_state,
+        )
+    return y.to(x.dtype), st
+
+
+def _run(
+    x: Tensor,
+    w_in: Tensor,
+    w_out: Tensor,
+    lr: Tensor,
+    reset_lr: Tensor | None,
+    st: CMSLevelState,
+    C: int,
+    R: int | None,
+    act: str,
+    local: bool,
+    first_order: bool,
+    update: bool,
+    keep_state: bool,
+) -> tuple[Tensor, CMSLevelState | None]:
+    B, T, _ = x.shape
+    pos = st.position
+    delta, grad, anchor, agrad = st.delta, st.grad, st.anchor, st.anchor_grad
+
+    def grads(xk: Tensor, v: Tensor, b: Tensor, h: Tensor, a: Tensor, d: Pair | None) -> Pair:
+        if first_order:  # inner gradients as constants: the outer loss sees W_c = W_0 + const
+            with torch.no_grad():
+                dd = None if d is None else (d[0].detach(), d[1].detach())
+                ts = (t.detach() for t in (xk, v, b, h, a, w_out))
+                return level_grads(*ts, dd, act)
+        return level_grads(xk, v, b, h, a, w_out, d, act)
+
+    # The previous call's last token: its target is this call's first input.
+    if local and st.pending is not None and T > 0:
+        k = st.pending[:, None]  # [B, 1, D]
+        b, h, a = level_forward(k, w_in, w_out, delta, act)
+        grad = add(grad, grads(k, x[:, :1], b, h, a, delta))
+
+    # x W_0^T for every token at once: one large matmul instead of one per chunk
+    h0 = F.linear(x, w_in) if T > C else None
+
+    ys = []
+    s = 0
+    while s < T:
+        p = pos + s
+        e = min(T, s + C - p % C)  # this segment ends at the chunk's end or the call's
+        if update and p % C == 0 and p > 0:
+            delta, grad, anchor, agrad = _boundary(p, delta, grad, anchor, agrad, lr, reset_lr, R)
+        xs = x[:, s:e]
+        b, h, a = level_forward(xs, w_in, w_out, delta, act, None if h0 is None else h0[:, s:e])
+        ys.append(b)
+        # pairs (t, t+1) whose target is inside this call; the chunk's gradient is needed if its
+        # update is applied later in this call or handed on in the state
+        n = min(e + 1, T) - (s + 1)
+        if local and n > 0 and (e < T or keep_state):
+            v = x[:, s + 1 : s + 1 + n]
+            grad = add(grad, grads(xs[:, :n], v, b[:, :n], h[:, :n], a[:, :n], delta))
+        s = e
+    y = torch.cat(ys, dim=1) if ys else x.new_zeros(B, 0, w_out.shape[0])
+    if not keep_state:
+        return y, None
+    pending = (x[:, -1] if T > 0 else st.pending) if local else None
+    return y, CMSLevelState(delta, grad, pending, anchor, agrad, pos + T)
+
+
+def _boundary(
+    p: int,
+    delta: Pair | None,
+    grad: Pair | None,
+    anchor: Pair | None,
+    agrad: Pair | None,
+    lr: Tensor,
+    reset_lr: Tensor | None,
+    R: int | None,
+) -> tuple[Pair | None, Pair | None, Pair | None, Pair | None]:
+    """Apply the finished chunk's accumulated gradient (eq. 71) and the nested reset (eq. 72)."""
+    delta = scaled_sub(delta, lr, grad)
+    if R is not None:
+        agrad = add(agrad, grad)
+        if p % R == 0:
+            anchor = scaled_sub(anchor, reset_lr if reset_lr is not None else lr, agrad)
+            agrad = None
+            delta = anchor
+    return delta, None, anchor, agrad
