@@ -90,6 +90,8 @@ def run_one(name: str, lr: float, seed: int, args: argparse.Namespace, data: Any
 
     run_dir = Path(args.out) / "runs" / f"{name}-lr{lr:g}-s{seed}"
     res = Trainer(cfg, run_dir=run_dir, data=data, on_step_end=on_step).fit()
+    if res.interrupted:  # SIGINT/SIGTERM: the trainer stopped early; do not record the run
+        raise SystemExit("interrupted; rerun the same command to continue where it stopped")
     return {
         "name": name,
         "lr": lr,
