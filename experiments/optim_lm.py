@@ -2,10 +2,10 @@
 
 Protocol (equal steps for everyone; small, CPU-sized budget):
 
-1. **Tune**: for each optimizer, seed 0, a 3-point learning-rate grid (AdamW: ``optim.lr``; the
-   others: ``optim.matrix_lr`` of the hidden matrices, with the AdamW fallback group for
-   embeddings / head / vectors fixed at ``optim.lr = 3e-3``). Pick the lowest final validation
-   loss.
+1. **Tune**: for each optimizer, seed 0, a small learning-rate grid. AdamW first (``optim.lr``);
+   the others tune ``optim.matrix_lr`` of the hidden matrices while their AdamW fallback group
+   (embeddings, head, vectors) uses AdamW's tuned ``optim.lr``, so they differ from AdamW only
+   on the hidden matrices. Pick the lowest final validation loss.
 2. **Seeds**: rerun the picked setting with seeds 1 and 2 (seed 0 is reused: runs are
    deterministic). Report final validation loss mean ± std over the 3 seeds.
 3. **Timing**: one model per optimizer, all stepping in lockstep on the same batches in this
@@ -43,9 +43,8 @@ from nestlearn.train.trainer import open_data  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- optim_lm:begin -->", "<!-- optim_lm:end -->"
-FALLBACK_LR = 3e-3
 GRIDS: dict[str, tuple[str, list[float]]] = {
-    "adamw": ("optim.lr", [1e-3, 3e-3, 1e-2]),
+    "adamw": ("optim.lr", [3e-4, 1e-3, 3e-3, 1e-2]),
     "muon": ("optim.matrix_lr", [1e-3, 3e-3, 1e-2]),
     "m3": ("optim.matrix_lr", [1e-3, 3e-3, 1e-2]),
     "delta-momentum": ("optim.matrix_lr", [0.03, 0.1, 0.3]),
@@ -53,7 +52,9 @@ GRIDS: dict[str, tuple[str, list[float]]] = {
 SEEDS = (0, 1, 2)
 
 
-def overrides(name: str, lr: float, seed: int, args: argparse.Namespace) -> list[str]:
+def overrides(
+    name: str, lr: float, seed: int, args: argparse.Namespace, fallback_lr: float = 3e-3
+) -> list[str]:
     key, _ = GRIDS[name]
     out = [
         f"optim.name={name}",
@@ -71,15 +72,17 @@ def overrides(name: str, lr: float, seed: int, args: argparse.Namespace) -> list
         f"train.threads={args.threads}",
     ]
     if name != "adamw":
-        out.append(f"optim.lr={FALLBACK_LR}")
+        out.append(f"optim.lr={fallback_lr}")
     if name == "m3":
         # The default period (100 steps) would update the slow memory once in a short run.
         out.append(f"optim.m3_slow_every={max(1, args.steps // 8)}")
     return out
 
 
-def run_one(name: str, lr: float, seed: int, args: argparse.Namespace, data: Any) -> dict:
-    cfg = resolve_config(args.preset, None, overrides(name, lr, seed, args))
+def run_one(
+    name: str, lr: float, seed: int, args: argparse.Namespace, data: Any, fallback_lr: float
+) -> dict:
+    cfg = resolve_config(args.preset, None, overrides(name, lr, seed, args, fallback_lr))
     times: list[float] = []
     last = [time.perf_counter()]
 
@@ -96,18 +99,21 @@ def run_one(name: str, lr: float, seed: int, args: argparse.Namespace, data: Any
         "name": name,
         "lr": lr,
         "seed": seed,
+        "fallback_lr": fallback_lr if name != "adamw" else None,
         "val_loss": res.final_eval.get("loss", float("nan")),
         "losses": res.losses,
         "median_step_s": statistics.median(times[2:]) if len(times) > 3 else float("nan"),
     }
 
 
-def lockstep_timing(args: argparse.Namespace, best: dict[str, float], data: Any) -> dict:
+def lockstep_timing(
+    args: argparse.Namespace, best: dict[str, float], data: Any, fallback_lr: float
+) -> dict:
     """Median seconds per training step, all optimizers interleaved step by step."""
     _, train, _ = data
     models, opts, times = {}, {}, {}
     for name in GRIDS:
-        cfg = resolve_config(args.preset, None, overrides(name, best[name], 0, args))
+        cfg = resolve_config(args.preset, None, overrides(name, best[name], 0, args, fallback_lr))
         cfg.model.vocab_size = cfg.model.vocab_size or int(data[0].vocab_size)
         from nestlearn.models import build_model
 
@@ -185,11 +191,11 @@ def write_report(results: list[dict], timing: dict | None, args: argparse.Namesp
         f"{args.eval_tokens} held-out tokens; CPU, {args.threads} thread(s). M3: "
         f"`m3_slow_every={max(1, args.steps // 8)}`, `m3_alpha=0.5`, `beta3=0.9`; Muon/M3 use "
         f"`muon_adjust_lr=match_rms_adamw`; embeddings, head and vectors use AdamW at "
-        f"{FALLBACK_LR:g} for every optimizer but AdamW.*",
+        f"AdamW's tuned rate ({best.get('adamw', float('nan')):g}) for every optimizer.*",
         "",
         "![lm](figures/optim_lm.png)",
         "",
-        "| optimizer | tuned (seed 0, 3-point grid) | seeds | final val loss (mean ± std) | "
+        "| optimizer | tuned on seed 0 | seeds | final val loss (mean ± std) | "
         "time/step vs AdamW | grid: lr: val loss (seed 0) |",
         "|---|---|---|---|---|---|",
         *rows,
@@ -229,33 +235,42 @@ def main() -> None:
     cfg0 = resolve_config(args.preset, None, overrides("adamw", 1e-3, 0, args))
     data = open_data(cfg0)
 
-    def have(name: str, lr: float, seed: int) -> bool:
-        return any(r["name"] == name and r["lr"] == lr and r["seed"] == seed for r in state["runs"])
+    def have(name: str, lr: float, seed: int, fb: float | None) -> bool:
+        return any(
+            r["name"] == name and r["lr"] == lr and r["seed"] == seed
+            and r.get("fallback_lr") == (None if name == "adamw" else fb)
+            for r in state["runs"]
+        )  # fmt: skip
 
     def save() -> None:
         res_path.write_text(json.dumps(state))
 
-    todo = [(n, lr, 0) for n, (_, grid) in GRIDS.items() for lr in grid]
-    for name, lr, seed in todo:
-        if not have(name, lr, seed):
-            state["runs"].append(run_one(name, lr, seed, args, data))
+    def ensure(name: str, lr: float, seed: int, fb: float) -> None:
+        if not have(name, lr, seed, fb):
+            state["runs"].append(run_one(name, lr, seed, args, data, fb))
             r = state["runs"][-1]
             print(f"{name} lr={lr:g} seed={seed}: val {r['val_loss']:.4f}", flush=True)
             save()
-    best = {}
-    for name in GRIDS:
+
+    def pick(name: str, fb: float) -> float:
         tune = {r["lr"]: r["val_loss"] for r in state["runs"] if r["name"] == name
-                and r["seed"] == 0}  # fmt: skip
-        best[name] = min(tune, key=lambda lr: tune[lr])
+                and r["seed"] == 0 and r.get("fallback_lr") == (None if name == "adamw" else fb)}  # fmt: skip
+        return min(tune, key=lambda lr: tune[lr])
+
+    for lr in GRIDS["adamw"][1]:
+        ensure("adamw", lr, 0, 0.0)
+    fallback_lr = pick("adamw", 0.0)
+    state["runs"] = [r for r in state["runs"] if r["name"] == "adamw"
+                     or r.get("fallback_lr") == fallback_lr]  # fmt: skip
+    for name, (_, grid) in GRIDS.items():
+        for lr in grid:
+            ensure(name, lr, 0, fallback_lr)
+    best = {name: pick(name, fallback_lr) for name in GRIDS}
     for seed in SEEDS[1:]:
         for name in GRIDS:
-            if not have(name, best[name], seed):
-                state["runs"].append(run_one(name, best[name], seed, args, data))
-                r = state["runs"][-1]
-                print(f"{name} lr={best[name]:g} seed={seed}: val {r['val_loss']:.4f}", flush=True)
-                save()
+            ensure(name, best[name], seed, fallback_lr)
     if "timing" not in state:
-        state["timing"] = lockstep_timing(args, best, data)
+        state["timing"] = lockstep_timing(args, best, data, fallback_lr)
         save()
     section = write_report(state["runs"], state["timing"], args)
     doc = Path(args.doc)
