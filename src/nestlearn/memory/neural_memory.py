@@ -1,0 +1,266 @@
+"""Titans neural long-term memory (LMM) as a token mixer: ``x: [B, T, D] -> y: [B, T, D]``.
+
+Axis legend: B batch, T tokens, D model width, H heads, F head dim, P = 3 H F (q, k, v channels).
+
+Layer (Titans arXiv 2501.00663 §3 and §4.4; Nested Learning arXiv 2512.24695 §8, eqs. 86-93)::
+
+    q, k, v   = silu(causal_dwconv_4(W_qkv x))            depthwise causal conv, width 4 (§4.4)
+    q, k      = q / ||q||, k / ||k||                        l2-normalised per head (§4.4, NL §8.3)
+    theta_t   = max_lr * sigmoid(w_theta x_t + b_theta)     inner learning rate        [B, T, H]
+    eta_t     = sigmoid(w_eta x_t + b_eta)                  momentum ("past surprise")  [B, T, H]
+    alpha_t   = sigmoid(w_alpha x_t + b_alpha)              forgetting / weight decay   [B, T, H]
+    o, M      = chunk_titans(q, k, v, theta, eta, alpha; M_0)        (ops/titans, eqs. 12-14)
+    y         = W_o (rmsnorm_head(o) * sigmoid(W_g x))       output norm + gate (§4.4)
+
+Why these bounds on the gates:
+
+* ``eta`` and ``alpha`` multiply the previous momentum / weights every token. Outside ``[0, 1]`` the
+  scans grow geometrically or flip sign each token, so both are sigmoids (Titans' "gating" reading;
+  ``1 - alpha`` is the retention). Init: ``eta ~ 0.9`` (the usual heavy-ball value) and
+  ``alpha ~ 0.001`` (a memory half-life of ~700 tokens that the model can lengthen or shorten).
+* ``theta`` is the inner step on ``||M(k) - v||^2``. A chunk applies all its ``C`` gradients at
+  once, taken at the same weights (and momentum amplifies them by up to ``1 / (1 - eta)``): for the
+  linear memory the error on the chunk's keys is multiplied by ``I - 2 sum_s theta_s k_s k_s^T``,
+  whose top eigenvalue is about ``2 theta C / F`` for unit-norm keys spread over ``F`` dims, and must
+  stay below 2; deeper memories add curvature ``2 ||z||^2`` per layer. ``max_lr * sigmoid`` keeps
+  ``theta`` in ``(0, max_lr)`` with ``max_lr = 0.01`` by default, titans-pytorch's
+  ``default_step_transform_max_lr``. Measured: with ``max_lr = 0.1`` a D=32, 2-head layer
+  diverged within 128 tokens at chunk size 64, while the per-token recurrence stayed bounded.
+
+The memory's initial weights ``M_0`` (per head) are outer-loop parameters: each sequence starts from
+``M_0`` expanded over the batch and the outer gradient flows back through every unrolled inner update
+(meta-learned initial state, NL §8.1). Momentum starts at zero.
+
+State (:class:`NeuralMemoryState`): the memory weights and momentum, and mid-chunk the chunk's
+anchor weights and offset (all inside ``TitansState``), plus the conv tail (last 3 conv inputs). A
+pending partial chunk needs no token buffer: the anchor weights are enough to continue it exactly,
+so decoding is O(1) per token and prefill + token-by-token decode equals one call.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nestlearn.ops.titans import TitansState, chunk_titans, naive_chunk_titans
+
+__all__ = ["NeuralMemory", "NeuralMemoryState"]
+
+
+class NeuralMemoryState(NamedTuple):
+    """Per-sequence state of a :class:`NeuralMemory`.
+
+    Attributes:
+        inner: the op state (weights ``[B, H, o, i]`` per memory layer, momentum, anchor, offset),
+            or ``None`` for a fresh sequence, which starts from the learned ``M_0``.
+        conv: ``[B, conv_size - 1, 3 H F]`` last inputs of the causal conv, or ``None`` (zeros).
+    """
+
+    inner: TitansState | None = None
+    conv: Tensor | None = None
+
+    def detach(self) -> NeuralMemoryState:
+        """Cut the autograd history (truncated backprop through time)."""
+        return NeuralMemoryState(
+            None if self.inner is None else self.inner.detach(),
+            None if self.conv is None else self.conv.detach(),
+        )
+
+
+class NeuralMemory(nn.Module):
+    """Titans long-term memory layer with the house ``forward(x, *, state=None)`` signature.
+
+    Args:
+        dim: model width ``D``.
+        n_heads: memory heads ``H`` (head dim ``F = D / H``).
+        memory: ``"mlp"`` (residual MLP, NL eq. 89) or ``"linear"`` (matrix memory).
+        depth: MLP memory layers (``>= 2``).
+        expansion: MLP hidden width over ``F``.
+        activation: the MLP memory's nonlinearity.
+        optimizer: ``"gd"`` (Titans) or ``"dgd"`` (Delta GD with weight decay, NL eq. 88).
+        momentum: use the momentum gate ``eta`` (Titans' past surprise).
+        forget: use the forget gate ``alpha``.
+        chunk_size: chunk of the parallel inner update (gradients at the chunk's start weights).
+        max_lr: upper bound of ``theta``; scale it down for larger chunks (module docstring).
+        conv_size: width of the causal depthwise conv after the q/k/v projections (0 = none).
+        naive: run the reference op ``naive_chunk_titans`` (tests and benchmarks only).
+        init_seed: seed of this layer's own random init (``M_0``, conv), see ``reset_parameters``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int = 4,
+        *,
+        memory: Literal["mlp", "linear"] = "mlp",
+        depth: int = 2,
+        expansion: float = 2.0,
+        activation: Literal["silu", "gelu", "relu"] = "silu",
+        optimizer: Literal["gd", "dgd"] = "gd",
+        momentum: bool = True,
+        forget: bool = True,
+        chunk_size: int = 64,
+        max_lr: float = 0.01,
+        conv_size: int = 4,
+        naive: bool = False,
+        init_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
+        if memory not in ("mlp", "linear"):
+            raise ValueError(f"memory must be 'mlp' or 'linear', got {memory!r}")
+        if memory == "mlp" and depth < 2:
+            raise ValueError(f"an MLP memory needs depth >= 2, got {depth}; or use memory='linear'")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}; try 64")
+        if not max_lr > 0:
+            raise ValueError(f"max_lr must be > 0, got {max_lr}; try 0.01")
+        if conv_size < 0:
+            raise ValueError(f"conv_size must be >= 0, got {conv_size}; try 4")
+        F_ = dim // n_heads
+        self.dim, self.n_heads, self.head_dim = dim, n_heads, F_
+        self.memory, self.activation, self.optimizer = memory, activation, optimizer
+        self.momentum, self.forget, self.chunk_size = momentum, forget, chunk_size
+        self.max_lr, self.conv_size, self.naive, self.init_seed = (
+            max_lr,
+            conv_size,
+            naive,
+            init_seed,
+        )
+        P = 3 * dim
+        self.wqkv = nn.Linear(dim, P, bias=False)
+        self.conv_weight = nn.Parameter(torch.empty(conv_size, P)) if conv_size > 0 else None
+        self.wgates = nn.Linear(dim, 3 * n_heads, bias=False)  # theta, eta, alpha per head
+        # Biases live here, not in wgates: the model's init_weights zeroes Linear biases.
+        self.gate_bias = nn.Parameter(torch.empty(3, n_heads))
+        if memory == "linear":
+            shapes = [(F_, F_)]
+        else:
+            hid = max(1, round(F_ * expansion))
+            shapes = [(hid, F_)] + [(hid, hid)] * (depth - 2) + [(F_, hid)]
+        # M_0: meta-learned initial memory weights, one set per head, input side first.
+        self.mem_init = nn.ParameterList(
+            nn.Parameter(torch.empty(n_heads, o, i)) for o, i in shapes
+        )
+        self.out_norm_weight = nn.Parameter(torch.empty(n_heads, F_))
+        self.wg = nn.Linear(dim, dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+        if self.gate_bias.device.type != "meta":
+            self.reset_parameters()
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Init of the parameters the model skeleton does not set (its Linears get ``init_std``):
+
+        ============================ ===================================================
+        mem_init[l] (MLP)            normal(0, 1 / sqrt(d_in)). Not larger: the curvature of
+                                     ||M(k) - v||^2 in the last layer is 2 ||z||^2 (z its
+                                     input), and theta * 2 ||z||^2 must stay below ~2(1 + eta)
+                                     for the inner heavy-ball step to contract; with unit-norm
+                                     keys this init keeps ||z||^2 ~ 0.5 (measured: std 1 on
+                                     the input side diverged at theta = 0.05, hidden 128)
+        mem_init[0] (linear memory)  zeros (an empty memory)
+        conv_weight                  uniform(-1/sqrt(w), 1/sqrt(w)), w = conv_size
+                                     (torch's Conv1d default, as mamba / fla)
+        gate_bias                    theta: 0 (theta = max_lr / 2); eta: logit(0.9);
+                                     alpha: logit(0.001)
+        out_norm_weight              ones
+        ============================ ===================================================
+
+        Draws use a generator seeded by ``init_seed`` (the layer index), so the result does not
+        depend on the global RNG.
+        """
+        gen = torch.Generator().manual_seed(0x717A + self.init_seed)
+
+        def randn(shape: torch.Size, std: float) -> Tensor:
+            return torch.randn(shape, generator=gen, dtype=torch.float64) * std
+
+        for w in self.mem_init:
+            if self.memory == "linear":
+                w.zero_()
+            else:
+                w.copy_(randn(w.shape, 1.0 / math.sqrt(w.shape[-1])))
+        if self.conv_weight is not None:
+            b = 1.0 / math.sqrt(self.conv_size)
+            u = torch.rand(self.conv_weight.shape, generator=gen, dtype=torch.float64)
+            self.conv_weight.copy_((2.0 * u - 1.0) * b)
+        self.gate_bias[0].fill_(0.0)
+        self.gate_bias[1].fill_(math.log(0.9 / 0.1))
+        self.gate_bias[2].fill_(math.log(0.001 / 0.999))
+        self.out_norm_weight.fill_(1.0)
+
+    # ----------------------------------------------------------------- state
+    def init_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype
+    ) -> NeuralMemoryState:
+        """A fresh state: the next call starts from ``M_0`` and a zero conv tail."""
+        return NeuralMemoryState(None, None)
+
+    def _initial_inner(self, batch: int) -> TitansState:
+        # expand (a view), so the outer gradient of every sequence sums into M_0
+        w = tuple(p.expand(batch, *p.shape) for p in self.mem_init)
+        return TitansState(w, None)
+
+    # --------------------------------------------------------------- forward
+    def _conv(self, u: Tensor, tail: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Causal depthwise conv over time. ``u: [B, T, P]``; returns output and the new tail."""
+        if self.conv_weight is None:
+            return u, None
+        w = self.conv_weight.to(u.dtype)  # [K, P]
+        K = self.conv_size
+        if tail is None:
+            tail = u.new_zeros(u.shape[0], K - 1, u.shape[-1])
+        full = torch.cat([tail.to(u.dtype), u], dim=1)  # [B, K - 1 + T, P]
+        T = u.shape[1]
+        # a sum of K shifted products: cheaper on CPU than conv1d's [B, P, T] layout round trip
+        out = full[:, K - 1 :] * w[K - 1]
+        for j in range(K - 1):
+            out = out + full[:, j : j + T] * w[j]
+        return out, full[:, full.shape[1] - (K - 1) :]
+
+    def forward(
+        self, x: Tensor, *, state: NeuralMemoryState | None = None
+    ) -> tuple[Tensor, NeuralMemoryState | None]:
+        """``x: [B, T, D] -> y: [B, T, D]``; with ``state`` continue that sequence (and return it)."""
+        B, T, _ = x.shape
+        H, F_ = self.n_heads, self.head_dim
+        inner = state.inner if state is not None else None
+        tail = state.conv if state is not None else None
+        qkv, new_tail = self._conv(self.wqkv(x), tail)
+        q, k, v = F.silu(qkv).view(B, T, 3, H, F_).unbind(2)
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        # gates in float32 at least: the op's scans run there anyway
+        wdt = torch.promote_types(x.dtype, torch.float32)
+        g = self.wgates(x).to(wdt).view(B, T, 3, H) + self.gate_bias.to(wdt)
+        theta = self.max_lr * torch.sigmoid(g[:, :, 0])
+        eta = torch.sigmoid(g[:, :, 1]) if self.momentum else None
+        alpha = torch.sigmoid(g[:, :, 2]) if self.forget else None
+        if inner is None:
+            inner = self._initial_inner(B)
+        op = naive_chunk_titans if self.naive else chunk_titans
+        o, inner = op(
+            q, k, v, theta, eta, alpha, inner,
+            chunk_size=self.chunk_size, activation=self.activation, optimizer=self.optimizer,
+        )  # fmt: skip
+        o = F.rms_norm(o, (F_,)) * self.out_norm_weight.to(o.dtype)  # per head
+        o = o.reshape(B, T, self.dim) * torch.sigmoid(self.wg(x))
+        y = self.wo(o)
+        return y, (NeuralMemoryState(inner, new_tail) if state is not None else None)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Forward FLOPs per token: projections plus the chunked memory update and read."""
+        D, H, C = self.dim, self.n_heads, self.chunk_size
+        proj = 2 * D * (3 * D + 3 * H + 2 * D)
+        mem = 0
+        for w in self.mem_init:
+            o, i = w.shape[-2:]
+            # write fwd + bwd (2), read (1, +1 with momentum), chunk-end update (1, +1)
+            per = 3 + (2 if self.momentum else 0)
+            mem += 2 * per * o * i + 2 * min(C, seq_len) * (o + i)
+        return proj + H * mem
