@@ -18,6 +18,13 @@ DT = torch.float64
 TOL = {"rtol": 1e-10, "atol": 1e-11}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    # Tiny tensors: a second thread costs more than it saves, and much more on a busy machine.
+    # (The shared conftest restores the thread count after each test.)
+    torch.set_num_threads(1)
+
+
 def make_inputs(
     T: int, *, B: int = 2, H: int = 4, P: int = 3, G: int = 2, N: int = 5, seed: int = 0,
     skip: bool = True, init: bool = True, dt_scale: float = 0.5,

@@ -25,6 +25,13 @@ B, H, FD, FH = 2, 2, 4, 8
 TOL = {"rtol": 1e-9, "atol": 1e-10}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    # Tiny tensors: a second thread costs more than it saves, and much more on a busy machine.
+    # (The shared conftest restores the thread count after each test.)
+    torch.set_num_threads(1)
+
+
 def make_inputs(T: int, kind: str, offset: int = 0, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
 
