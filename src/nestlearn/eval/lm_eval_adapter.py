@@ -10,15 +10,16 @@ same numbers (tested). Three ways in:
   native scorer's format.
 * lm-eval's own CLI with the model registered::
 
-      python -m nestlearn.eval.lm_eval_adapter --model nestlearn \\
-          --model_args checkpoint=runs/x,batch_size=16,freeze_memory=false \\
+      python -m nestlearn.eval.lm_eval_adapter --model nestlearn --batch_size 16 \\
+          --model_args checkpoint=runs/x,freeze_memory=false \\
           --tasks nestlearn_paper --include_path $(python -c "from nestlearn.eval.lm_eval_tasks \\
           import TASKS_DIR; print(TASKS_DIR)") --metadata '{"data_dir": "../shared/datasets"}'
 
   (any other lm-eval task works too when its data can be downloaded).
 * ``NESTLEARN_EVAL_BACKEND=lm-eval nestlearn eval --checkpoint RUN --tasks all --data-dir DIR``.
 
-Model arguments: ``checkpoint`` (run or checkpoint folder), ``batch_size``, ``max_length``
+Model arguments: ``checkpoint`` (run or checkpoint folder), ``batch_size`` (from Python; on
+lm-eval's command line use its ``--batch_size`` flag), ``max_length``
 (default the model's ``max_seq_len``), ``freeze_memory`` (turn test-time memory updates off
 through the ``set_memory_updates`` hook), ``device``.
 """
@@ -65,7 +66,27 @@ def _as_bool(v: Any) -> bool:
     return bool(v)
 
 
-@register_model("nestlearn")
+def _pick_device(device: str | None) -> str:
+    """``device``, or CPU when it names a CUDA device this machine lacks (lm-eval's CLI
+    passes ``cuda`` by default)."""
+    if not device:
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("device %s is not available; evaluating on cpu", device)
+        return "cpu"
+    return device
+
+
+def _register(cls: type) -> type:
+    try:
+        return register_model("nestlearn")(cls)
+    except ValueError:
+        # already registered: this module was run with ``python -m`` and imported as well
+        logger.debug("lm-eval model 'nestlearn' was already registered")
+        return cls
+
+
+@_register
 class NestlearnLM(TemplateLM):
     """lm-eval model over a nestlearn ``LanguageModel``.
 
@@ -98,7 +119,7 @@ class NestlearnLM(TemplateLM):
                 raise ValueError("give checkpoint=RUN_DIR (or model= and tokenizer= from Python)")
             from nestlearn.train.run import load_run
 
-            run = load_run(checkpoint, device=device or "cpu")
+            run = load_run(checkpoint, device=_pick_device(device))
             model, tokenizer = run.model, run.tokenizer
         elif tokenizer is None:
             raise ValueError("a model passed from Python needs its tokenizer= too")
