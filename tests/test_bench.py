@@ -17,7 +17,7 @@ from nestlearn.models import FAMILIES, Family, ModelConfig
 from nestlearn.models.skeleton import Block
 
 TINY = ["--dim", "32", "--layers", "1", "--vocab", "64", "--batch", "2", "--seq", "16",
-        "--steps", "2", "--warmup", "1", "--decode-tokens", "3", "--peak-size", "128",
+        "--steps", "2", "--warmup", "0", "--decode-tokens", "3", "--peak-size", "128",
         "--threads", "1"]  # fmt: skip
 FAKE = "bench-test-mlp"
 
