@@ -81,12 +81,6 @@ def test_segments_equal_one_call(family: str) -> None:
     assert_close(torch.cat(parts, 1), full, **TOL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="layers/attention.py: a windowed KVCache is trimmed, and RoPE positions are taken "
-    "from the trimmed cache length, so decode past the window rotates new tokens to the wrong "
-    "positions (one call is right; cached calls are not)",
-)
 def test_samba_decode_past_the_window_equals_full_forward() -> None:
     torch.set_default_dtype(torch.float64)
     model = build_model(_cfg("samba", mixer={"window": 5})).eval()

@@ -29,13 +29,20 @@ class KVCache:
 
     k: torch.Tensor
     v: torch.Tensor
+    start: int = 0
+    """Absolute position of ``k[:, 0]`` (a sliding-window cache drops old tokens)."""
 
     @property
     def length(self) -> int:
         return self.k.shape[1]
 
+    @property
+    def position(self) -> int:
+        """Absolute position of the next token."""
+        return self.start + self.k.shape[1]
+
     def detach(self) -> KVCache:
-        return KVCache(self.k.detach(), self.v.detach())
+        return KVCache(self.k.detach(), self.v.detach(), self.start)
 
 
 class CausalSelfAttention(nn.Module):
@@ -95,7 +102,7 @@ class CausalSelfAttention(nn.Module):
         self, x: torch.Tensor, *, state: KVCache | None = None
     ) -> tuple[torch.Tensor, KVCache | None]:
         B, T, _ = x.shape
-        past = state.length if state is not None else 0
+        past = state.position if state is not None else 0
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
@@ -109,11 +116,12 @@ class CausalSelfAttention(nn.Module):
         if state is not None:
             k = torch.cat([state.k, k], dim=1)  # [B, S, G, D]
             v = torch.cat([state.v, v], dim=1)
-            if self.window is not None and k.shape[1] > self.window + T:
-                # keep only what a future query can still see (sliding window)
-                k, v = k[:, -(self.window + T - 1) :], v[:, -(self.window + T - 1) :]
-        if state is not None:
-            new_state = KVCache(k, v)
+            start = state.start
+            if self.window is not None and k.shape[1] > self.window + T - 1:
+                # keep only what this call's queries can see; positions stay absolute
+                drop = k.shape[1] - (self.window + T - 1)
+                k, v, start = k[:, drop:], v[:, drop:], start + drop
+            new_state = KVCache(k, v, start)
         out = self._attend(q, k, v, past_in_kv=k.shape[1] - T)
         y = self.wo(out.reshape(B, T, self.n_heads * self.head_dim))
         return y, new_state
