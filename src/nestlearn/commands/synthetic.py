@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 COMMAND = "synthetic"
 HELP = "train small models on MQAR, MAD and formal-language tasks; report accuracy"
@@ -104,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
     rows, results = [], []
     for task in tasks:
         token_task = None
+        if task in FORMAL_LANGUAGES and settings:
+            logger.warning(
+                "--set %s does not apply to %s (formal languages have fixed bins)", settings, task
+            )
         if task not in FORMAL_LANGUAGES:
             extra = {
                 k: v for k, v in (("num_train", args.num_train), ("num_test", args.num_test)) if v
