@@ -2,7 +2,8 @@
 
 Protocol (equal steps for everyone; small, CPU-sized budget):
 
-1. **Tune**: for each optimizer, seed 0, a small learning-rate grid. AdamW first (``optim.lr``);
+1. **Tune**: for each optimizer, seed 0, a small learning-rate grid, extended by 3x steps (at
+   most twice) while the best point sits on its edge. AdamW first (``optim.lr``);
    the others tune ``optim.matrix_lr`` of the hidden matrices while their AdamW fallback group
    (embeddings, head, vectors) uses AdamW's tuned ``optim.lr``, so they differ from AdamW only
    on the hidden matrices. Pick the lowest final validation loss.
@@ -140,9 +141,9 @@ def lockstep_timing(
 
 def write_report(results: list[dict], timing: dict | None, args: argparse.Namespace) -> str:
     best: dict[str, float] = {}
-    for name, (_, grid) in GRIDS.items():
+    for name in GRIDS:
         tune = {r["lr"]: r["val_loss"] for r in results if r["name"] == name and r["seed"] == 0}
-        if len(tune) == len(grid):
+        if tune:
             best[name] = min(tune, key=lambda lr: tune[lr])
     rows = []
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -257,15 +258,26 @@ def main() -> None:
                 and r["seed"] == 0 and r.get("fallback_lr") == (None if name == "adamw" else fb)}  # fmt: skip
         return min(tune, key=lambda lr: tune[lr])
 
-    for lr in GRIDS["adamw"][1]:
-        ensure("adamw", lr, 0, 0.0)
-    fallback_lr = pick("adamw", 0.0)
+    def tune(name: str, fb: float) -> float:
+        """Run the grid; while the best point is on an edge, extend by 3x (at most twice)."""
+        grid = sorted(GRIDS[name][1])
+        for lr in grid:
+            ensure(name, lr, 0, fb)
+        for _ in range(2):
+            best_lr = pick(name, fb)
+            if best_lr == max(grid):
+                grid.append(best_lr * 3)
+            elif best_lr == min(grid):
+                grid.insert(0, best_lr / 3)
+            else:
+                break
+            ensure(name, grid[-1] if best_lr == grid[-2] else grid[0], 0, fb)
+        return pick(name, fb)
+
+    fallback_lr = tune("adamw", 0.0)
     state["runs"] = [r for r in state["runs"] if r["name"] == "adamw"
                      or r.get("fallback_lr") == fallback_lr]  # fmt: skip
-    for name, (_, grid) in GRIDS.items():
-        for lr in grid:
-            ensure(name, lr, 0, fallback_lr)
-    best = {name: pick(name, fallback_lr) for name in GRIDS}
+    best = {name: tune(name, fallback_lr) for name in GRIDS}
     for seed in SEEDS[1:]:
         for name in GRIDS:
             ensure(name, best[name], seed, fallback_lr)
