@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
                 if token_task is not None:
                     res = train_token_task(token_task, cfg, progress=tick)
-                    acc, b0, b1 = 100 * res.accuracy, "", ""
+                    acc, b0, b1 = 100 * res.accuracy, "-", "-"
                 else:
                     res = train_formal(
                         task,
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
                         data_seed=args.seed,
                         progress=tick,
                     )
-                    acc, b0, b1 = "", 100 * res.bin0, 100 * res.bin1
+                    acc, b0, b1 = "-", 100 * res.bin0, 100 * res.bin1
             record = res.to_dict()
             record.pop("losses")
             record["final_loss"] = res.losses[-1]
