@@ -113,6 +113,20 @@ def test_chunked_model_equals_naive_model_with_grads(family: str) -> None:
         assert_close(p.grad, q.grad, **TOL, msg=lambda m, n=name: f"grad of {n}: {m}")
 
 
+@pytest.mark.parametrize("family", FAMS)
+def test_bf16_autocast_matches_float32(family: str) -> None:
+    """Under CPU bf16 autocast the op still computes in float32: logits stay close to fp32."""
+    model = build_model(_cfg(family, dim=64), seed=0)
+    idx = torch.randint(0, 64, (2, 40))
+    ref, _ = model(idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = model(idx)
+        F.cross_entropy(out.float().flatten(0, 1), idx.flatten()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    err = (out.float() - ref).norm() / ref.norm()
+    assert err < 3e-2, err
+
+
 def test_short_conv_tail_continues_the_sequence() -> None:
     torch.set_default_dtype(torch.float64)
     conv = ShortConv(6, 4)

@@ -109,6 +109,9 @@ def fla_retention(
 ) -> tuple[Tensor, Tensor] | None:
     """Retention through fla's ``chunk_simple_gla`` with a per-head constant log-decay.
 
+    The decay is passed as the per-token gate ``g = log gamma`` broadcast to ``[B, T, H]`` (the
+    argument every fla version has) rather than the newer ``g_gamma``.
+
     Same arguments as :func:`fla_delta_rule` with ``gamma: [H]`` instead of ``beta``/``g``.
     Returns ``(o float32, final_state float32)`` or ``None``.
     """
@@ -117,8 +120,9 @@ def fla_retention(
     mod = fla_module("simple_gla")
     h0 = None if initial_state is None else initial_state.float()
     q, k, v = (t.to(act_dtype) for t in (q, k, v))
+    B, T, H = q.shape[:3]
+    g = gamma.float().log()[None, None, :].expand(B, T, H).contiguous()
     o, S = mod.chunk_simple_gla(
-        q=q, k=k, v=v, g_gamma=gamma.float().log(), scale=scale, initial_state=h0,
-        output_final_state=True,
-    )  # fmt: skip
+        q=q, k=k, v=v, g=g, scale=scale, initial_state=h0, output_final_state=True
+    )
     return o.float(), S.float()
