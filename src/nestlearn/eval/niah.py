@@ -256,7 +256,8 @@ def plot_niah_heatmap(records: Sequence[dict], out: str | Path, title: str = "")
         ax.set_xticks(range(len(lengths)), [length_label(n) for n in lengths])
         ax.set_yticks(range(len(depths)), [f"{d:.0f}%" for d in depths])
         ax.set_xlabel("context length (tokens)")
-        ax.set_ylabel("needle depth")
+        if ax is axes[0][0]:
+            ax.set_ylabel("needle depth")
         ax.set_title(NIAH_TASKS[task].title)
         for (i, j), v in np.ndenumerate(mean):
             if np.isfinite(v):
