@@ -40,8 +40,8 @@ from nestlearn.ops.titans.common import (
     Activation,
     Optimizer,
     TitansState,
+    activation_backward_fn,
     activation_fn,
-    activation_grad_fn,
     check_inputs,
     zeros_state,
 )
@@ -347,7 +347,7 @@ def _mlp_chunks(
 ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
     """Residual MLP memory, weights ``[G, o, i]``; chunk tensors ``[N, G, C, D]``. README "MLP"."""
     N, L = Q.shape[0], len(W)
-    act, dact = activation_fn(activation), activation_grad_fn(activation)
+    act, act_bwd = activation_fn(activation), activation_backward_fn(activation)
     mom = S is not None
     qk = Q @ K.mT
     AS1 = co.cS * qk  # layer-0 read/write overlap (its inputs q, k do not depend on weights)
@@ -366,7 +366,13 @@ def _mlp_chunks(
     def per_chunk(x: Tensor | None) -> list[Tensor | None]:
         return [None] * N if x is None else list(x.unbind(0))
 
-    Qs, Ks, Vs, AS1s, AM1s, cSs = (per_chunk(x) for x in (Q, K, V, AS1, AM1, co.cS))
+    # weight-independent pieces, batched over chunks: the layer-0 inputs of the write path (k) and
+    # of the read path (beta q, gamma q) share one matmul per chunk; 2 (k - v) seeds the error.
+    KQb = torch.cat([K, beta * Q], dim=-2)  # [N, G, 2C, Dk]
+    Qg = None if gamma is None else gamma * Q
+    KV2 = 2.0 * (K - V)
+    Qs, Ks, KQbs, Qgs, KV2s = (per_chunk(x) for x in (Q, K, KQb, Qg, KV2))
+    AS1s, AM1s, cSs = (per_chunk(x) for x in (AS1, AM1, co.cS))
     lasts, lastMs, wSs = per_chunk(last), per_chunk(lastM), per_chunk(wS)
     betas, gammas, betaCs, gammaCs, HCs = (per_chunk(x) for x in (beta, gamma, betaC, gammaC, HC))
 
@@ -374,47 +380,58 @@ def _mlp_chunks(
     Wa = list(A) if A is not None else Wc
     ys = []
     last_start = Wc
+    C = Q.shape[-2]
     for c in range(N):
-        Kc, Vc, Qc, cSc = Ks[c], Vs[c], Qs[c], cSs[c]
-        assert Kc is not None and Vc is not None and Qc is not None and cSc is not None
+        Kc, Qc, KQc, cSc = Ks[c], Qs[c], KQbs[c], cSs[c]
+        assert Kc is not None and Qc is not None and KQc is not None and cSc is not None
         b_c, g_c, bC, gC, hC = betas[c], gammas[c], betaCs[c], gammaCs[c], HCs[c]
         last_start = Wc
         # 1. write path at the anchor: forward, then the hand-derived backward of ||M(k) - v||^2
-        Z, Hs = [Kc], []
-        for li in range(L):
-            h = Z[-1] @ Wa[li].mT  # [G, C, o]
-            Hs.append(h)
-            if li < L - 1:
-                Z.append(act(h))
+        if Wa is Wc:  # aligned chunk: k W0^T and (beta q) W0^T in one matmul
+            h0, read0 = (KQc @ Wc[0].mT).split(C, dim=-2)
+        else:
+            h0, read0 = Kc @ Wa[0].mT, KQc[:, C:] @ Wc[0].mT
+        Z, Hs = [Kc], [h0]
+        for li in range(1, L):
+            Z.append(act(Hs[-1]))
+            Hs.append(Z[-1] @ Wa[li].mT)  # [G, C, o]
         Dl: list[Tensor] = [Kc] * L  # placeholder, every entry is overwritten
-        Dl[L - 1] = 2.0 * (Kc + Hs[-1] - Vc)  # d loss / d output (residual memory)
+        Dl[L - 1] = torch.add(KV2s[c], Hs[-1], alpha=2.0)  # 2 (M(k) - v), residual memory
         for li in range(L - 1, 0, -1):
-            Dl[li - 1] = (Dl[li] @ Wa[li]) * dact(Hs[li - 1])
+            Dl[li - 1] = act_bwd(Dl[li] @ Wa[li], Hs[li - 1])
         # 2. read path with per-token weights W_t = beta_t W + gamma_t S - sum_s c_ts delta_s z_s^T
+        # (row scalings are applied to the narrow input r; baddbmm fuses each subtraction)
         r = Qc
         for li in range(L):
+            if li == 0:
+                a = read0
+            elif li == L - 1:  # the residual q is folded into the last matmul
+                a = torch.baddbmm(Qc, b_c * r, Wc[li].mT)
+            else:
+                a = torch.bmm(b_c * r, Wc[li].mT)
             if mom:
                 assert Sc is not None
-                a = b_c * (r @ Wc[li].mT) + g_c * (r @ Sc[li].mT)
-            else:
-                a = b_c * (r @ Wc[li].mT)
+                rg = Qgs[c] if li == 0 else g_c * r
+                a = torch.baddbmm(a, rg, Sc[li].mT)
             if li == 0:
-                a = a - AS1s[c] @ Dl[0]
+                a = torch.baddbmm(a, AS1s[c], Dl[0], alpha=-1.0)
                 if AM1s[c] is not None:
-                    a = a - AM1s[c] @ Hs[0]  # DGD: -theta (W^g k_s)(k_s . q_t)
+                    # DGD: -theta (W^g k_s)(k_s . q_t)
+                    a = torch.baddbmm(a, AM1s[c], Hs[0], alpha=-1.0)
             else:
-                a = a - (cSc * (r @ Z[li].mT)) @ Dl[li]
+                a = torch.baddbmm(a, cSc * (r @ Z[li].mT), Dl[li], alpha=-1.0)
             r = act(a) if li < L - 1 else a
-        ys.append(Qc + r)
+        ys.append(r)
         # 3. chunk end: the last row of the coefficients applies every write at once
         newW, newS = [], []
         for li in range(L):
             g = lasts[c] * Dl[li]  # [G, C, o]
             if li == 0 and lastMs[c] is not None:
-                g = g + lastMs[c] * Hs[0]
+                g = torch.addcmul(g, lastMs[c], Hs[0])
             if mom:
                 assert Sc is not None
-                newW.append(torch.baddbmm(bC * Wc[li] + gC * Sc[li], g.mT, Z[li], alpha=-1.0))
+                decayed = torch.addcmul(bC * Wc[li], gC, Sc[li])
+                newW.append(torch.baddbmm(decayed, g.mT, Z[li], alpha=-1.0))
                 newS.append(torch.baddbmm(hC * Sc[li], (wSs[c] * Dl[li]).mT, Z[li], alpha=-1.0))
             else:
                 newW.append(torch.baddbmm(bC * Wc[li], g.mT, Z[li], alpha=-1.0))
