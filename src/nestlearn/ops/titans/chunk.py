@@ -230,7 +230,8 @@ def _segment(
     B, T, H, _ = q.shape
     n = -(-T // cl)
     Q, K, V = (_to_chunks(x, n, cl, 0.0) for x in (q, k, v))
-    # Padded tokens are no-ops: zero learning rate, no forgetting, no momentum decay.
+    # Padded tokens write nothing (theta = 0) and decay nothing; the chunk-end quantities are read
+    # at the last real token anyway (see _Coefs.end), since W keeps integrating S over padding.
     th = _to_chunks(theta, n, cl, 0.0)
     et = None if eta is None else _to_chunks(eta, n, cl, 1.0)
     al = None if alpha is None else _to_chunks(alpha, n, cl, 0.0)
