@@ -1,0 +1,478 @@
+"""``nestlearn reproduce``: the paper's experiments, scaled to a CPU, written up as one report.
+
+Stages (each result is cached as JSON under ``OUT/cache/`` so an interrupted run resumes):
+
+1. train every model of the suite on the same token budget and seeds (:func:`run_compare`);
+2. test-set perplexity and bits/byte of every run;
+3. zero-shot tasks in the layout of arXiv 2512.24695 Table 2 (needs the task data folder);
+4. RULER-style NIAH at lengths tiny models can hold (Table 1);
+5. MQAR and MAD, each model family trained on the task itself (Tables 3-4);
+6. formal languages Bin0/Bin1 (Table 5);
+7. loss against position on the held-out corpus (Fig. 10);
+
+then ``OUT/index.md`` with PNG plots, the paper's numbers beside ours and a verdict generated
+from the numbers (:func:`nestlearn.eval.report_md.verdict`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nestlearn.eval import report_md as R
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SUITES", "Suite", "run_reproduce", "write_index"]
+
+
+@dataclass(frozen=True)
+class Suite:
+    """What one ``--suite`` trains and evaluates, and how big each part is."""
+
+    name: str
+    description: str
+    models: tuple[str, ...] | None
+    """Presets or families; None = every family with a ``-tiny`` preset (read at run time)."""
+    tokens: int
+    """Training tokens per language-model run."""
+    seeds: int
+    batch_size: int = 16
+    seq_len: int = 256
+    eval_tokens: int = 65536
+    """Validation and test tokens scored per run."""
+    zeroshot_limit: int | None = 200
+    """Items per zero-shot task (None = all)."""
+    niah_tasks: tuple[str, ...] = ("s_niah_1", "s_niah_2", "s_niah_3", "mk_niah_1")
+    niah_lengths: tuple[int, ...] = (256, 512, 1024)
+    niah_samples: int = 10
+    recall_tasks: tuple[str, ...] = ("mqar", "in_context_recall", "selective_copying")
+    recall_steps: int = 300
+    recall_num_train: int = 4000
+    recall_num_test: int = 500
+    formal_languages: tuple[str, ...] = ("parity", "aa_star", "anbn", "shuffle2")
+    formal_steps: int = 300
+    formal_num_train: int = 4000
+    formal_num_test: int = 300
+    synthetic_seeds: int = 1
+    """Seeds for the MQAR/MAD/formal recipes (each trains its own small model)."""
+    context_length: int = 512
+    context_windows: int = 16
+    threads: int = 2
+
+
+SUITES: dict[str, Suite] = {
+    "smoke": Suite(
+        name="smoke",
+        description="plumbing check: two models, a tiny budget, one seed, tiny evaluations",
+        models=("transformer", "deltanet"),
+        tokens=16 * 256 * 30,
+        seeds=1,
+        eval_tokens=4096,
+        zeroshot_limit=8,
+        niah_tasks=("s_niah_1", "mk_niah_1"),
+        niah_lengths=(256,),
+        niah_samples=2,
+        recall_tasks=("mqar",),
+        recall_steps=20,
+        recall_num_train=256,
+        recall_num_test=64,
+        formal_languages=("parity",),
+        formal_steps=20,
+        formal_num_train=256,
+        formal_num_test=64,
+        context_length=512,
+        context_windows=4,
+    ),
+    # Budget arithmetic (docs/reproduce.md): 8 families x 3 seeds = 24 runs. Measured on the
+    # busy 2-core VM, the tiny presets train at ~2-6k tok/s (transformer fastest, ttt-mlp and
+    # samba slowest); at a ~3.5k tok/s average, 24 x 204,800 tokens ~= 24 x 60 s ~= 25 min,
+    # the evaluations (test ppl, 200 items x 7 zero-shot tasks, 4 x 3 x 10 NIAH prompts,
+    # 3 recall + 4 formal recipes per family) take the rest of the ~2 h.
+    "small": Suite(
+        name="small",
+        description="every registered tiny preset, 3 seeds, ~2 h on 2 CPU cores",
+        models=None,
+        tokens=16 * 256 * 50,
+        seeds=3,
+    ),
+}
+
+
+# ----------------------------------------------------------------- caching
+def _cached(path: Path, fn: Callable[[], Any]) -> Any:
+    """Return the JSON at ``path`` if present, else compute ``fn()``, save it and return it."""
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            logger.warning("ignoring unreadable cache %s", path)
+    value = fn()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=float), encoding="utf-8")
+    tmp.replace(path)  # atomic: an interrupt never leaves half a result behind
+    return value
+
+
+def _step(label: str, path: Path, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` cached at ``path``; a failure becomes ``{"error": ...}`` (not cached, so a
+    rerun tries again) instead of sinking the whole suite."""
+    try:
+        return _cached(path, lambda: fn(*args))
+    except (RuntimeError, ValueError, FloatingPointError, IndexError, KeyError) as e:
+        logger.warning("%s failed: %s", label, e)
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+# ----------------------------------------------------------------- stages
+def _test_lm(run_dir: Path, suite: Suite) -> dict[str, float]:
+    from nestlearn.data import default_corpus
+    from nestlearn.eval.perplexity import evaluate_lm, token_byte_lengths
+    from nestlearn.train.run import load_run
+
+    lr = load_run(run_dir)
+    src = default_corpus(lr.tokenizer, "test")
+    tb = token_byte_lengths(lr.tokenizer, lr.cfg.model.vocab_size)
+    ev = evaluate_lm(
+        lr.model, src, seq_len=suite.seq_len, batch_size=8, max_tokens=suite.eval_tokens,
+        token_bytes=tb,
+    )  # fmt: skip
+    return {"test_loss": ev["loss"], "test_ppl": ev["ppl"], "test_bpb": ev["bpb"]}
+
+
+def _zeroshot(run_dir: Path, data_dir: Path, suite: Suite) -> dict[str, Any]:
+    from nestlearn.eval.zeroshot import PAPER_ORDER, LMScorer, evaluate_tasks, paper_row
+    from nestlearn.train.run import load_run
+
+    lr = load_run(run_dir)
+    scorer = LMScorer(lr.model, lr.tokenizer, batch_size=16)
+    res = evaluate_tasks(scorer, list(PAPER_ORDER), data_dir, limit=suite.zeroshot_limit)
+    return {"row": paper_row(res), "tasks": res}
+
+
+def _niah(run_dir: Path, suite: Suite, seed: int) -> list[dict]:
+    from nestlearn.eval.niah import evaluate_niah
+    from nestlearn.train.run import load_run
+
+    lr = load_run(run_dir)
+    recs = evaluate_niah(
+        lr.model, lr.tokenizer, suite.niah_tasks, suite.niah_lengths, suite.niah_samples,
+        seed=seed, max_new_tokens=32,
+    )  # fmt: skip
+    return recs
+
+
+def _recall(task: str, family: str, suite: Suite, seed: int) -> dict[str, Any]:
+    from nestlearn.eval.recall import build_token_task, default_recipe, train_token_task
+
+    t = build_token_task(
+        task, seed=seed, num_train=suite.recall_num_train, num_test=suite.recall_num_test
+    )
+    cfg = default_recipe(task, family=family, steps=suite.recall_steps, seed=seed)
+    res = train_token_task(t, cfg)
+    return {"accuracy": res.accuracy, "params": res.params, "wall_time_s": res.wall_time_s}
+
+
+def _formal(lang: str, family: str, suite: Suite, seed: int) -> dict[str, Any]:
+    from nestlearn.eval.formal import train_formal
+    from nestlearn.eval.recall import default_recipe
+
+    cfg = default_recipe(lang, family=family, steps=suite.formal_steps, seed=seed)
+    res = train_formal(
+        lang, cfg, num_train=suite.formal_num_train, num_test=suite.formal_num_test,
+        data_seed=seed,
+    )  # fmt: skip
+    return {"bin0": res.bin0, "bin1": res.bin1, "params": res.params}
+
+
+def _context(run_dir: Path, suite: Suite, label: str) -> dict[str, Any]:
+    from nestlearn.eval.context_usage import corpus_windows, position_losses, summarize
+    from nestlearn.train.run import load_run
+
+    lr = load_run(run_dir)
+    win = corpus_windows(lr.tokenizer, "test", suite.context_length, suite.context_windows)
+    losses = position_losses(lr.model, win, batch_size=4)
+    return asdict(summarize(losses, label, train_len=suite.seq_len))
+
+
+# ----------------------------------------------------------------- driver
+@dataclass
+class Reproduction:
+    """Everything the report is written from (also saved as ``OUT/results.json``)."""
+
+    suite: dict[str, Any]
+    lm: list[dict] = field(default_factory=list)
+    zeroshot: dict[str, Any] = field(default_factory=dict)
+    niah: list[dict] = field(default_factory=list)
+    recall: list[dict] = field(default_factory=list)
+    formal: list[dict] = field(default_factory=list)
+    context: list[dict] = field(default_factory=list)
+    plots: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def run_reproduce(
+    suite: Suite,
+    out: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    models: Sequence[str] | None = None,
+    stage: Callable[[str], None] | None = None,
+) -> Path:
+    """Run ``suite`` into ``out`` (resuming from ``out/cache``) and write ``out/index.md``.
+
+    ``models`` overrides the suite's lineup; ``stage`` is called with a line per stage
+    (progress). Returns the path of ``index.md``.
+    """
+    from nestlearn.eval.compare import available_models, plan_runs, resolve_models, run_compare
+    from nestlearn.eval.zeroshot import DataDirError, resolve_data_dir
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    cache = out / "cache"
+    say = stage or (lambda s: logger.info("%s", s))
+    torch.set_num_threads(suite.threads)
+    presets = resolve_models(list(models or suite.models or available_models()))
+    res = Reproduction(suite=asdict(suite))
+    res.meta = {
+        "models": presets,
+        "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, "
+        f"{suite.threads} threads",
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+    # 1. training (run_compare caches finished runs in their folders)
+    say(f"[1/7] training {len(presets)} models x {suite.seeds} seeds, {suite.tokens:,} tokens")
+    runs = plan_runs(
+        presets, tokens=suite.tokens, out=out / "runs", seeds=suite.seeds,
+        batch_size=suite.batch_size, seq_len=suite.seq_len,
+        overrides=[f"train.eval_tokens={suite.eval_tokens}", f"train.threads={suite.threads}"],
+    )  # fmt: skip
+    run_compare(runs, out / "runs", on_result=lambda r: say(f"  trained {r.model} seed {r.seed}"))
+    done = [r for r in runs if "val_loss" in r.result]
+    for r in runs:
+        rec = dict(r.result)
+        rec.setdefault("model", r.model)
+        rec.setdefault("seed", r.seed)
+        res.lm.append(rec)
+
+    # 2. test perplexity
+    say("[2/7] test perplexity")
+    for r, rec in zip(runs, res.lm):
+        if r in done:
+            key = cache / "test_lm" / f"{r.model}-seed{r.seed}.json"
+            rec.update(_step("test ppl", key, _test_lm, r.run_dir, suite))
+
+    # 3. zero-shot
+    try:
+        ddir = resolve_data_dir(data_dir)
+    except DataDirError as e:
+        ddir = None
+        res.zeroshot = {"skipped": str(e).splitlines()[0]}
+    if ddir is not None:
+        say(f"[3/7] zero-shot ({suite.zeroshot_limit or 'all'} items per task) from {ddir}")
+        res.zeroshot = {"runs": [], "limit": suite.zeroshot_limit, "data_dir": str(ddir)}
+        for r in done:
+            key = cache / "zeroshot" / f"{r.model}-seed{r.seed}.json"
+            z = _step("zero-shot", key, _zeroshot, r.run_dir, ddir, suite)
+            if "row" in z:
+                res.zeroshot["runs"].append({"model": r.model, "seed": r.seed, **z})
+    else:
+        say(f"[3/7] zero-shot skipped: {res.zeroshot['skipped']}")
+
+    # 4. NIAH
+    say(f"[4/7] NIAH {','.join(suite.niah_tasks)} at {suite.niah_lengths}")
+    for r in done:
+        key = cache / "niah" / f"{r.model}-seed{r.seed}.json"
+        recs = _step("NIAH", key, _niah, r.run_dir, suite, r.seed)
+        if isinstance(recs, dict):
+            res.niah.append({"model": r.model, "seed": r.seed, **recs})
+            continue
+        for (task, length), rs in R.group(recs, "task", "length").items():
+            score = 100.0 * sum(x["score"] for x in rs) / len(rs)
+            res.niah.append(
+                {"model": r.model, "seed": r.seed, "task": task, "length": length, "score": score}
+            )
+        if r.seed == runs[0].seed or r is done[0]:
+            from nestlearn.eval.niah import plot_niah_heatmap
+
+            png = plot_niah_heatmap(recs, out / f"niah_{r.model}.png", title=r.model)
+            if png is not None:
+                res.plots[f"niah {r.model}"] = png.name
+
+    # 5-6. synthetic recipes: one small model per family and task
+    families = list(dict.fromkeys(r.cfg.model.family for r in runs))
+    say(f"[5/7] MQAR/MAD {','.join(suite.recall_tasks)} for {len(families)} families")
+    for fam in families:
+        for task in suite.recall_tasks:
+            for s in range(suite.synthetic_seeds):
+                key = cache / "recall" / f"{fam}-{task}-seed{s}.json"
+                v = _step(f"{fam} {task}", key, _recall, task, fam, suite, s)
+                res.recall.append({"model": fam, "task": task, "seed": s, **v})
+    say(f"[6/7] formal languages {','.join(suite.formal_languages)}")
+    for fam in families:
+        for lang in suite.formal_languages:
+            for s in range(suite.synthetic_seeds):
+                key = cache / "formal" / f"{fam}-{lang}-seed{s}.json"
+                v = _step(f"{fam} {lang}", key, _formal, lang, fam, suite, s)
+                res.formal.append({"model": fam, "language": lang, "seed": s, **v})
+
+    # 7. context usage (first finished seed of each model)
+    say(f"[7/7] context usage at {suite.context_length} tokens")
+    firsts = {}
+    for r in done:
+        firsts.setdefault(r.model, r)
+    for model, r in firsts.items():
+        key = cache / "context" / f"{model}-seed{r.seed}.json"
+        c = _step("context usage", key, _context, r.run_dir, suite, model)
+        if "position_loss" in c:
+            res.context.append(c)
+    if res.context:
+        from nestlearn.eval.context_usage import ContextUsage, plot_context_usage
+
+        plot_context_usage([ContextUsage(**c) for c in res.context], out / "context_usage.png")
+        res.plots["context usage"] = "context_usage.png"
+    if done:
+        from nestlearn.train.report import plot_losses
+
+        plot_losses({m: r.run_dir for m, r in firsts.items()}, out / "loss_curves.png")
+        res.plots["loss curves"] = "loss_curves.png"
+
+    res.meta["wall_time_s"] = time.perf_counter() - t0
+    (out / "results.json").write_text(json.dumps(asdict(res), indent=1, default=float))
+    return write_index(asdict(res), out)
+
+
+# ----------------------------------------------------------------- index.md
+def scale_statement(results: dict[str, Any]) -> str:
+    """One paragraph: our parameters and tokens against the paper's 760M/30B and 1.3B/100B."""
+    lm = [r for r in results.get("lm", []) if "params" in r]
+    params = max((r["params"] for r in lm), default=0)
+    tokens = max((r.get("tokens", 0) for r in lm), default=0)
+    if not lm:
+        return "No language model finished training, so there is no scale to state."
+    return (
+        f"**Scale.** Our models have about {params / 1e6:.1f}M parameters and saw "
+        f"{tokens / 1e6:.2f}M training tokens each (byte-level tokenizer, embedded public-domain "
+        f"corpus). The paper trains 760M-parameter models on 30B tokens and 1.3B on 100B "
+        f"(arXiv 2512.24695 §9.3): about {760e6 / params:,.0f}x more parameters and "
+        f"{30e9 / max(tokens, 1):,.0f}x more tokens than here. Results at this scale say whether "
+        "the code runs and learns; they are not evidence for or against the paper's numbers."
+    )
+
+
+def write_index(results: dict[str, Any], out: str | Path) -> Path:
+    """Write ``out/index.md`` from a results dict (layout of :class:`Reproduction`)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    s = results.get("suite", {})
+    meta = results.get("meta", {})
+    md = [
+        f"# nestlearn reproduce: suite `{s.get('name', '?')}`",
+        "",
+        f"{s.get('description', '')}. Models: {', '.join(meta.get('models', []))}; "
+        f"{s.get('seeds', '?')} seed(s); {s.get('tokens', 0):,} training tokens per run "
+        f"(batch {s.get('batch_size')} x {s.get('seq_len')}). Machine: {meta.get('machine', '?')}"
+        f"; started {meta.get('started', '?')}; wall time {meta.get('wall_time_s', 0):.0f} s. "
+        "Values are mean ± sample std over seeds (a single value where one seed ran).",
+        "",
+        "## 1. Setup and scale",
+        "",
+        scale_statement(results),
+        "",
+        "## 2. Language modelling",
+        "",
+        "Validation and test splits of the embedded corpus; bits/byte is comparable across "
+        "tokenizers.",
+        "",
+        R.lm_table(results.get("lm", [])),
+        "",
+    ]
+    if "loss curves" in results.get("plots", {}):
+        md += ["![loss curves](loss_curves.png)", ""]
+    md += ["## 3. Zero-shot commonsense (Table 2 layout)", ""]
+    zs = results.get("zeroshot", {})
+    if zs.get("runs"):
+        md += [
+            f"{zs.get('limit') or 'All'} items per task. Accuracies in %, perplexities as is. "
+            "Paper rows: arXiv 2512.24695 Table 2, 760M params / 30B tokens, for reference only. "
+            "HellaSwag is not shipped (n/a). Models of ~3M parameters sit at chance on these "
+            "tasks; the chance row says where that is.",
+            "",
+            R.zeroshot_table(zs),
+            "",
+        ]
+    else:
+        why = zs.get("skipped", "no run finished")
+        md += [f"**Skipped:** {why}.", ""]
+    md += ["## 4. Needle in a haystack (Table 1)", ""]
+    niah = results.get("niah", [])
+    errs = [r for r in niah if "error" in r]
+    if any("score" in r for r in niah):
+        md += [
+            "RULER string-match recall in %, at lengths our models can hold (trained at "
+            f"{s.get('seq_len')} tokens); {s.get('niah_samples')} samples per cell. The paper's "
+            "column is its Table 1 at 4K/8K/16K, for reference only.",
+            "",
+            R.niah_table(niah),
+            "",
+        ]
+        md += [f"![{k}]({v})" for k, v in results.get("plots", {}).items() if k.startswith("niah")]
+        md.append("")
+    else:
+        md += ["**Not run** (no trained model).", ""]
+    md += [f"- {r['model']} seed {r['seed']}: NIAH failed: {r['error']}" for r in errs]
+    md += ["## 5. In-context recall: MQAR and MAD (Tables 3-4 layout)", ""]
+    rec = results.get("recall", [])
+    if rec:
+        md += [
+            f"Each family trains its own small model on each task ({s.get('recall_steps')} steps)"
+            "; test accuracy in %. Paper rows: Table 4 (MAD), for reference only.",
+            "",
+            R.task_table(rec, "task", R.MAD_COLUMNS, "accuracy", R.PAPER_TABLE4, "paper"),
+            "",
+        ]
+        md += [f"- {r['model']} {r['task']}: failed: {r['error']}" for r in rec if "error" in r]
+    else:
+        md += ["**Not run.**", ""]
+    md += ["## 6. Formal language recognition (Table 5 layout)", ""]
+    formal = results.get("formal", [])
+    if formal:
+        md += [
+            f"Bin0 (training lengths) / Bin1 (longer strings) accuracy in %, {s.get('formal_steps')}"
+            " training steps per family. Paper rows: Table 5.",
+            "",
+            R.formal_table([r for r in formal if "bin0" in r]),
+            "",
+        ]
+        md += [
+            f"- {r['model']} {r['language']}: failed: {r['error']}" for r in formal if "error" in r
+        ]
+    else:
+        md += ["**Not run.**", ""]
+    md += ["## 7. Context usage (Fig. 10)", ""]
+    if "context usage" in results.get("plots", {}):
+        md += [
+            f"Mean next-token loss against position on {s.get('context_length')}-token test "
+            f"windows; the dashed line marks the training length ({s.get('seq_len')}).",
+            "",
+            "![context usage](context_usage.png)",
+            "",
+        ]
+    else:
+        md += ["**Not run** (no trained model, or the evaluation failed).", ""]
+    md += ["## 8. Honest verdict", ""]
+    md += [f"- {line}" for line in R.verdict(results)] or ["- Nothing finished; no verdict."]
+    md += [f"- {scale_statement(results).replace('**Scale.** ', '')}", ""]
+    path = out / "index.md"
+    path.write_text("\n".join(md) + "\n", encoding="utf-8")
+    return path
