@@ -74,10 +74,11 @@ SUITES: dict[str, Suite] = {
         name="smoke",
         description="plumbing check: two models, a tiny budget, one seed, tiny evaluations",
         models=("transformer", "deltanet"),
-        tokens=16 * 256 * 30,
+        tokens=8 * 256 * 24,
         seeds=1,
+        batch_size=8,
         eval_tokens=4096,
-        zeroshot_limit=8,
+        zeroshot_limit=4,
         niah_tasks=("s_niah_1", "mk_niah_1"),
         niah_lengths=(256,),
         niah_samples=2,
@@ -92,17 +93,22 @@ SUITES: dict[str, Suite] = {
         context_length=512,
         context_windows=4,
     ),
-    # Budget arithmetic (docs/reproduce.md): 8 families x 3 seeds = 24 runs. Measured on the
-    # busy 2-core VM, the tiny presets train at ~2-6k tok/s (transformer fastest, ttt-mlp and
-    # samba slowest); at a ~3.5k tok/s average, 24 x 204,800 tokens ~= 24 x 60 s ~= 25 min,
-    # the evaluations (test ppl, 200 items x 7 zero-shot tasks, 4 x 3 x 10 NIAH prompts,
-    # 3 recall + 4 formal recipes per family) take the rest of the ~2 h.
+    # Budget arithmetic (an estimate, see docs/reproduce.md): 8 families x 3 seeds = 24 runs of
+    # 204,800 tokens. At the ~3,400 train tok/s a peer measured for transformer-tiny on an idle
+    # 2-core VM (docs/benchmarks.md), with the other families assumed ~2x slower on average,
+    # training is ~24 x 120 s = 48 min; in-training validation (4 x 32K tokens) ~5 min; test
+    # ppl ~3 min; zero-shot (50 items x 7 tasks) ~24 min; NIAH (4 tasks x 3 lengths x 6
+    # samples) ~16 min; MQAR/MAD (3 tasks) ~12 min and formal (4 languages) ~8 min over 8
+    # families: ~2 h in all.
     "small": Suite(
         name="small",
         description="every registered tiny preset, 3 seeds, ~2 h on 2 CPU cores",
         models=None,
         tokens=16 * 256 * 50,
         seeds=3,
+        eval_tokens=32768,
+        zeroshot_limit=50,
+        niah_samples=6,
     ),
 }
 
