@@ -18,6 +18,7 @@ from torch.testing import assert_close
 from nestlearn.ops.titans import (
     TitansState,
     chunk_titans,
+    memory_forward,
     naive_chunk_titans,
     naive_recurrent_titans,
 )
@@ -130,6 +131,28 @@ def test_chunk_size_one_equals_recurrence(memory: str, optimizer: str) -> None:
     assert_states_close(st, st_ref)
     for a, b in zip(g, g_ref, strict=True):
         assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 16])
+@pytest.mark.parametrize("memory", ["linear", "mlp2"])
+def test_read_before_update_fwd_bwd(memory: str, chunk_size: int) -> None:
+    """read="before" (NL eq. 86: y_t = M_{t-1}(q_t)) against the reference, DGD + momentum."""
+    inp = make_inputs(37, memory, momentum=True, seed=4)
+    kw = {"chunk_size": chunk_size, "optimizer": "dgd", "read": "before"}
+    y_ref, st_ref, g_ref = run(naive_chunk_titans, inp, **kw)
+    y, st, g = run(chunk_titans, inp, **kw)
+    assert_close(y, y_ref, **TOL)
+    assert_states_close(st, st_ref)
+    for a, b in zip(g, g_ref, strict=True):
+        assert_close(a, b, **TOL)
+    if chunk_size == 1:
+        y_rec, _ = naive_recurrent_titans(**inp, optimizer="dgd", read="before")
+        assert_close(y, y_rec.detach(), **TOL)
+    # the first token reads the initial memory untouched
+    with torch.no_grad():
+        st0 = inp["initial_state"]
+        y0 = memory_forward(st0.weights, inp["q"][:, 0], "silu")
+    assert_close(y[:, 0].detach(), y0, **TOL)
 
 
 def test_linear_gd_is_delta_rule() -> None:

@@ -11,7 +11,7 @@ that starts from weights ``W^g``:
     S_t  = eta_t S_{t-1} - theta_t u_t            (or S_t = -theta_t u_t without momentum; eq. 13)
     W_t  = (1 - alpha_t) W_{t-1} + S_t                                         (eq. 14)
     W_t[0] -= theta_t (W^g[0] k_t) k_t^T          (optimizer="dgd", NL eqs. 57/88/91, input side)
-    y_t  = M_{W_t}(q_t)                            (read with the weights *after* token t)
+    y_t  = M_{W_t}(q_t)                            (read="after", Titans; "before": M_{W_{t-1}})
 
 So gradients are frozen at the chunk start (NL eqs. 90-91, "the last state of the previous chunk")
 but momentum, forgetting and reads are exact per token: the reads are the "dual form" of TTT,
@@ -39,6 +39,7 @@ from nestlearn.ops.scan import decay_matrix, exp_flush, log_gate
 from nestlearn.ops.titans.common import (
     Activation,
     Optimizer,
+    Read,
     TitansState,
     activation_backward_fn,
     activation_fn,
@@ -61,6 +62,7 @@ def chunk_titans(
     chunk_size: int = 64,
     activation: Activation = "silu",
     optimizer: Optimizer = "gd",
+    read: Read = "after",
 ) -> tuple[Tensor, TitansState]:
     """Multi-head Titans neural-memory update and read, chunk-parallel.
 
@@ -79,6 +81,8 @@ def chunk_titans(
         activation: the MLP memory's ``s``: ``"silu"``, ``"gelu"`` or ``"relu"``.
         optimizer: ``"gd"`` or ``"dgd"`` (adds the data-dependent decay ``-theta (W^g k) k^T`` on
             the input-side weight; with ``alpha`` this is DGD with weight decay, NL eq. 88).
+        read: ``"after"``: ``y_t = M_t(q_t)``, the memory after token ``t``'s write (Titans);
+            ``"before"``: ``y_t = M_{t-1}(q_t)`` (Nested Learning eqs. 86/94, Hope).
 
     Returns:
         ``(y, final_state)``: ``y`` is ``[B, T, H, Dv]`` in ``q.dtype``; ``final_state`` carries the
@@ -94,7 +98,7 @@ def chunk_titans(
         >>> y.shape, st.weights[0].shape, st.offset
         (torch.Size([2, 100, 4, 16]), torch.Size([2, 4, 16, 16]), 4)
     """
-    check_inputs(q, k, v, theta, eta, alpha, initial_state, chunk_size, optimizer)
+    check_inputs(q, k, v, theta, eta, alpha, initial_state, chunk_size, optimizer, read)
     B, T, H, Dk = k.shape
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     if initial_state is None:
@@ -120,6 +124,7 @@ def chunk_titans(
             head,
             activation,
             optimizer,
+            read,
         )
         ys.append(y)
         off = off + head
@@ -130,7 +135,14 @@ def chunk_titans(
         # A single short chunk is not padded: decode (T = 1) costs one token, not one chunk.
         cl = C if rest > C else rest
         y, W, S, last_start = _segment(
-            [None if t is None else t[:, head:] for t in ins], W, S, None, cl, activation, optimizer
+            [None if t is None else t[:, head:] for t in ins],
+            W,
+            S,
+            None,
+            cl,
+            activation,
+            optimizer,
+            read,
         )
         ys.append(y)
         off = rest % C
@@ -200,6 +212,19 @@ class _Coefs:
             None if self.gamma is None else self.end(self.gamma.unsqueeze(-1)).squeeze(-1)
         )
 
+    def shift_reads(self) -> None:
+        """Make ``cS, cM, beta, gamma`` describe ``W_{t-1}`` (read before the token's write).
+
+        Row ``t`` becomes row ``t - 1``; row 0 is the chunk-start state (``beta = 1``,
+        ``gamma = 0``, no in-chunk writes). The ``*_end`` rows, used for the update, are unchanged.
+        """
+        self.beta = F.pad(self.beta[..., :-1], (1, 0), value=1.0)
+        if self.gamma is not None:
+            self.gamma = F.pad(self.gamma[..., :-1], (1, 0), value=0.0)
+        self.cS = F.pad(self.cS[..., :-1, :], (0, 0, 1, 0), value=0.0)
+        if self.cM is not None:
+            self.cM = F.pad(self.cM[..., :-1, :], (0, 0, 1, 0), value=0.0)
+
     def end(self, x: Tensor) -> Tensor:
         """Row ``C - 1`` of ``x [N, G, C, ...]`` for full chunks and ``last_row`` for the last."""
         rows = x[:, :, -1]
@@ -220,6 +245,7 @@ def _segment(
     cl: int,
     activation: Activation,
     optimizer: Optimizer,
+    read: Read,
 ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
     """Run chunks of length ``cl`` over ``ins = [q, k, v, theta, eta, alpha]`` (``[B, T, H, ...]``).
 
@@ -236,6 +262,8 @@ def _segment(
     et = None if eta is None else _to_chunks(eta, n, cl, 1.0)
     al = None if alpha is None else _to_chunks(alpha, n, cl, 0.0)
     co = _Coefs(th, et, al, optimizer == "dgd", last_row=(T - 1) % cl)
+    if read == "before":
+        co.shift_reads()
     G = B * H
     Wg = tuple(w.reshape(G, *w.shape[2:]) for w in W)
     Sg = None if S is None else tuple(s.reshape(G, *s.shape[2:]) for s in S)

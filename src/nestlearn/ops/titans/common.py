@@ -28,6 +28,7 @@ from torch import Tensor
 __all__ = [
     "Activation",
     "Optimizer",
+    "Read",
     "TitansState",
     "activation_fn",
     "activation_backward_fn",
@@ -38,6 +39,7 @@ __all__ = [
 
 Activation = Literal["silu", "gelu", "relu"]
 Optimizer = Literal["gd", "dgd"]
+Read = Literal["after", "before"]
 
 
 class TitansState(NamedTuple):
@@ -194,6 +196,7 @@ def check_inputs(
     initial_state: TitansState | None,
     chunk_size: int,
     optimizer: str,
+    read: str = "after",
 ) -> None:
     """Validate shapes and options; raises ``ValueError`` naming the bad value and the fix."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -212,6 +215,8 @@ def check_inputs(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if optimizer not in ("gd", "dgd"):
         raise ValueError(f"optimizer must be 'gd' or 'dgd', got {optimizer!r}")
+    if read not in ("after", "before"):
+        raise ValueError(f"read must be 'after' (Titans) or 'before' (NL eq. 86), got {read!r}")
     if initial_state is None:
         return
     ws = initial_state.weights

@@ -10,7 +10,7 @@ Update rule per token t (Titans eqs. 12-14 with Nested Learning's DGD, eqs. 57/8
     S_t   = eta_t S_{t-1} - theta_t u_t                                 (momentum; S_t = -theta_t u_t without)
     W_t   = (1 - alpha_t) W_{t-1} + S_t                                 (forgetting / weight decay)
     W_t[0] -= theta_t (W^g[0] k_t) k_t^T                                (optimizer="dgd": input-side weight)
-    y_t   = M_{W_t}(q_t)                                                 (read after the update, as Titans)
+    y_t   = M_{W_t}(q_t)        read="after" (Titans);  "before": M_{W_{t-1}}(q_t) (NL eqs. 86/94)
 
 ``naive_recurrent_titans`` takes the gradient point ``W^g = W_{t-1}`` (the exact per-token
 recurrence). ``naive_chunk_titans`` takes ``W^g`` = the weights at the start of the token's chunk
@@ -28,6 +28,7 @@ from torch.func import grad
 from nestlearn.ops.titans.common import (
     Activation,
     Optimizer,
+    Read,
     TitansState,
     check_inputs,
     memory_forward,
@@ -71,6 +72,7 @@ def _step(
     al: Tensor | None,
     activation: Activation,
     optimizer: Optimizer,
+    read: Read,
 ) -> tuple[list[Tensor], list[Tensor] | None, Tensor]:
     """One token. ``q, k, v: [B, H, D]``; gates ``[B, H]``; weights ``[B, H, o, i]``."""
 
@@ -91,7 +93,7 @@ def _step(
         # eq. 88: W (alpha I - eta k k^T); the k k^T factor multiplies the gradient-point weights
         pk = (Wg[0] @ k.unsqueeze(-1)).squeeze(-1)  # [B, H, d_out]
         Wn[0] = Wn[0] - th4 * pk.unsqueeze(-1) * k.unsqueeze(-2)
-    y = memory_forward(Wn, q, activation)
+    y = memory_forward(Wn if read == "after" else W, q, activation)
     return Wn, S, y
 
 
@@ -107,6 +109,7 @@ def naive_chunk_titans(
     chunk_size: int = 64,
     activation: Activation = "silu",
     optimizer: Optimizer = "gd",
+    read: Read = "after",
 ) -> tuple[Tensor, TitansState]:
     """Chunk-wise Titans update as a plain token loop (gradients at each chunk's start weights).
 
@@ -122,7 +125,7 @@ def naive_chunk_titans(
     Returns:
         ``(y [B, T, H, Dv], final_state)``.
     """
-    check_inputs(q, k, v, theta, eta, alpha, initial_state, chunk_size, optimizer)
+    check_inputs(q, k, v, theta, eta, alpha, initial_state, chunk_size, optimizer, read)
     cdt, (qc, kc, vc, tc, ec, ac), state = _prepare(q, k, v, theta, eta, alpha, initial_state)
     W = list(state.weights)
     S = None if state.momentum is None else list(state.momentum)
@@ -135,7 +138,7 @@ def naive_chunk_titans(
         W, S, y = _step(
             W, S, Wg, qc[:, t], kc[:, t], vc[:, t], tc[:, t],
             None if ec is None else ec[:, t], None if ac is None else ac[:, t],
-            activation, optimizer,
+            activation, optimizer, read,
         )  # fmt: skip
         ys.append(y)
         pos += 1
@@ -159,6 +162,7 @@ def naive_recurrent_titans(
     chunk_size: int = 1,
     activation: Activation = "silu",
     optimizer: Optimizer = "gd",
+    read: Read = "after",
 ) -> tuple[Tensor, TitansState]:
     """The exact per-token Titans recurrence (gradient at the previous token's weights).
 
@@ -169,7 +173,7 @@ def naive_recurrent_titans(
         ``(y [B, T, H, Dv], final_state)`` with ``final_state.offset == 0``.
     """
     del chunk_size
-    check_inputs(q, k, v, theta, eta, alpha, initial_state, 1, optimizer)
+    check_inputs(q, k, v, theta, eta, alpha, initial_state, 1, optimizer, read)
     cdt, (qc, kc, vc, tc, ec, ac), state = _prepare(q, k, v, theta, eta, alpha, initial_state)
     W = list(state.weights)
     S = None if state.momentum is None else list(state.momentum)
@@ -178,7 +182,7 @@ def naive_recurrent_titans(
         W, S, y = _step(
             W, S, W, qc[:, t], kc[:, t], vc[:, t], tc[:, t],
             None if ec is None else ec[:, t], None if ac is None else ac[:, t],
-            activation, optimizer,
+            activation, optimizer, read,
         )  # fmt: skip
         ys.append(y)
     final = TitansState(tuple(W), None if S is None else tuple(S), None, 0)
