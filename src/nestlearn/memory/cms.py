@@ -68,10 +68,12 @@ class CMSConfig:
     enabled: bool = True
     """``False`` is Table 6's "w/o CMS" ablation: one static MLP whose hidden width is the sum of
     the levels' (same parameter count)."""
-    periods: tuple[int, ...] = (16, 64, 256)
+    periods: tuple[int, ...] = (16, 64, 128)
     """Chunk size ``C^(l)`` of each level in tokens, fastest first, strictly increasing (eq. 71).
-    ``K = len(periods)`` levels. The defaults suit the tiny presets (training length 256): the
-    slowest level changes once per training context and adapts across segments when streaming."""
+    ``K = len(periods)`` levels. The defaults suit the tiny presets (training length 256): every
+    level, the slowest included, updates inside each training sequence, so every learning rate
+    is meta-trained; the fastest period amortises the per-chunk fast-weight traffic (cost grows
+    like ``1 / C^(1)``). See docs/cms.md for the measured trade-off."""
     hidden_mult: float | None = None
     """Hidden width of each level as a multiple of ``dim`` (rounded up to a multiple of 16).
     ``None`` splits the Transformer++ FFN width (``8/3 dim`` rounded up to 64) evenly over the
@@ -92,17 +94,19 @@ class CMSConfig:
     lr: float | tuple[float, ...] = 0.01
     """Initial per-token inner learning rate of each level (one value or one per level). The
     step of eq. 71 is ``eta^(l) = lr / C^(l)`` times the chunk's *sum* of gradients."""
-    lr_max: float = 1.0
-    """Bound of a learned ``lr``: ``lr = lr_max * sigmoid(rho)`` with ``rho`` a parameter."""
+    lr_max: float = 0.1
+    """Bound of a learned ``lr``: ``lr = lr_max * sigmoid(rho)`` with ``rho`` a parameter. It
+    keeps the inner gradient descent in its stable range (a too large step diverges)."""
     learn_lr: bool = True
     """Learn each level's ``lr`` with the outer optimizer; ``False`` keeps it fixed."""
     norm: str = "pre"
     """``"pre"``: RMSNorm (learned gain) before every level but the first (the block's FFN norm
     is the first level's); ``"none"``: no norms inside the chain."""
-    meta_grad: str = "full"
-    """``"full"``: the outer loss back-propagates through the unrolled inner updates (exact
-    meta-gradient of the initial state, eq. 73); ``"first_order"``: inner gradients are
-    treated as constants (cheaper)."""
+    meta_grad: str = "first_order"
+    """``"first_order"``: the inner gradients are constants for the outer loss, whose gradient
+    still reaches the initial states through every chunk (``W_c = W_0 + Delta_c``) and the
+    learning rates through ``Delta_c`` (1.6x cheaper, measured); ``"full"``: back-propagate
+    through the unrolled inner updates (exact meta-gradient of eq. 73)."""
     outer_every: tuple[int, ...] | None = None
     """``mode="outer"``: optimizer steps between updates of each level; ``None`` =
     ``C^(l) / C^(1)`` (rounded)."""
@@ -264,12 +268,12 @@ class CMSLevel(nn.Module):
         return w_in, self.w_down.weight
 
     def normed(self, u: Tensor) -> Tensor:
-        """RMSNorm in float32 (as ``nestlearn.layers.norm.RMSNorm``), or identity."""
+        """RMSNorm in float32 (float64 for float64 input), or identity."""
         if self.norm_weight is None:
             return u
-        uf = u.float()
+        uf = u if u.dtype == torch.float64 else u.float()
         y = uf * torch.rsqrt(uf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.norm_weight.float()).to(u.dtype)
+        return (y * self.norm_weight.to(uf.dtype)).to(u.dtype)
 
 
 class ContinuumMemory(nn.Module):
@@ -358,7 +362,7 @@ class ContinuumMemory(nn.Module):
         if not self.in_context:
             act = self.cfg.activation
             return self._chain(
-                x, lambda i, n: level_forward(n, *self.levels[i].weights(), None, act)[0]
+                x, lambda i, n: level_forward(n, *self.levels[i].weights(), (), act)[0]
             ), state
         keep = state is not None
         old = state.levels if keep else (None,) * len(self.levels)
@@ -520,10 +524,19 @@ def ntp_forward(
     The sequence is processed in segments at the finest CMS boundary grid (the gcd of all
     periods). After each segment the summed next-token loss of its tokens is differentiated
     with ``torch.autograd.grad`` w.r.t. every CMS level's current fast weights (the chunk-start
-    weights of eq. 71) and deposited in the state; each level applies the sum ``eta *
-    sum grad`` at its next boundary. With ``first_order=False`` the inner gradients keep their
-    graph (``create_graph``), so ``loss.backward()`` gives the exact meta-gradient of the
-    initial states and learning rates; ``None`` follows each module's ``meta_grad``.
+    weights of eq. 71) and deposited in the state; each level applies ``eta * sum`` at its next
+    boundary. The derivative runs through this call's whole computation, so it includes the
+    paths through earlier tokens of the same chunk (attention, memory states).
+
+    With ``first_order=True`` the inner gradients are constants for the outer loss. With
+    ``False`` they keep their graph (``create_graph``): ``loss.backward()`` is then the exact
+    meta-gradient of the initial states and learning rates (checked against finite
+    differences), and a slower level's inner gradient also counts its influence through the
+    faster levels' updates inside its chunk (the total derivative of the unrolled computation).
+    ``None`` follows the modules' ``meta_grad``. Under ``torch.no_grad()`` the graph is built
+    anyway (inner gradients need it) and dropped at the end of the call; a chunk split across
+    calls then misses the paths through the previous call's tokens, so align streamed calls to
+    the finest period for exact streaming.
 
     Args:
         model: a ``LanguageModel`` (``blocks[i].mixer`` / ``.ffn``, ``init_state``).
@@ -547,8 +560,8 @@ def ntp_forward(
     keep_graph = torch.is_grad_enabled()
     if state is None:
         state = model.init_state(B, device=idx.device)
-    state = _map_cms(model, state, lambda m, s: _materialize(m, s, B, idx.device))
-    logits_all, total = [], idx.new_zeros((), dtype=torch.float32)
+    logits_all: list[Tensor] = []
+    total: Tensor | float = 0.0
     # fused attention kernels have no double backward; the math kernel does (create_graph)
     kernels = contextlib.nullcontext() if first_order else sdpa_kernel([SDPBackend.MATH])
     with torch.enable_grad(), kernels:
@@ -556,10 +569,12 @@ def ntp_forward(
         while s0 < T:
             p = state.position
             e = min(T, s0 + S - p % S)
+            state = _map_cms(model, state, lambda m, st: _materialize(m, st, B, idx.device))
             logits, state = model(idx[:, s0:e], state=state)
             tgt = targets[:, s0:e]
+            lf = logits if logits.dtype == torch.float64 else logits.float()
             loss = F.cross_entropy(
-                logits.float().flatten(0, 1), tgt.flatten(), reduction="sum", ignore_index=-100
+                lf.flatten(0, 1), tgt.flatten(), reduction="sum", ignore_index=-100
             )
             slots = list(_cms_slots(model, state))
             flat = [t for *_, st in slots for ls in st.levels for t in ls.delta]
@@ -567,13 +582,14 @@ def ntp_forward(
                                         retain_graph=True, allow_unused=True)  # fmt: skip
             deposits = dict(zip(flat, grads))
             state = _deposit(model, state, deposits)
-            if not keep_graph:
-                logits, loss, state = logits.detach(), loss.detach(), state.detach()
             logits_all.append(logits)
             total = total + loss
             s0 = e
     n = (targets != -100).sum().clamp_min(1)
-    return NTPOutput(torch.cat(logits_all, dim=1), total / n, state)
+    out = NTPOutput(torch.cat(logits_all, dim=1), total / n, state)
+    if not keep_graph:  # the graph was only needed for the inner gradients of this call
+        out = NTPOutput(out.logits.detach(), out.loss.detach(), out.state.detach())
+    return out
 
 
 def _cms_slots(

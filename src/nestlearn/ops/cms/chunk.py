@@ -37,6 +37,7 @@ from nestlearn.ops.cms.common import (
     CMSLevelState,
     Objective,
     Pair,
+    Term,
     add,
     check_inputs,
     level_forward,
@@ -133,21 +134,32 @@ def _run(
 ) -> tuple[Tensor, CMSLevelState | None]:
     B, T, _ = x.shape
     pos = st.position
-    delta, grad, anchor, agrad = st.delta, st.grad, st.anchor, st.anchor_grad
+    grad, anchor, agrad = st.grad, st.anchor, st.anchor_grad
+    # Delta = base - lr * S: S sums the gradients applied since ``base`` was set, so the learning
+    # rate multiplies activation-sized products (see level_forward) and, first-order, nothing
+    # weight-sized enters the backward pass.
+    base, S = st.delta, None
+    neg_lr = -lr
 
-    def grads(xk: Tensor, v: Tensor, b: Tensor, h: Tensor, a: Tensor, d: Pair | None) -> Pair:
+    def terms() -> list[Term]:
+        return ([] if base is None else [(None, base)]) + ([] if S is None else [(neg_lr, S)])
+
+    def grads(xk: Tensor, v: Tensor, b: Tensor, h: Tensor, a: Tensor, tm: list[Term]) -> Pair:
         if first_order:  # inner gradients as constants: the outer loss sees W_c = W_0 + const
             with torch.no_grad():
-                dd = None if d is None else (d[0].detach(), d[1].detach())
+                tm = [
+                    (None if c is None else c.detach(), (p[0].detach(), p[1].detach()))
+                    for c, p in tm
+                ]
                 ts = (t.detach() for t in (xk, v, b, h, a, w_out))
-                return level_grads(*ts, dd, act)
-        return level_grads(xk, v, b, h, a, w_out, d, act)
+                return level_grads(*ts, tm, act)
+        return level_grads(xk, v, b, h, a, w_out, tm, act)
 
     # The previous call's last token: its target is this call's first input.
     if local and st.pending is not None and T > 0:
         k = st.pending[:, None]  # [B, 1, D]
-        b, h, a = level_forward(k, w_in, w_out, delta, act)
-        grad = add(grad, grads(k, x[:, :1], b, h, a, delta))
+        b, h, a = level_forward(k, w_in, w_out, terms(), act)
+        grad = add(grad, grads(k, x[:, :1], b, h, a, terms()))
 
     # x W_0^T for every token at once: one large matmul instead of one per chunk
     h0 = F.linear(x, w_in) if T > C else None
@@ -157,41 +169,31 @@ def _run(
     while s < T:
         p = pos + s
         e = min(T, s + C - p % C)  # this segment ends at the chunk's end or the call's
-        if update and p % C == 0 and p > 0:
-            delta, grad, anchor, agrad = _boundary(p, delta, grad, anchor, agrad, lr, reset_lr, R)
+        if update and p % C == 0 and p > 0:  # eq. 71: apply the finished chunk's sum
+            if local:
+                S = add(S, grad)
+            else:  # a driver differentiates against ``state.delta``: it must be the weights used
+                base = scaled_sub(base, lr, grad)
+            if R is not None:  # eq. 72: the nested level restarts from its anchor
+                agrad = add(agrad, grad)
+                if p % R == 0:
+                    anchor = scaled_sub(anchor, reset_lr if reset_lr is not None else lr, agrad)
+                    agrad, base, S = None, anchor, None
+            grad = None
         xs = x[:, s:e]
-        b, h, a = level_forward(xs, w_in, w_out, delta, act, None if h0 is None else h0[:, s:e])
+        tm = terms()
+        b, h, a = level_forward(xs, w_in, w_out, tm, act, None if h0 is None else h0[:, s:e])
         ys.append(b)
         # pairs (t, t+1) whose target is inside this call; the chunk's gradient is needed if its
         # update is applied later in this call or handed on in the state
         n = min(e + 1, T) - (s + 1)
         if local and n > 0 and (e < T or keep_state):
             v = x[:, s + 1 : s + 1 + n]
-            grad = add(grad, grads(xs[:, :n], v, b[:, :n], h[:, :n], a[:, :n], delta))
+            grad = add(grad, grads(xs[:, :n], v, b[:, :n], h[:, :n], a[:, :n], tm))
         s = e
     y = torch.cat(ys, dim=1) if ys else x.new_zeros(B, 0, w_out.shape[0])
     if not keep_state:
         return y, None
     pending = (x[:, -1] if T > 0 else st.pending) if local else None
+    delta = scaled_sub(base, lr, S)
     return y, CMSLevelState(delta, grad, pending, anchor, agrad, pos + T)
-
-
-def _boundary(
-    p: int,
-    delta: Pair | None,
-    grad: Pair | None,
-    anchor: Pair | None,
-    agrad: Pair | None,
-    lr: Tensor,
-    reset_lr: Tensor | None,
-    R: int | None,
-) -> tuple[Pair | None, Pair | None, Pair | None, Pair | None]:
-    """Apply the finished chunk's accumulated gradient (eq. 71) and the nested reset (eq. 72)."""
-    delta = scaled_sub(delta, lr, grad)
-    if R is not None:
-        agrad = add(agrad, grad)
-        if p % R == 0:
-            anchor = scaled_sub(anchor, reset_lr if reset_lr is not None else lr, agrad)
-            agrad = None
-            delta = anchor
-    return delta, None, anchor, agrad

@@ -31,6 +31,7 @@ __all__ = [
     "Activation",
     "CMSLevelState",
     "Objective",
+    "Term",
     "act_backward",
     "act_forward",
     "add",
@@ -142,33 +143,51 @@ def act_backward(h: Tensor, da: Tensor, activation: str) -> Tensor:
     return da * (h > 0).to(da.dtype)
 
 
+Term = tuple[Tensor | None, Pair]
+"""``(coefficient, (A_in [B, Hin, D], A_out [B, D, H]))``: a per-sequence weight offset
+``coefficient * A`` (``None`` = 1). The fast weights are ``W_0 + sum of the terms``."""
+
+
+def _add_terms(
+    base: Tensor, x: Tensor, mats: list[tuple[Tensor | None, Tensor]], t: bool
+) -> Tensor:
+    """``base + sum_k coef_k * x @ M_k^T`` (``t``) or ``... x @ M_k``, activation-sized results."""
+    for coef, m in mats:
+        mm = m.transpose(1, 2) if t else m
+        base = (
+            torch.baddbmm(base, x, mm)
+            if coef is None
+            else torch.addcmul(base, coef, torch.bmm(x, mm))
+        )
+    return base
+
+
 def level_forward(
     x: Tensor,
     w_in: Tensor,
     w_out: Tensor,
-    delta: Pair | None,
-    activation: str,
+    terms: list[Term] | tuple[()] = (),
+    activation: str = "swiglu",
     h0: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One level's MLP over a chunk with the chunk's weights ``W_0 + delta``.
+    """One level's MLP over a chunk with the chunk's weights ``W_0 + sum(terms)``.
 
     The shared part ``x W_0^T`` is a plain ``F.linear`` (pass ``h0`` to reuse one computed for
-    the whole sequence) and the per-sequence part ``x delta^T`` is added by ``baddbmm``, so the
-    fast weights are never materialised and ``delta = 0`` reproduces the static MLP exactly.
+    the whole sequence) and each per-sequence offset is applied to the activations (``baddbmm``),
+    so the fast weights are never materialised, a scalar learning rate multiplies an
+    activation-sized product (its gradient needs no weight-sized tensor), and zero offsets
+    reproduce the static MLP exactly.
 
     Args:
-        x: ``[B, C, D]``. w_in: ``[Hin, D]``. w_out: ``[D, H]``. delta: ``None`` (shared weights) or
-            ``([B, Hin, D], [B, D, H])``. h0: optional precomputed ``F.linear(x, w_in)``.
+        x: ``[B, C, D]``. w_in: ``[Hin, D]``. w_out: ``[D, H]``. terms: see :data:`Term`.
+        h0: optional precomputed ``F.linear(x, w_in)``.
     Returns:
         ``(b [B, C, D], h [B, C, Hin], a [B, C, H])``.
     """
     h = F.linear(x, w_in) if h0 is None else h0
-    if delta is not None:
-        h = torch.baddbmm(h, x, delta[0].transpose(1, 2))
+    h = _add_terms(h, x, [(c, p[0]) for c, p in terms], True)
     a = act_forward(h, activation)
-    b = F.linear(a, w_out)
-    if delta is not None:
-        b = torch.baddbmm(b, a, delta[1].transpose(1, 2))
+    b = _add_terms(F.linear(a, w_out), a, [(c, p[1]) for c, p in terms], True)
     return b, h, a
 
 
@@ -179,20 +198,18 @@ def level_grads(
     h: Tensor,
     a: Tensor,
     w_out: Tensor,
-    delta: Pair | None,
+    terms: list[Term] | tuple[()],
     activation: str,
 ) -> Pair:
     """Summed inner gradients of ``sum_t 1/2 ||b_t - v_t||^2`` at the chunk's weights.
 
     All of ``x, v, b`` are ``[B, n, D]``, ``h`` ``[B, n, Hin]``, ``a`` ``[B, n, H]``; ``w_out`` ``[D, H]``
-    with ``delta`` as in :func:`level_forward`. Returns ``(G_in [B, Hin, D], G_out [B, D, H])``: the
-    token sum of eq. 71 as batched matmuls, no per-token loop.
+    with ``terms`` as in :func:`level_forward`. Returns ``(G_in [B, Hin, D], G_out [B, D, H])``:
+    the token sum of eq. 71 as batched matmuls, no per-token loop.
     """
     e = b - v  # [B, n, D]
     g_out = torch.matmul(e.transpose(1, 2), a)  # [B, D, H]
-    da = torch.matmul(e, w_out)  # [B, n, H]
-    if delta is not None:
-        da = torch.baddbmm(da, e, delta[1])
+    da = _add_terms(torch.matmul(e, w_out), e, [(c, p[1]) for c, p in terms], False)  # [B, n, H]
     dh = act_backward(h, da, activation)  # [B, n, Hin]
     g_in = torch.matmul(dh.transpose(1, 2), x)  # [B, Hin, D]
     return g_in, g_out
