@@ -1,5 +1,7 @@
 """AdamW, Muon, M3 and DeltaMomentum on ``transformer-tiny`` and the embedded corpus (issue 5, item 3).
 
+SGD momentum (``sgd``, the delta rule's decay switched off) runs as a control for DeltaMomentum.
+
 Protocol (equal steps for everyone; small, CPU-sized budget):
 
 1. **Tune**: for each optimizer, seed 0, a small learning-rate grid, extended by 3x steps (at
@@ -49,6 +51,8 @@ GRIDS: dict[str, tuple[str, list[float]]] = {
     "muon": ("optim.matrix_lr", [1e-3, 3e-3, 1e-2]),
     "m3": ("optim.matrix_lr", [1e-3, 3e-3, 1e-2]),
     "delta-momentum": ("optim.matrix_lr", [0.03, 0.1, 0.3]),
+    # Control: the same heavy-ball momentum without the delta rule's gradient-dependent decay.
+    "sgd": ("optim.matrix_lr", [0.03, 0.1, 0.3]),
 }
 SEEDS = (0, 1, 2)
 
@@ -74,6 +78,8 @@ def overrides(
     ]
     if name != "adamw":
         out.append(f"optim.lr={fallback_lr}")
+    if name == "sgd":  # match DeltaMomentum's read-out (no Nesterov) so only the decay differs
+        out.append("optim.nesterov=false")
     if name == "m3":
         # The default period (100 steps) would update the slow memory once in a short run.
         out.append(f"optim.m3_slow_every={max(1, args.steps // 8)}")
@@ -281,7 +287,7 @@ def main() -> None:
     for seed in SEEDS[1:]:
         for name in GRIDS:
             ensure(name, best[name], seed, fallback_lr)
-    if "timing" not in state:
+    if set(state.get("timing", {}).get("median_step_s", {})) != set(GRIDS):
         state["timing"] = lockstep_timing(args, best, data, fallback_lr)
         save()
     section = write_report(state["runs"], state["timing"], args)
