@@ -52,7 +52,8 @@ class Suite:
     zeroshot_limit: int | None = 200
     """Items per zero-shot task (None = all)."""
     niah_tasks: tuple[str, ...] = ("s_niah_1", "s_niah_2", "s_niah_3", "mk_niah_1")
-    niah_lengths: tuple[int, ...] = (256, 512, 1024)
+    niah_lengths: tuple[int, ...] = (1024, 2048, 4096)
+    """Byte-tokenized RULER templates need >= 446 tokens (S-NIAH) and >= 638 (MK-NIAH-1)."""
     niah_samples: int = 10
     recall_tasks: tuple[str, ...] = ("mqar", "in_context_recall", "selective_copying")
     recall_steps: int = 300
@@ -79,8 +80,8 @@ SUITES: dict[str, Suite] = {
         batch_size=8,
         eval_tokens=4096,
         zeroshot_limit=4,
-        niah_tasks=("s_niah_1", "mk_niah_1"),
-        niah_lengths=(256,),
+        niah_tasks=("s_niah_1", "s_niah_2"),
+        niah_lengths=(512,),
         niah_samples=2,
         recall_tasks=("mqar",),
         recall_steps=20,
@@ -148,7 +149,7 @@ def _test_lm(run_dir: Path, suite: Suite) -> dict[str, float]:
     from nestlearn.train.run import load_run
 
     lr = load_run(run_dir)
-    src = default_corpus(lr.tokenizer, "test")
+    src = default_corpus(lr.cfg.data.tokenizer, "test")
     tb = token_byte_lengths(lr.tokenizer, lr.cfg.model.vocab_size)
     ev = evaluate_lm(
         lr.model, src, seq_len=suite.seq_len, batch_size=8, max_tokens=suite.eval_tokens,
