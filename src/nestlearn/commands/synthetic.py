@@ -39,6 +39,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="optimizer steps (default per task: 400-500)")
     p.add_argument("--batch-size", type=int, help="sequences per step (default 32)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    p.add_argument("--optim", help="optimizer: adamw (default), muon, m3, ... (nestlearn.optim)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, batches and data")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -126,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
                 steps=args.steps,
                 batch_size=args.batch_size,
                 lr=args.lr,
+                optimizer=args.optim,
                 weight_decay=args.weight_decay,
                 seed=args.seed,
                 threads=args.threads,

@@ -132,13 +132,12 @@ def train_formal(
     longest = max(a.inputs.shape[1] for a in (train, bin0, bin1))
     torch.manual_seed(cfg.seed)
     model = recipe_model(cfg, len(formal_vocab(language)), longest)
-    params = [p for p in model.parameters() if p.requires_grad]
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         return set_loss(model(x)[0], y, m)
 
     losses, _ = fit(
-        params, [model], _batches(train, cfg.batch_size, cfg.seed), loss_fn, cfg, progress=progress
+        model, _batches(train, cfg.batch_size, cfg.seed), loss_fn, cfg, progress=progress
     )
     b0 = string_accuracy(model, bin0, cfg.eval_batch_size)
     b1 = string_accuracy(model, bin1, cfg.eval_batch_size)
@@ -150,7 +149,7 @@ def train_formal(
         bin1=b1,
         losses=losses,
         steps=cfg.steps,
-        params=sum(p.numel() for p in params),
+        params=model.num_params(),
         wall_time_s=time.perf_counter() - t0,
         config={
             "recipe": asdict(cfg),

@@ -5,7 +5,9 @@ The recipe behind ``nestlearn synthetic`` for MQAR (Zoology) and the MAD tasks: 
 vocabulary, train it with AdamW (linear warm-up, cosine decay) on the task's training segments
 with the loss only where targets are set (``IGNORE_INDEX`` elsewhere), and report accuracy at
 the scored positions of the test segments. CPU-sized by default: a 2-layer, width-128 model
-(MAD's default architecture shape) for a few hundred steps.
+(MAD's default architecture shape) for a few hundred steps. The optimizer comes from
+:func:`nestlearn.optim.build_optimizer` (AdamW unless ``optimizer`` names another) and the
+schedule is the trainer's (:func:`nestlearn.train.schedule.lr_factor`).
 
 MAD's compression task is read out as MAD does (its ``AutoEncoder`` backbone): the final hidden
 state at the last position, plus a sinusoidal position code, goes through a two-layer MLP decoder
@@ -29,6 +31,8 @@ from torch import nn
 
 from nestlearn.data.synthetic.common import IGNORE_INDEX, TokenSegment, TokenTask
 from nestlearn.models import LanguageModel, ModelConfig, build_model
+from nestlearn.optim import OptimConfig, build_optimizer
+from nestlearn.train.schedule import lr_factor
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +57,8 @@ class RecipeConfig:
     """Optimizer steps."""
     batch_size: int = 32
     """Sequences per step."""
+    optimizer: str = "adamw"
+    """Any ``nestlearn.optim`` optimizer name (``adamw``, ``muon``, ``m3``, ...)."""
     lr: float = 1e-3
     """Peak learning rate (MAD sweeps 1e-4, 5e-4, 1e-3)."""
     weight_decay: float = 0.0
@@ -187,51 +193,47 @@ def recipe_model(cfg: RecipeConfig, vocab_size: int, max_seq_len: int) -> Langua
 
 
 def lr_at(step: int, cfg: RecipeConfig) -> float:
-    """Linear warm-up to ``cfg.lr`` then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    t = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+    """The trainer's schedule (:func:`nestlearn.train.schedule.lr_factor`) at ``cfg.lr``:
+    linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
+    return cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: RecipeConfig) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (MAD exempts norms and biases)."""
-    decay = [p for p in params if p.ndim >= 2]
-    rest = [p for p in params if p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": rest, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+def make_optimizer(module: nn.Module, cfg: RecipeConfig) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over ``module`` through :func:`nestlearn.optim.build_optimizer`
+    (AdamW by default: betas 0.9, 0.95, weight decay on matrices but not embeddings)."""
+    return build_optimizer(
+        module, OptimConfig(name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    )
 
 
 def fit(
-    params: list[nn.Parameter],
-    modules: list[nn.Module],
+    module: nn.Module,
     batches: Iterator[tuple[torch.Tensor, ...]],
     loss_fn: Callable[..., torch.Tensor],
     cfg: RecipeConfig,
     evaluate: Callable[[], float] | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> tuple[list[float], list[tuple[int, float]]]:
-    """The shared training loop: ``cfg.steps`` AdamW steps of ``loss_fn(*next(batches))``.
+    """The shared training loop: ``cfg.steps`` optimizer steps of ``loss_fn(*next(batches))``
+    over every parameter of ``module`` (the model, plus a readout when there is one).
 
     Returns the per-step losses and ``(step, score)`` of periodic evaluations.
     """
-    opt = make_optimizer(params, cfg)
+    opt = make_optimizer(module, cfg)
+    for g in opt.param_groups:  # the schedule scales each group's own peak rate
+        g["initial_lr"] = g["lr"]
     losses: list[float] = []
     history: list[tuple[int, float]] = []
     for step in range(cfg.steps):
-        for m in modules:
-            m.train()
+        module.train()
+        factor = lr_at(step, cfg) / cfg.lr
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = g["initial_lr"] * factor
         loss = loss_fn(*next(batches))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
         opt.step()
         losses.append(float(loss.detach()))
         if not math.isfinite(losses[-1]):
@@ -315,11 +317,7 @@ def train_token_task(
         readout = AutoencoderReadout(cfg.dim, task.vocab_size, task.max_seq_len)
     elif task.readout != "lm":
         raise ValueError(f"unknown readout {task.readout!r}; use lm or autoencoder")
-    params = [p for p in model.parameters() if p.requires_grad]
-    modules: list[nn.Module] = [model]
-    if readout is not None:
-        params += list(readout.parameters())
-        modules.append(readout)
+    trained = nn.ModuleList([model] if readout is None else [model, readout])
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return masked_cross_entropy(_logits(model, readout, x), y)
@@ -334,8 +332,7 @@ def train_token_task(
         )[0]
 
     losses, history = fit(
-        params,
-        modules,
+        trained,
         _segment_batches(task.train, cfg.batch_size, cfg.seed),
         loss_fn,
         cfg,
@@ -354,7 +351,7 @@ def train_token_task(
         losses=losses,
         history=history,
         steps=cfg.steps,
-        params=sum(p.numel() for p in params),
+        params=sum(p.numel() for p in trained.parameters()),
         wall_time_s=time.perf_counter() - t0,
         config={"recipe": asdict(cfg), "task": task.meta},
     )
