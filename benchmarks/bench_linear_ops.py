@@ -1,12 +1,15 @@
 """Timing of the chunked linear-recurrence ops against their per-token references (timing only).
 
-For the delta rule, the gated delta rule and retention, prints one JSON line per (op, pass):
-seconds per call of the naive recurrence and of the chunked form, and ``speedup = naive / chunk``,
-both measured in this process on the same inputs, interleaved, best of ``--reps``. ``pass`` is
-``fwd`` (no grad) or ``fwd_bwd`` (forward + backward through output and final state). Ratios
-only: absolute times on a shared machine are noise.
+For the delta rule, the gated delta rule and retention, prints one JSON line per (op, pass, chunk
+size): seconds per call of the naive recurrence and of the chunked form, and
+``speedup = naive / chunk``, both measured in this process on the same inputs, interleaved, best
+of ``--reps``. ``pass`` is ``fwd`` (no grad) or ``fwd_bwd`` (forward + backward through output and
+final state); ``chunk_size`` ``auto`` is the op's default. ``--clock cpu`` measures process CPU
+time instead of wall time: with one thread on a shared machine it estimates what an idle core
+would see. Ratios only: absolute times on a shared machine are noise.
 
     .venv/bin/python benchmarks/bench_linear_ops.py --threads 2 --T 2048
+    .venv/bin/python benchmarks/bench_linear_ops.py --threads 1 --clock cpu --chunk-sizes 16,32,64,auto
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ OPS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
-def runner(fn: Callable, inp: dict, grad: bool, chunk_size: int) -> Callable[[], None]:
+def runner(fn: Callable, inp: dict, grad: bool, chunk_size: int | None) -> Callable[[], None]:
     def fwd() -> None:
         with torch.no_grad():
             fn(**inp, chunk_size=chunk_size)
@@ -66,16 +69,18 @@ def runner(fn: Callable, inp: dict, grad: bool, chunk_size: int) -> Callable[[],
     return fwd_bwd if grad else fwd
 
 
-def best_interleaved(fns: list[Callable[[], None]], reps: int) -> list[float]:
-    """Best-of-``reps`` seconds of each function, alternating them so load spikes hit both."""
+def best_interleaved(
+    fns: list[Callable[[], None]], reps: int, clock: Callable[[], float] = time.perf_counter
+) -> list[float]:
+    """Best-of-``reps`` seconds of each function, alternating them so load spikes hit all."""
     for f in fns:
         f()  # warm-up
     best = [float("inf")] * len(fns)
     for _ in range(reps):
         for i, f in enumerate(fns):
-            t0 = time.perf_counter()
+            t0 = clock()
             f()
-            best[i] = min(best[i], time.perf_counter() - t0)
+            best[i] = min(best[i], clock() - t0)
     return best
 
 
@@ -86,29 +91,32 @@ def main() -> None:
     p.add_argument("--H", type=int, default=4)
     p.add_argument("--K", type=int, default=64)
     p.add_argument("--V", type=int, default=64)
-    p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument("--chunk-sizes", default="auto", help="comma-separated sizes and/or 'auto'")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of the ops")
     p.add_argument("--passes", default="fwd,fwd_bwd")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    clock = time.perf_counter if a.clock == "wall" else time.process_time
+    sizes = [None if c == "auto" else int(c) for c in a.chunk_sizes.split(",")]
     for op in a.ops.split(","):
         naive, chunk = OPS[op]
         for pss in a.passes.split(","):
             grad = pss == "fwd_bwd"
             inp = make_inputs(op, a.B, a.T, a.H, a.K, a.V, grad)
-            t_naive, t_chunk = best_interleaved(
-                [runner(naive, inp, grad, a.chunk_size), runner(chunk, inp, grad, a.chunk_size)],
-                a.reps,
-            )
-            rec = {
-                "op": op, "pass": pss, "B": a.B, "T": a.T, "H": a.H, "K": a.K, "V": a.V,
-                "chunk_size": a.chunk_size, "threads": a.threads,
-                "naive_s": round(t_naive, 4), "chunk_s": round(t_chunk, 4),
-                "speedup": round(t_naive / t_chunk, 1),
-            }  # fmt: skip
-            print(json.dumps(rec), flush=True)
+            fns = [runner(naive, inp, grad, None)]
+            fns += [runner(chunk, inp, grad, c) for c in sizes]
+            t_naive, *t_chunks = best_interleaved(fns, a.reps, clock)
+            for c, t_chunk in zip(sizes, t_chunks):
+                rec = {
+                    "op": op, "pass": pss, "B": a.B, "T": a.T, "H": a.H, "K": a.K, "V": a.V,
+                    "chunk_size": c or "auto", "threads": a.threads, "clock": a.clock,
+                    "naive_s": round(t_naive, 4), "chunk_s": round(t_chunk, 4),
+                    "speedup": round(t_naive / t_chunk, 1),
+                }  # fmt: skip
+                print(json.dumps(rec), flush=True)
 
 
 if __name__ == "__main__":

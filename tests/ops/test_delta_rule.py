@@ -86,6 +86,22 @@ def test_chunk_equals_recurrent_fwd_bwd(variant: str, T: int, C: int) -> None:
 
 
 @pytest.mark.parametrize("variant", list(OPS))
+def test_auto_chunk_size_is_exact_with_and_without_grad(variant: str) -> None:
+    """``chunk_size=None`` picks 16 for inference and 64 under autograd: both exact."""
+    naive, chunk = OPS[variant]
+    inp = make_inputs(70, gated=variant == "gated")
+    o_ref, S_ref, g_ref = run(naive, inp)
+    o, S, grads = run(chunk, inp, chunk_size=None)  # 64 (gradients flow)
+    assert_close(o, o_ref, **TOL)
+    for a, b in zip(grads, g_ref):
+        assert_close(a, b, **TOL)
+    with torch.no_grad():
+        o, S = chunk(**inp)  # 16
+    assert_close(o, o_ref, **TOL)
+    assert_close(S, S_ref, **TOL)
+
+
+@pytest.mark.parametrize("variant", list(OPS))
 def test_state_threading_equals_one_call(variant: str) -> None:
     """Splitting the sequence anywhere (mid-chunk too) and threading the state changes nothing."""
     _, chunk = OPS[variant]

@@ -77,6 +77,16 @@ def test_chunk_equals_recurrent_fwd_bwd(T: int, C: int) -> None:
     _check(run(chunk_retention, inp, chunk_size=C), run(naive_recurrent_retention, inp), list(inp))
 
 
+def test_auto_chunk_size_is_exact_with_and_without_grad() -> None:
+    inp = make_inputs(70)
+    ref = run(naive_recurrent_retention, inp)
+    _check(run(chunk_retention, inp, chunk_size=None), ref, list(inp))  # 64 under autograd
+    with torch.no_grad():
+        o, S = chunk_retention(**inp)  # 32
+    assert_close(o, ref[0], **TOL)
+    assert_close(S, ref[1], **TOL)
+
+
 def test_parallel_form_equals_recurrent() -> None:
     """RetNet eq. 5 (parallel, decay mask D) == eq. 1 (recurrent), initial state included."""
     inp = make_inputs(29)

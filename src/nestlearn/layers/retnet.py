@@ -84,7 +84,8 @@ class RetNetMixer(nn.Module):
         dim: model width ``D``.
         n_heads: heads ``H``; key head dim ``K = D / H`` (must be even for the rotation).
         expand_v: value width ``H V = expand_v * D`` (2 in RetNet).
-        chunk_size: chunk length of the chunkwise op (any value gives the same result).
+        chunk_size: chunk length of the chunkwise op (any value gives the same result); ``None``
+            lets the op pick the fastest (64 when training, 32 for inference).
         rope_base: base of the rotation frequencies.
         norm_eps: GroupNorm epsilon.
         naive: run the per-token reference loop instead of the chunkwise op.
@@ -98,7 +99,7 @@ class RetNetMixer(nn.Module):
         n_heads: int,
         *,
         expand_v: float = 2.0,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         rope_base: float = 10000.0,
         norm_eps: float = 1e-6,
         naive: bool = False,
@@ -182,6 +183,6 @@ class RetNetMixer(nn.Module):
         reads of the chunk-start state (``4 C K V``); divided by ``C``.
         """
         proj = 2 * sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
-        C = min(self.chunk_size, seq_len)
+        C = min(self.chunk_size or 64, seq_len)
         K, V = self.head_k, self.head_v
         return proj + self.n_heads * (2 * C * C * (K + V) + 4 * C * K * V) // C

@@ -42,8 +42,9 @@ class DeltaNetOptions:
     """Width of the causal depthwise short convolution on q, k, v."""
     output_gate: bool = True
     """Multiply the normalised output by ``SiLU(W_g x)``."""
-    chunk_size: int = 64
-    """Chunk length of the chunked delta rule (exact at any value; 64 is fastest on CPU)."""
+    chunk_size: int | None = None
+    """Chunk length of the chunked delta rule (exact at any value); null = the op's fastest
+    (64 when training, 16 for inference on CPU)."""
     naive: bool = False
     """Use the per-token reference loop (for benchmarks and debugging)."""
     backend: str = "auto"
@@ -54,7 +55,7 @@ class DeltaNetOptions:
             raise ValueError(f"model.mixer.head_dim must be positive or null, got {self.head_dim}")
         if self.conv_size < 1:
             raise ValueError(f"model.mixer.conv_size must be >= 1, got {self.conv_size}; try 4")
-        if self.chunk_size < 1:
+        if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"model.mixer.chunk_size must be >= 1, got {self.chunk_size}; try 64")
         if self.backend not in ("auto", "torch", "fla"):
             raise ValueError(

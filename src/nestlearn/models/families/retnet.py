@@ -26,8 +26,9 @@ class RetNetOptions:
 
     expand_v: float = 2.0
     """Value width = ``expand_v * dim`` (2 in RetNet)."""
-    chunk_size: int = 64
-    """Chunk length of the chunkwise retention (exact at any value)."""
+    chunk_size: int | None = None
+    """Chunk length of the chunkwise retention (exact at any value); null = the op's fastest
+    (64 when training, 32 for inference on CPU)."""
     naive: bool = False
     """Use the per-token reference loop (benchmarks, debugging)."""
     backend: str = "auto"
@@ -36,7 +37,7 @@ class RetNetOptions:
     def __post_init__(self) -> None:
         if not self.expand_v > 0:
             raise ValueError(f"model.mixer.expand_v must be > 0, got {self.expand_v}; try 2")
-        if self.chunk_size < 1:
+        if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"model.mixer.chunk_size must be >= 1, got {self.chunk_size}; try 64")
         if self.backend not in ("auto", "torch", "fla"):
             raise ValueError(

@@ -20,11 +20,13 @@ Per chunk of ``C`` tokens starting from state ``S0`` (derivation in ``README.md`
     O     = diag(gamma) Q S0 + (M * Q K^T) U,  M_ts = gamma_t / gamma_s (s <= t)
     S_C   = gamma_C S0 + (K * gamma_C / gamma)^T U
 
-Everything that does not involve ``S0`` is computed for all chunks at once in a few batched ops.
-Substituting ``U`` makes the chunk step an affine map of the state,
-``S_C = (gamma_C I - K_end^T W_k) S0 + K_end^T W_v``, so the only sequential work is one
-``[K, K] @ [K, V]`` matmul per chunk; the reads ``O = (gamma Q - P W_k) S0 + P W_v`` are then one
-batched matmul over the stacked chunk-start states.
+Everything that does not involve ``S0`` (``A``, the masked ``Q K^T``, ``(I + A)^-1`` by one
+triangular solve against the identity, ``W_v``, ``W_k``) is computed for all chunks at once in a
+few batched ops, on a heads-first copy of the inputs so every chunk is a strided ``bmm`` batch. The
+sequential loop then does three small matmuls per chunk: ``U = W_v - W_k S0``, the reads
+``O = gamma Q S0 + P U`` and the state step ``S_C = gamma_C S0 + K_end^T U``. Per token this is the
+same ``3 K V`` multiply-adds as the recurrence, done as matrix products instead of memory-bound
+vector updates; that, not fewer FLOPs, is where the speed comes from.
 
 Axis legend: B batch, T tokens, H heads, N chunks, C tokens per chunk, K key dim, V value dim.
 """
@@ -40,13 +42,27 @@ from nestlearn.ops.delta_rule.common import check_delta_inputs, compute_dtype
 __all__ = ["chunk_delta_rule", "chunk_gated_delta_rule"]
 
 
-def _blocks(x: Tensor, C: int, pad: int, dtype: torch.dtype) -> Tensor:
-    """``[B, T, H, *rest]`` -> ``[B, H, N, C, *rest]`` in ``dtype``, zero-padded along T."""
-    x = x.to(dtype)
-    if pad:
-        x = F.pad(x, (0, 0) * (x.ndim - 2) + (0, pad))
-    B, TP, H = x.shape[:3]
-    return x.reshape(B, TP // C, C, H, *x.shape[3:]).movedim(3, 1)
+def _heads_first(x: Tensor, TP: int, dtype: torch.dtype) -> Tensor:
+    """``[B, T, H, *rest]`` -> contiguous ``[B, H, TP, *rest]`` in ``dtype``, zero-padded to TP.
+
+    One copy up front, so every per-chunk slice below is a plain strided batch for ``bmm``.
+    """
+    xt = x.to(dtype).transpose(1, 2)
+    if TP > x.shape[1]:
+        xt = F.pad(xt, (0, 0) * (x.ndim - 3) + (0, TP - x.shape[1]))
+    return xt.contiguous()
+
+
+def auto_chunk_size(*tensors: Tensor | None) -> int:
+    """64 when gradients will flow, else 16 (any value is exact; these are the fastest on CPU).
+
+    The forward pass does ``3 K V`` multiply-adds per token in the chunk loop whatever ``C`` is,
+    plus ``O(C (K + V))`` in the batched intra-chunk part, so small chunks are cheapest for
+    inference; backward pays per chunk in autograd bookkeeping, so training prefers fewer, larger
+    chunks (``benchmarks/bench_linear_ops.py``).
+    """
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return 64 if grad else 16
 
 
 def _chunk(
@@ -57,27 +73,30 @@ def _chunk(
     g: Tensor | None,
     initial_state: Tensor | None,
     scale: float | None,
-    chunk_size: int,
+    chunk_size: int | None,
 ) -> tuple[Tensor, Tensor]:
     B, T, H, K = q.shape
     V = v.shape[-1]
     cdt = compute_dtype(q)
     scale = K**-0.5 if scale is None else scale
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(q, k, v, beta, g, initial_state)
     C = min(chunk_size, T)  # a shorter chunk is just as exact and wastes no padding
     N = -(-T // C)
-    pad = N * C - T
-    qc = _blocks(q, C, pad, cdt) * scale  # [B, H, N, C, K]
-    kc = _blocks(k, C, pad, cdt)
-    vc = _blocks(v, C, pad, cdt)  # [B, H, N, C, V]
-    bc = _blocks(beta, C, pad, cdt)[..., None]  # [B, H, N, C, 1]
+    TP = N * C
+    qc = _heads_first(q, TP, cdt).view(B, H, N, C, K) * scale
+    kc = _heads_first(k, TP, cdt).view(B, H, N, C, K)
+    vc = _heads_first(v, TP, cdt).view(B, H, N, C, V)
+    bc = _heads_first(beta, TP, cdt).view(B, H, N, C, 1)
     tril = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     strict = tril.tril(-1)
 
     kb = kc * bc
-    A = kb @ kc.transpose(-1, -2)  # [B, H, N, C, C]: beta_t k_t . k_s
-    P = qc @ kc.transpose(-1, -2)  # [B, H, N, C, C]: q_t . k_s
+    kT = kc.transpose(-1, -2)
+    A = kb @ kT  # [B, H, N, C, C]: beta_t k_t . k_s
+    P = qc @ kT  # [B, H, N, C, C]: q_t . k_s
     if g is not None:
-        G = _blocks(g, C, pad, cdt).cumsum(-1)  # [B, H, N, C] log gamma_t
+        G = _heads_first(g, TP, cdt).view(B, H, N, C).cumsum(-1)  # log gamma_t in each chunk
         # mask before exp: the upper triangle would overflow (gamma_t / gamma_s > 1 for s > t)
         decay = (G[..., :, None] - G[..., None, :]).masked_fill(~tril, float("-inf")).exp()
         A = A * decay
@@ -85,39 +104,40 @@ def _chunk(
         gamma = G.exp()[..., None]  # [B, H, N, C, 1]
         k_end = kc * (G[..., -1:] - G).exp()[..., None]  # k_s gamma_C / gamma_s
         chunk_decay = G[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
-        rhs_k = kb * gamma
+        qg, rhs_k = qc * gamma, kb * gamma
     else:
-        gamma, k_end, chunk_decay, rhs_k = None, kc, None, kb
+        k_end, chunk_decay, qg, rhs_k = kc, None, qc, kb
     A = A.masked_fill(~strict, 0.0)
     P = P.masked_fill(~tril, 0.0)
-    eye_c = torch.eye(C, dtype=cdt, device=q.device)
-    # UT transform: one unit-lower-triangular solve gives both W_v and W_k
-    sol = torch.linalg.solve_triangular(
-        A + eye_c, torch.cat([vc * bc, rhs_k], dim=-1), upper=False, unitriangular=True
+    eye = torch.eye(C, dtype=cdt, device=q.device)
+    # UT transform: (I + A)^-1 by one unit-triangular solve against I (C columns), then two
+    # GEMMs; cheaper on CPU than solving against the K + V columns of [beta V | beta gamma K]
+    Tinv = torch.linalg.solve_triangular(
+        A + eye, eye.expand(B, H, N, C, C), upper=False, unitriangular=True
     )
-    Wv, Wk = sol.split([V, K], dim=-1)  # [B, H, N, C, V], [B, H, N, C, K]
-
-    kt = k_end.transpose(-1, -2)  # [B, H, N, K, C]
-    eye_k = torch.eye(K, dtype=cdt, device=q.device)
-    M = (eye_k if chunk_decay is None else chunk_decay * eye_k) - kt @ Wk  # [B, H, N, K, K]
-    D = kt @ Wv  # [B, H, N, K, V]
-    Qs = (qc if gamma is None else qc * gamma) - P @ Wk  # [B, H, N, C, K]
-    Ob = P @ Wv  # [B, H, N, C, V]
+    Wv = Tinv @ (vc * bc)  # [B, H, N, C, V]
+    Wk = Tinv @ rhs_k  # [B, H, N, C, K]
+    kt_end = k_end.transpose(-1, -2)  # [B, H, N, K, C]
 
     if initial_state is None:
         S = torch.zeros(B, H, K, V, dtype=cdt, device=q.device)
     else:
         S = initial_state.to(cdt)
-    starts = []
-    for n in range(N):  # the only sequential part: one [K, K] @ [K, V] per chunk
-        starts.append(S)
-        S = torch.baddbmm(
-            D[:, :, n].reshape(B * H, K, V), M[:, :, n].reshape(B * H, K, K), S.reshape(B * H, K, V)
-        ).view(B, H, K, V)
-    S_in = torch.stack(starts, dim=2)  # [B, H, N, K, V]
-    O = Ob + Qs @ S_in  # [B, H, N, C, V]
-    o = O.movedim(1, 3).reshape(B, N * C, H, V)[:, :T]
-    return o.to(q.dtype), S
+    G3 = B * H  # (B, H) merge into one bmm batch without copies: every tensor is heads-first
+
+    def bh(x: Tensor) -> Tensor:
+        return x.reshape(G3, *x.shape[2:])
+
+    S = bh(S)  # [G, K, V]
+    outs = []
+    for n in range(N):  # the sequential part: three small fused matmuls per chunk
+        # new values U = beta_t (v_t - S^T k_t) in WY form: W_v - W_k S
+        U = torch.baddbmm(bh(Wv[:, :, n]), bh(Wk[:, :, n]), S, alpha=-1.0)  # [G, C, V]
+        outs.append(torch.baddbmm(bh(P[:, :, n]) @ U, bh(qg[:, :, n]), S))  # gamma Q S + P U
+        decayed = S if chunk_decay is None else bh(chunk_decay[:, :, n]) * S
+        S = torch.baddbmm(decayed, bh(kt_end[:, :, n]), U)  # gamma_C S + K_end^T U
+    O = torch.stack(outs, dim=1).view(B, H, TP, V)[:, :, :T].transpose(1, 2)
+    return O.to(q.dtype), S.view(B, H, K, V)
 
 
 def chunk_delta_rule(
@@ -128,7 +148,7 @@ def chunk_delta_rule(
     initial_state: Tensor | None = None,
     *,
     scale: float | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Delta rule (DeltaNet), chunk-parallel; equals :func:`naive_recurrent_delta_rule` exactly.
 
@@ -141,7 +161,8 @@ def chunk_delta_rule(
         beta: ``[B, T, H]`` write strengths.
         initial_state: ``[B, H, K, V]`` memory before the first token; zeros when ``None``.
         scale: read scale; ``K ** -0.5`` when ``None``.
-        chunk_size: tokens per chunk ``C`` (any value gives the same result; 64 is fast on CPU).
+        chunk_size: tokens per chunk ``C``; any value gives the same result. ``None`` picks the
+            fastest on CPU: 64 when gradients flow, 16 otherwise (:func:`auto_chunk_size`).
 
     Returns:
         ``(o, final_state)``: ``o: [B, T, H, V]`` in ``q.dtype``; ``final_state: [B, H, K, V]`` in
@@ -169,7 +190,7 @@ def chunk_gated_delta_rule(
     initial_state: Tensor | None = None,
     *,
     scale: float | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Gated delta rule (Gated DeltaNet), chunk-parallel; equals the naive loop exactly.
 

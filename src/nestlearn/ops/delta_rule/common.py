@@ -27,7 +27,7 @@ def check_delta_inputs(
     beta: Tensor,
     g: Tensor | None,
     initial_state: Tensor | None,
-    chunk_size: int,
+    chunk_size: int | None,
 ) -> None:
     """Raise ``ValueError`` naming the bad shape and the expected one."""
     if q.ndim != 4 or k.shape != q.shape:
@@ -49,5 +49,7 @@ def check_delta_inputs(
             f"initial_state must be [B, H, K, V] = {(B, H, K, v.shape[-1])}, got "
             f"{tuple(initial_state.shape)}"
         )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}; try 64")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(
+            f"chunk_size must be a positive integer or None (auto), got {chunk_size}; try 64"
+        )

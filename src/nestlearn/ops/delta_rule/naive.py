@@ -66,7 +66,7 @@ def naive_recurrent_delta_rule(
     initial_state: Tensor | None = None,
     *,
     scale: float | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Delta rule, one token at a time (the reference for :func:`chunk_delta_rule`).
 
@@ -97,7 +97,7 @@ def naive_recurrent_gated_delta_rule(
     initial_state: Tensor | None = None,
     *,
     scale: float | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Gated delta rule, one token at a time (the reference for :func:`chunk_gated_delta_rule`).
 

@@ -31,13 +31,12 @@ from nestlearn.ops.retention.common import check_retention_inputs, compute_dtype
 __all__ = ["chunk_retention"]
 
 
-def _blocks(x: Tensor, C: int, pad: int, dtype: torch.dtype) -> Tensor:
-    """``[B, T, H, *rest]`` -> ``[B, H, N, C, *rest]`` in ``dtype``, zero-padded along T."""
-    x = x.to(dtype)
-    if pad:
-        x = F.pad(x, (0, 0) * (x.ndim - 2) + (0, pad))
-    B, TP, H = x.shape[:3]
-    return x.reshape(B, TP // C, C, H, *x.shape[3:]).movedim(3, 1)
+def _heads_first(x: Tensor, TP: int, dtype: torch.dtype) -> Tensor:
+    """``[B, T, H, *rest]`` -> contiguous ``[B, H, TP, *rest]`` in ``dtype``, zero-padded to TP."""
+    xt = x.to(dtype).transpose(1, 2)
+    if TP > x.shape[1]:
+        xt = F.pad(xt, (0, 0) * (x.ndim - 3) + (0, TP - x.shape[1]))
+    return xt.contiguous()
 
 
 def chunk_retention(
@@ -48,7 +47,7 @@ def chunk_retention(
     initial_state: Tensor | None = None,
     *,
     scale: float | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Multi-scale retention, chunk-parallel; equals :func:`naive_recurrent_retention` exactly.
 
@@ -59,7 +58,8 @@ def chunk_retention(
         gamma: ``[H]`` per-head decays in ``(0, 1]`` (RetNet: ``1 - 2^(-5-h)``).
         initial_state: ``[B, H, K, V]`` state before the first token; zeros when ``None``.
         scale: read scale; ``K ** -0.5`` when ``None``.
-        chunk_size: tokens per chunk ``C`` (any value gives the same result; 64 is fast on CPU).
+        chunk_size: tokens per chunk ``C``; any value gives the same result. ``None`` picks the
+            fastest on CPU (``benchmarks/bench_linear_ops.py``): 64 when gradients flow, else 32.
 
     Returns:
         ``(o, final_state)``: ``o: [B, T, H, V]`` in ``q.dtype``; ``final_state: [B, H, K, V]`` in
@@ -79,33 +79,42 @@ def chunk_retention(
     V = v.shape[-1]
     cdt = compute_dtype(q)
     scale = K**-0.5 if scale is None else scale
+    if chunk_size is None:  # fastest on CPU (benchmarks/bench_linear_ops.py); any value is exact
+        grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (q, k, v, gamma, initial_state)
+        )
+        chunk_size = 64 if grad else 32
     C = min(chunk_size, T)
     N = -(-T // C)
-    pad = N * C - T
-    qc = _blocks(q, C, pad, cdt) * scale  # [B, H, N, C, K]
-    kc = _blocks(k, C, pad, cdt)
-    vc = _blocks(v, C, pad, cdt)  # [B, H, N, C, V]
+    TP = N * C
+    qc = _heads_first(q, TP, cdt).view(B, H, N, C, K) * scale
+    kc = _heads_first(k, TP, cdt).view(B, H, N, C, K)
+    vc = _heads_first(v, TP, cdt).view(B, H, N, C, V)
     # per-token log-decay, 0 on padding so inert tokens do not decay the final state
-    real = torch.arange(N * C, device=q.device) < T
-    g = real.to(cdt)[:, None] * gamma.to(cdt).log()[None, :]  # [N*C, H]
-    G = g.T.reshape(H, N, C).cumsum(-1)  # [H, N, C] log gamma^t inside each chunk
+    real = torch.arange(TP, device=q.device) < T
+    g = gamma.to(cdt).log()[:, None] * real.to(cdt)[None, :]  # [H, TP]
+    G = g.view(H, N, C).cumsum(-1)  # [H, N, C] log gamma^t inside each chunk
     tril = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     decay = (G[..., :, None] - G[..., None, :]).masked_fill(~tril, float("-inf")).exp()
     P = (qc @ kc.transpose(-1, -2)) * decay  # [B, H, N, C, C] decay-masked q_t . k_s
-    O = P @ vc  # intra-chunk part
+    O = P @ vc  # [B, H, N, C, V] intra-chunk part
     q_in = qc * G.exp()[..., None]  # gamma^t q_t reads the chunk-start state
     k_end = kc * (G[..., -1:] - G).exp()[..., None]  # gamma^(C-s) k_s
     dS = k_end.transpose(-1, -2) @ vc  # [B, H, N, K, V] what each chunk writes
-    chunk_decay = G[..., -1].exp()  # [H, N]
+    chunk_decay = G[..., -1].exp()[:, :, None, None]  # [H, N, 1, 1]
 
     if initial_state is None:
         S = torch.zeros(B, H, K, V, dtype=cdt, device=q.device)
     else:
         S = initial_state.to(cdt)
-    starts = []
-    for n in range(N):  # scalar-gated scan over chunks
-        starts.append(S)
-        S = chunk_decay[:, n, None, None] * S + dS[:, :, n]
-    O = O + q_in @ torch.stack(starts, dim=2)  # [B, H, N, C, V]
-    o = O.movedim(1, 3).reshape(B, N * C, H, V)[:, :T]
+    G3 = B * H
+
+    def bh(x: Tensor) -> Tensor:  # merge (B, H) into one bmm batch, no copy (heads-first)
+        return x.reshape(G3, *x.shape[2:])
+
+    outs = []
+    for n in range(N):  # scalar-gated scan over chunks; each chunk reads its start state
+        outs.append(torch.baddbmm(bh(O[:, :, n]), bh(q_in[:, :, n]), S.view(G3, K, V)))
+        S = torch.addcmul(dS[:, :, n], chunk_decay[:, n], S)  # gamma^C S + dS
+    o = torch.stack(outs, dim=1).view(B, H, TP, V)[:, :, :T].transpose(1, 2)
     return o.to(q.dtype), S

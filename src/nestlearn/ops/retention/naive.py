@@ -38,7 +38,7 @@ def naive_recurrent_retention(
     initial_state: Tensor | None = None,
     *,
     scale: float | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Retention one token at a time (the reference for :func:`chunk_retention`).
 
@@ -80,7 +80,7 @@ def naive_parallel_retention(
     initial_state: Tensor | None = None,
     *,
     scale: float | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Retention in RetNet's parallel form, ``O(T^2)`` memory (a second, loop-free reference).
 
