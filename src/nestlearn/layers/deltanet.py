@@ -243,18 +243,11 @@ class DeltaNetMixer(nn.Module):
 
 
 def delta_op_flops(C: int, K: int, V: int) -> int:
-    """Forward matmul FLOPs per token and head of the chunked delta rule with chunk size ``C``.
+    """Forward FLOPs per token and head of the chunked delta rule with chunk size ``C``.
 
-    Per chunk: ``A`` and ``P`` (``2 C^2 K`` each), the triangular solve (``C^2 (K + V)``), the
-    state-transition pieces ``M``, ``D`` (``2 C K (K + V)``), the read pieces ``P W_k``, ``P W_v``
-    (``2 C^2 (K + V)``), the state step (``2 K^2 V``) and the reads (``2 C K V``); divided by ``C``.
+    Per chunk: ``A`` and ``Q K^T`` (``4 C^2 K``), ``(I + A)^-1`` (``~C^3``), ``W_v`` and ``W_k``
+    (``2 C^2 (K + V)``), and in the loop ``W_k S``, ``Q S``, ``K_end^T U`` (``6 C K V``) and
+    ``P U`` (``2 C^2 V``); divided by ``C``.
     """
-    per_chunk = (
-        4 * C * C * K
-        + C * C * (K + V)
-        + 2 * C * K * (K + V)
-        + 2 * C * C * (K + V)
-        + 2 * K * K * V
-        + 2 * C * K * V
-    )
+    per_chunk = 4 * C * C * K + C**3 + 2 * C * C * (K + V) + 6 * C * K * V + 2 * C * C * V
     return per_chunk // C

@@ -10,7 +10,7 @@ Axis legend: B batch, T tokens, D model width, H heads, K key head dim, V value 
 The paper's xPos adds a per-dimension scale ``zeta^n`` on top of the rotation; RetNet folds the
 scale into the decay ``gamma`` (its eq. 3 keeps only ``e^{i n theta}``), so the rotation here is
 plain RoPE with interleaved pairs, as in the paper's reference code. The per-head decays are fixed
-buffers, not parameters. The paper's normalisations of the retention scores are per-row positive
+constants (not parameters), computed in float32 on every call. The paper's normalisations of the retention scores are per-row positive
 scalars that GroupNorm cancels, so they are omitted (see ``ops/retention/README.md``).
 
 Decoding is O(1) per token: the state is the ``[K, V]`` matrix per head plus the position of the
@@ -129,13 +129,18 @@ class RetNetMixer(nn.Module):
         self.group_norm = HeadGroupNorm(n_heads, self.head_v, norm_eps)
         self.wo = nn.Linear(HV, dim, bias=False)
         self.register_buffer("inv_freq", rope_frequencies(K, rope_base), persistent=False)
-        self.register_buffer("gamma", retnet_gammas(n_heads), persistent=False)
 
     def reset_buffers(self) -> None:
-        """Recompute the rotation frequencies and decays (needed after a meta-device build)."""
-        dev = self.wq.weight.device
-        self.inv_freq = rope_frequencies(self.head_k, self.rope_base, device=dev)
-        self.gamma = retnet_gammas(self.n_heads, device=dev)
+        """Recompute the rotation frequencies (needed after a meta-device build)."""
+        self.inv_freq = rope_frequencies(self.head_k, self.rope_base, device=self.wq.weight.device)
+
+    def decays(self, device: torch.device | None = None) -> Tensor:
+        """The fixed per-head decays ``gamma_h = 1 - 2^(-5-h)``, ``[H]`` float32.
+
+        Computed on the fly rather than kept as a buffer: casting a model to bf16/fp16 would round
+        ``1 - 2^-9`` and beyond to exactly 1 and silently remove the decay of most heads.
+        """
+        return retnet_gammas(self.n_heads, device=device)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> RetNetState:
         mdt = torch.float64 if dtype == torch.float64 else torch.float32
@@ -168,13 +173,13 @@ class RetNetMixer(nn.Module):
             from nestlearn.ops.fla_fast import fla_retention  # CUDA only: CPU never imports fla
 
             out = fla_retention(
-                q, k, v, self.gamma, S0, act_dtype=act, required=self.backend == "fla"
+                q, k, v, self.decays(q.device), S0, act_dtype=act, required=self.backend == "fla"
             )
             if out is not None:
                 return out
         if self.naive or q.shape[1] <= RECURRENT_MAX_T:
-            return naive_recurrent_retention(q, k, v, self.gamma, S0)
-        return chunk_retention(q, k, v, self.gamma, S0, chunk_size=self.chunk_size)
+            return naive_recurrent_retention(q, k, v, self.decays(q.device), S0)
+        return chunk_retention(q, k, v, self.decays(q.device), S0, chunk_size=self.chunk_size)
 
     def flops_per_token(self, seq_len: int) -> int:
         """Forward FLOPs per token: projections plus the chunkwise retention.
