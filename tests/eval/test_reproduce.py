@@ -100,6 +100,7 @@ def test_task_tables_average_seeds_and_show_paper_rows() -> None:
     ]
     t = R.task_table(recall, "task", R.MAD_COLUMNS, "accuracy", R.PAPER_TABLE4, "paper")
     assert "| transformer (ours) | 80.0 ± 14.1 |" in t
+    assert "(paper)" not in t  # Table 4 has no MQAR column: no blank paper rows
     lines = R.verdict(_results(recall=recall))
     assert any("mqar: deltanet (95.0%)" in s for s in lines)
     formal = [{"model": "transformer", "language": "parity", "seed": 0, "bin0": 0.5, "bin1": 0.25}]

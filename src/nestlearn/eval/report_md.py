@@ -226,7 +226,8 @@ def task_table(
             cells.append(mean_std(vals, ".1f"))
         rows.append([f"{model} (ours)", *cells])
     for name, row in paper.items():
-        rows.append([f"{name} ({paper_note})", *[str(row.get(t, "")) for t in tasks]])
+        if any(t in row for t in tasks):  # no row of blanks where the paper has no number
+            rows.append([f"{name} ({paper_note})", *[str(row.get(t, "")) for t in tasks]])
     return markdown_table(["model", *[columns[t] for t in tasks]], rows)
 
 
@@ -267,7 +268,9 @@ def verdict(results: dict[str, Any]) -> list[str]:
             f"Language modelling: at this scale {best[0]} has the lowest test bits/byte "
             f"({best[1]:.4f})"
         )
-        if len(ranking) > 1:
+        if len(ranking) == 1:
+            line += "; it is the only model that finished."
+        else:
             second = ranking[1]
             tie = _overlap(best, second)
             line += (
