@@ -11,7 +11,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 COMMAND = "babilong"
@@ -54,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         evaluate_babilong,
         plot_babilong,
     )
+    from nestlearn.eval.niah import write_results
     from nestlearn.train.run import load_run
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -88,9 +88,6 @@ def run(args: argparse.Namespace) -> int:
             prefill_chunk=args.prefill_chunk,
             progress=bar.update,
         )
-    with (out / "records.jsonl").open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
     label = f"{Path(args.checkpoint).name}@{run.step}"
     summary = {
         "checkpoint": str(run.checkpoint),
@@ -101,9 +98,8 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "accuracy": babilong_summary(records),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     table = babilong_table(records)
-    (out / "table.txt").write_text(table + "\n", encoding="utf-8")
+    write_results(out, records, summary, table)
     png = plot_babilong(records, out / "babilong.png", title=f"BABILong-style, {label}")
     print(f"{label} ({run.cfg.model.family}, tokenizer {run.tokenizer.name})\n{table}")
     print(f"results in {out}; plot {png}")

@@ -137,7 +137,13 @@ def _generate_only(args, tasks, lengths, depths, out: Path) -> int:  # noqa: ANN
 def _evaluate(args, tasks, lengths, depths, out: Path) -> int:  # noqa: ANN001
     from tqdm import tqdm
 
-    from nestlearn.eval.niah import evaluate_niah, niah_table, plot_niah_heatmap, summarize
+    from nestlearn.eval.niah import (
+        evaluate_niah,
+        niah_table,
+        plot_niah_heatmap,
+        summarize,
+        write_results,
+    )
     from nestlearn.train.run import load_run
 
     run = load_run(args.checkpoint)
@@ -159,9 +165,6 @@ def _evaluate(args, tasks, lengths, depths, out: Path) -> int:  # noqa: ANN001
             prefill_chunk=args.prefill_chunk,
             progress=bar.update,
         )
-    with (out / "records.jsonl").open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
     label = f"{Path(args.checkpoint).name}@{run.step}"
     summary = {
         "checkpoint": str(run.checkpoint),
@@ -173,9 +176,8 @@ def _evaluate(args, tasks, lengths, depths, out: Path) -> int:  # noqa: ANN001
         "depths": args.depths,
         "scores": summarize(records),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     table = niah_table(records)
-    (out / "table.txt").write_text(table + "\n", encoding="utf-8")
+    write_results(out, records, summary, table)
     png = plot_niah_heatmap(records, out / "niah_heatmap.png", title=label)
     print(f"{label} ({run.cfg.model.family}, tokenizer {run.tokenizer.name})\n{table}")
     print(f"results in {out}" + (f"; heat map {png}" if png else ""))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,9 +17,8 @@ import numpy as np
 
 from nestlearn.data.synthetic.babilong import ANSWER_TOKENS, BABI_TASKS, generate_babilong
 from nestlearn.data.tokenizers import Tokenizer
-from nestlearn.eval.niah import generate_answers, length_label
+from nestlearn.eval.niah import cell_table, generate_answers, length_label, summarize
 from nestlearn.models import LanguageModel
-from nestlearn.train.report import format_table
 
 logger = logging.getLogger(__name__)
 
@@ -103,21 +101,12 @@ def evaluate_babilong(
 
 def babilong_summary(records: Sequence[dict]) -> dict[str, dict[int, float]]:
     """Accuracy in percent per task and length."""
-    cells: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        cells[r["task"]][int(r["length"])].append(r["correct"])
-    return {
-        t: {n: 100.0 * float(np.mean(v)) for n, v in sorted(c.items())} for t, c in cells.items()
-    }
+    return summarize(records, "correct")
 
 
 def babilong_table(records: Sequence[dict]) -> str:
     """Text table, one row per task and one column per length (accuracy in percent)."""
-    summary = babilong_summary(records)
-    lengths = sorted({n for c in summary.values() for n in c})
-    rows = [[t, *[c.get(n, float("nan")) for n in lengths]] for t, c in summary.items()]
-    label = ["0 (facts only)" if n == 0 else length_label(n) for n in lengths]
-    return format_table(["task", *label], rows) + "\n(accuracy in percent)"
+    return cell_table(records, "correct", "accuracy", zero_label="0 (facts only)")
 
 
 def plot_babilong(records: Sequence[dict], out: str | Path, title: str = "") -> Path:

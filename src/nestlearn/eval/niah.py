@@ -14,6 +14,7 @@ never materialises a 64K x 64K attention matrix; decoding then continues from th
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import defaultdict
@@ -180,32 +181,54 @@ def evaluate_niah(
     return records
 
 
-def summarize(records: Sequence[dict]) -> dict[str, dict[int, float]]:
-    """Mean score in percent per ``task`` and ``length``."""
+def summarize(records: Sequence[dict], key: str = "score") -> dict[str, dict[int, float]]:
+    """Mean of ``record[key]`` in percent per ``task`` and ``length`` (NIAH and BABILong)."""
     cells: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        cells[r["task"]][int(r["length"])].append(r["score"])
+        cells[r["task"]][int(r["length"])].append(r[key])
     return {
         t: {n: 100.0 * float(np.mean(v)) for n, v in sorted(c.items())} for t, c in cells.items()
     }
 
 
-def niah_table(records: Sequence[dict]) -> str:
-    """A text table: one row per task, one column per length, scores in percent."""
-    summary = summarize(records)
+def cell_table(
+    records: Sequence[dict],
+    key: str,
+    what: str,
+    titles: dict[str, str] | None = None,
+    zero_label: str = "0",
+) -> str:
+    """Text table of :func:`summarize`: a row per task, a column per length, then a note
+    saying ``what`` the percentages are and how many samples each cell holds."""
+    summary = summarize(records, key)
     lengths = sorted({n for c in summary.values() for n in c})
     counts: dict[tuple[str, int], int] = defaultdict(int)
     for r in records:
         counts[(r["task"], int(r["length"]))] += 1
-    rows = []
-    for task, cells in summary.items():
-        title = NIAH_TASKS[task].title if task in NIAH_TASKS else task
-        rows.append([title, *[cells.get(n, float("nan")) for n in lengths]])
-    n_per = sorted(set(counts.values()))
-    table = format_table(["task", *[length_label(n) for n in lengths]], rows)
+    rows = [
+        [(titles or {}).get(task, task), *[cells.get(n, float("nan")) for n in lengths]]
+        for task, cells in summary.items()
+    ]
+    header = [zero_label if n == 0 else length_label(n) for n in lengths]
+    n_per = ", ".join(map(str, sorted(set(counts.values()))))
     return (
-        f"{table}\n(string-match recall in percent; samples per cell: {', '.join(map(str, n_per))})"
+        f"{format_table(['task', *header], rows)}\n({what} in percent; samples per cell: {n_per})"
     )
+
+
+def niah_table(records: Sequence[dict]) -> str:
+    """A text table: one row per task, one column per length, scores in percent."""
+    titles = {name: t.title for name, t in NIAH_TASKS.items()}
+    return cell_table(records, "score", "string-match recall", titles)
+
+
+def write_results(out: Path, records: Sequence[dict], summary: dict, table: str) -> None:
+    """``records.jsonl`` (a line per sample), ``summary.json`` and ``table.txt`` in ``out``."""
+    with (out / "records.jsonl").open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    (out / "table.txt").write_text(table + "\n", encoding="utf-8")
 
 
 def length_label(n: int) -> str:
