@@ -4,9 +4,14 @@ Each configuration is timed forward+backward (the training cost of the module al
 ``[B, T, D]`` input, interleaved with the SwiGLU baseline in the same process, and reported as
 ``ratio = cms_seconds / swiglu_seconds`` (best of ``--reps``). The SwiGLU has the Transformer++
 width ``8/3 D``; every CMS config has about the same number of parameters (the default hidden
-split). Ratios, not absolute times, are the result: run it twice on a busy machine.
+split). ``--model`` compares whole 4-layer LMs (attention + CMS, the Hope-Attention shape,
+against Transformer++; vocabulary 256), including the exact next-token driver; ``--decode``
+times module decoding after 1K and 16K tokens. Ratios, not absolute times, are the result: run
+it twice on a busy machine.
 
     .venv/bin/python benchmarks/bench_cms.py --threads 2 --D 256 --B 4 --T 512
+    .venv/bin/python benchmarks/bench_cms.py --model --threads 2
+    .venv/bin/python benchmarks/bench_cms.py --decode --threads 2
 """
 
 from __future__ import annotations
@@ -38,14 +43,14 @@ class _SwiGLU(torch.nn.Module):
 
 CONFIGS: dict[str, dict] = {
     "static": {"mode": "static"},
-    "in_context full (16,64,256)": {},
-    "in_context first_order (16,64,256)": {"meta_grad": "first_order"},
-    "in_context full (8,32,128)": {"periods": (8, 32, 128)},
-    "in_context first_order (8,32,128)": {"periods": (8, 32, 128), "meta_grad": "first_order"},
-    "in_context full (32,128,512)": {"periods": (32, 128, 512)},
-    "nested full (16,64,256)": {"variant": "nested"},
-    "independent full (16,64,256)": {"variant": "independent"},
-    "in_context full gelu (16,64,256)": {"activation": "gelu"},
+    "w/o CMS (one static MLP)": {"enabled": False},
+    "in_context first_order (16,64,128) [default]": {},
+    "in_context full (16,64,128)": {"meta_grad": "full"},
+    "in_context first_order (8,32,128)": {"periods": (8, 32, 128)},
+    "in_context first_order (32,128,256)": {"periods": (32, 128, 256)},
+    "in_context first_order (64,128,256)": {"periods": (64, 128, 256)},
+    "nested first_order (16,64,128)": {"variant": "nested"},
+    "independent first_order (16,64,128)": {"variant": "independent"},
 }
 
 
@@ -69,6 +74,79 @@ def fwd_bwd(mod: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return run
 
 
+def model_rows(a: argparse.Namespace) -> list[dict]:
+    """Transformer++ vs attention + CMS language models (Hope-Attention shape), fwd+bwd."""
+    from nestlearn.layers.attention import CausalSelfAttention
+    from nestlearn.memory.cms import ntp_forward
+    from nestlearn.models.config import ModelConfig
+    from nestlearn.models.skeleton import Block, LanguageModel
+
+    cfg = ModelConfig(vocab_size=256, dim=a.D, n_layers=4, n_heads=4)
+
+    def lm(ffn: Callable[[], torch.nn.Module]) -> LanguageModel:
+        blocks = [Block(a.D, CausalSelfAttention(a.D, 4), ffn(), 1e-6) for _ in range(4)]
+        m = LanguageModel(cfg, blocks)
+        m.init_weights(seed=0)
+        return m
+
+    idx = torch.randint(0, 256, (a.B, a.T))
+
+    def step(m: LanguageModel, driver: bool) -> Callable[[], None]:
+        def run() -> None:
+            if driver:
+                loss = ntp_forward(m, idx).loss
+            else:
+                logits, _ = m(idx)
+                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), idx[:, 1:].flatten())
+            loss.backward()
+            m.zero_grad(set_to_none=True)
+
+        return run
+
+    base = lm(lambda: _SwiGLU(a.D, int(math.ceil(8 * a.D / 3 / 64) * 64)))
+    variants = {
+        "attn+CMS static": ({"mode": "static"}, False),
+        "attn+CMS next first_order [default]": ({}, False),
+        "attn+CMS next full": ({"meta_grad": "full"}, False),
+        "attn+CMS ntp-driver first_order": ({"objective": "ntp"}, True),
+        "attn+CMS ntp-driver full": ({"objective": "ntp", "meta_grad": "full"}, True),
+    }
+    rows = []
+    for name, (over, driver) in variants.items():
+        if a.only and not any(s in name for s in a.only.split(",")):
+            continue
+        m = lm(lambda over=over: ContinuumMemory(a.D, CMSConfig(**over)))
+        t_base = best_time(step(base, False), a.reps)
+        t = best_time(step(m, driver), a.reps)
+        rows.append({"config": name, "model_s": round(t, 4), "transformer_s": round(t_base, 4),
+                     "tok_s_ratio_vs_transformer": round(t_base / t, 3)})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def decode_rows(a: argparse.Namespace) -> list[dict]:
+    """Module decode cost per token after 1K and 16K tokens of context (B=1)."""
+    torch.manual_seed(0)
+    mod = ContinuumMemory(a.D, CMSConfig())
+    rows = []
+    with torch.no_grad():
+        for ctx in (1024, 16384):
+            st = mod.init_state(1, torch.device("cpu"), torch.float32)
+            _, st = mod(torch.randn(1, ctx, a.D), state=st)
+            xs = torch.randn(1, 64, a.D)
+
+            def dec(st=st, xs=xs) -> None:
+                s = st
+                for i in range(64):
+                    _, s = mod(xs[:, i : i + 1], state=s)
+
+            t = best_time(dec, a.reps)
+            size = sum(v.numel() for v in st.to_dict().values())
+            rows.append({"context": ctx, "decode_tok_s": round(64 / t, 1), "state_numbers": size})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -79,9 +157,15 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="", help="comma-separated substrings of config names")
+    ap.add_argument("--model", action="store_true", help="compare whole 4-layer LMs instead")
+    ap.add_argument("--decode", action="store_true", help="module decode speed at 1K vs 16K")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    if a.model or a.decode:
+        rows = model_rows(a) if a.model else decode_rows(a)
+        print(json.dumps({"shape": [a.B, a.T, a.D], "threads": a.threads, "results": rows}))
+        return
     x = torch.randn(a.B, a.T, a.D, requires_grad=True)
     base = _SwiGLU(a.D, int(math.ceil(8 * a.D / 3 / 64) * 64))
     for p in base.parameters():

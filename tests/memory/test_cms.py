@@ -25,12 +25,17 @@ from nestlearn.memory.cms import (
 )
 from nestlearn.models.config import ModelConfig
 from nestlearn.models.skeleton import Block, LanguageModel
-from nestlearn.ops.cms import CMSLevelState, chunk_cms_level, naive_cms_level
+from nestlearn.ops.cms import CMSLevelState, chunk_cms_level, fold_pending, naive_cms_level
 
 F64 = torch.float64
 
 
-def _pairs(st: CMSLevelState) -> list[torch.Tensor | None]:
+def _pairs(
+    st: CMSLevelState, w: tuple | None = None, act: str = "swiglu", fo: bool = False
+) -> list:
+    """A state's tensors in canonical form (deferred terms folded into ``grad``)."""
+    if w is not None:
+        st = fold_pending(st, *w, activation=act, first_order=fo)
     return [*(st.delta or (None, None)), *(st.grad or (None, None)), st.pending]
 
 
@@ -76,7 +81,7 @@ def test_chunk_op_matches_naive_fwd_bwd_float64(act, first_order, reset):
     init = CMSLevelState(
         delta=(t(B, hin, D), t(B, D, H)),
         grad=(t(B, hin, D), t(B, D, H)),
-        pending=t(B, D),
+        pending=t(B, 2, D),  # the chunk's first two inputs, terms deferred
         anchor=(t(B, hin, D), t(B, D, H)) if reset else None,
         anchor_grad=(t(B, hin, D), t(B, D, H)) if reset else None,
         position=6,  # mid-chunk: 2 tokens left in the chunk, nested reset at 8
@@ -87,16 +92,17 @@ def test_chunk_op_matches_naive_fwd_bwd_float64(act, first_order, reset):
     y2, s2 = naive_cms_level(x, w_in, w_out, lr, init, **kw)
     _close(y1, y2)
     assert s1.position == s2.position == 6 + T
-    for a, b in zip(_pairs(s1), _pairs(s2)):
+    for a, b in zip(_pairs(s1, (w_in, w_out), act, first_order), _pairs(s2)):
         _close(a, b)
     gy = torch.randn_like(y1)
     wrt = [x, w_in, w_out, lr, *init.delta, *init.grad, init.pending]
     wrt += [*init.anchor, rlr] if reset else []
 
     def obj(y, s):
-        out = (y * gy).sum() + (s.delta[0] * 0.3).sum() + s.grad[1].sum()
+        out = (y * gy).sum() + (s.delta[0] * 0.3).sum() + s.grad[1].sum() + s.pending.sum()
         return out + (s.anchor[0].sum() if reset else 0)
 
+    s1 = fold_pending(s1, w_in, w_out, activation=act, first_order=first_order)
     g1 = torch.autograd.grad(obj(y1, s1), wrt, allow_unused=True)
     g2 = torch.autograd.grad(obj(y2, s2), wrt, allow_unused=True)
     for a, b in zip(g1, g2):
@@ -116,7 +122,7 @@ def test_chunk_op_segments_equal_one_call(split):
         ys.append(y)
         s0 += n
     _close(torch.cat(ys, 1), y_full)
-    for a, b in zip(_pairs(st), _pairs(s_full)):
+    for a, b in zip(_pairs(st, (w_in, w_out)), _pairs(s_full, (w_in, w_out))):
         _close(a, b)
 
 
@@ -211,9 +217,10 @@ def test_learning_rate_zero_is_the_static_chain_bit_for_bit():
     y_ctx, st = ctx(x, state=st)
     y_static, _ = static(x)
     assert torch.equal(y_ctx, y_static)
-    for ls in st.levels:
+    for lvl, ls in zip(ctx.levels, st.levels):
         assert ls.delta is not None and all(torch.equal(t, torch.zeros_like(t)) for t in ls.delta)
-        assert ls.grad is not None and ls.grad[0].abs().sum() > 0  # gradients were accumulated
+        folded = fold_pending(ls, *lvl.weights())
+        assert folded.grad[0].abs().sum() > 0  # the gradients exist; only the step is zero
     with torch.no_grad():  # and it is the plain chain of SwiGLU MLPs (independent reference)
         u, ref = x, 0
         for lvl in ctx.levels:
@@ -249,8 +256,9 @@ def test_one_call_equals_segments_and_prefill_plus_decode(variant):
     _close(torch.cat(ys, 1), y_full)
     bound = sum(2 * (lvl.weights()[0].numel() + lvl.weights()[1].numel()) + 8 for lvl in m.levels)
     assert max(sizes[:8]) == max(sizes[8:]) and max(sizes) <= 2 * (2 * bound + len(m.levels))
-    for a, b in zip(st.levels, s_full.levels):
-        for u, v in zip(_pairs(a), _pairs(b)):
+    for lvl, a, b in zip(m.levels, st.levels, s_full.levels):
+        w = tuple(t.detach() for t in lvl.weights())
+        for u, v in zip(_pairs(a, w), _pairs(b, w)):
             _close(u, v)
 
 

@@ -28,6 +28,8 @@ Axis legend: B batch, T tokens, C tokens of a chunk, D width, H hidden, Hin = 2H
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -45,7 +47,7 @@ from nestlearn.ops.cms.common import (
     scaled_sub,
 )
 
-__all__ = ["chunk_cms_level"]
+__all__ = ["chunk_cms_level", "fold_pending"]
 
 
 def chunk_cms_level(
@@ -155,11 +157,25 @@ def _run(
                 return level_grads(*ts, tm, act)
         return level_grads(xk, v, b, h, a, w_out, tm, act)
 
-    # The previous call's last token: its target is this call's first input.
-    if local and st.pending is not None and T > 0:
-        k = st.pending[:, None]  # [B, 1, D]
-        b, h, a = level_forward(k, w_in, w_out, terms(), act)
-        grad = add(grad, grads(k, x[:, :1], b, h, a, terms()))
+    def grads_of(
+        keys: Tensor, targets: Tensor, fwd: tuple[Tensor, Tensor, Tensor] | None = None
+    ) -> Pair:
+        """Summed terms of the pairs (keys[j], targets[j]) at the current weights."""
+        tm = terms()
+        b, h, a = fwd if fwd is not None else level_forward(keys, w_in, w_out, tm, act)
+        return grads(keys, targets, b, h, a, tm)
+
+    # ``buf`` holds the inputs of the current chunk's tokens whose terms are not accumulated yet
+    # (at least the last one: its target is the next input). Deferring them is exact, since
+    # every term of a chunk is taken at the chunk's weights, and it keeps decoding cheap: the
+    # terms are computed once per chunk as one batched matmul.
+    buf = st.pending if local else None
+    if not update and st.pending is not None and st.pending.shape[1] > 1:  # freezing: keep the
+        grad = add(grad, grads_of(st.pending[:, :-1], st.pending[:, 1:]))  # finished terms
+    if buf is not None and T > 0 and pos % C == 0:  # the previous chunk ended at the call edge
+        grad = add(grad, grads_of(buf, torch.cat([buf[:, 1:], x[:, :1]], dim=1)))
+        buf = None
+    max_buf = max(1, (w_in.numel() + w_out.numel()) // x.shape[-1])  # never larger than a grad
 
     # x W_0^T for every token at once: one large matmul instead of one per chunk
     h0 = F.linear(x, w_in) if T > C else None
@@ -181,19 +197,42 @@ def _run(
                     agrad, base, S = None, anchor, None
             grad = None
         xs = x[:, s:e]
-        tm = terms()
-        b, h, a = level_forward(xs, w_in, w_out, tm, act, None if h0 is None else h0[:, s:e])
-        ys.append(b)
-        # pairs (t, t+1) whose target is inside this call; the chunk's gradient is needed if its
-        # update is applied later in this call or handed on in the state
-        n = min(e + 1, T) - (s + 1)
-        if local and n > 0 and (e < T or keep_state):
-            v = x[:, s + 1 : s + 1 + n]
-            grad = add(grad, grads(xs[:, :n], v, b[:, :n], h[:, :n], a[:, :n], tm))
+        fwd = level_forward(xs, w_in, w_out, terms(), act, None if h0 is None else h0[:, s:e])
+        ys.append(fwd[0])
+        if local and e < T:  # the chunk ends inside the call: all its terms now
+            grad = add(grad, grads_of(xs, x[:, s + 1 : e + 1], fwd))
+            if buf is not None:
+                grad = add(grad, grads_of(buf, torch.cat([buf[:, 1:], xs[:, :1]], dim=1)))
+                buf = None
+        elif local and keep_state:  # the call ends inside this chunk: defer its terms
+            keys = xs if buf is None else torch.cat([buf, xs], dim=1)
+            if keys.shape[1] > max_buf:  # very long chunks: flush all but the last key
+                grad = add(grad, grads_of(keys[:, :-1], keys[:, 1:]))
+                keys = keys[:, -1:]
+            buf = keys
         s = e
     y = torch.cat(ys, dim=1) if ys else x.new_zeros(B, 0, w_out.shape[0])
     if not keep_state:
         return y, None
-    pending = (x[:, -1] if T > 0 else st.pending) if local else None
     delta = scaled_sub(base, lr, S)
-    return y, CMSLevelState(delta, grad, pending, anchor, agrad, pos + T)
+    return y, CMSLevelState(delta, grad, buf, anchor, agrad, pos + T)
+
+
+def fold_pending(
+    state: CMSLevelState,
+    w_in: Tensor,
+    w_out: Tensor,
+    *,
+    activation: Activation = "swiglu",
+    first_order: bool = False,
+) -> CMSLevelState:
+    """The same state with every deferred term accumulated into ``grad`` (only the last input,
+    whose target is still unknown, stays pending): a canonical form for comparing states."""
+    if state.pending is None or state.pending.shape[1] < 2:
+        return state
+    keys = state.pending
+    tm: list[Term] = [] if state.delta is None else [(None, state.delta)]
+    with torch.no_grad() if first_order else contextlib.nullcontext():
+        b, h, a = level_forward(keys[:, :-1], w_in, w_out, tm, activation)
+        g = level_grads(keys[:, :-1], keys[:, 1:], b, h, a, w_out, tm, activation)
+    return state._replace(grad=add(state.grad, g), pending=keys[:, -1:])

@@ -58,8 +58,10 @@ class CMSLevelState(NamedTuple):
             the meta-learned initial weights.
         grad: the same shapes: sum of the inner-gradient terms of the current chunk's finished
             tokens (eq. 71's sum, not yet applied).
-        pending: ``[B, D]`` input of the last token seen. Its term needs the next token's input
-            (its target), so it is added when the next call arrives (``"next"`` objective only).
+        pending: ``[B, n, D]`` inputs of the current chunk's last ``n`` tokens whose terms are not
+            in ``grad`` yet (``"next"`` objective only). The last one's target is the next
+            token's input, so it waits for the next call; the fast op defers a whole chunk's
+            terms to compute them in one batch (``fold_pending`` gives a canonical form).
         anchor: nested variant: the level's per-sequence re-initialisation point minus ``W_0``
             (eq. 72); the level is reset to it every ``reset_period`` tokens.
         anchor_grad: nested variant: sum of the level's gradients since its last reset.

@@ -78,8 +78,6 @@ def naive_cms_level(
 
         delta, grad = mat(st.delta), mat(st.grad)
         anchor, agrad = mat(st.anchor), mat(st.anchor_grad)
-        pending = st.pending
-        local = objective == "next" and update
 
         def term(k: Tensor, v: Tensor, wi: Tensor, wo: Tensor) -> list[Tensor]:
             if first_order or not (wi.requires_grad or wo.requires_grad):
@@ -89,6 +87,16 @@ def naive_cms_level(
                 return list(torch.autograd.grad(loss, [wi, wo]))
             loss = 0.5 * (_mlp(k, wi, wo, activation) - v).pow(2).sum()
             return list(torch.autograd.grad(loss, [wi, wo], create_graph=True))
+
+        local = objective == "next" and update
+        pending = None
+        if st.pending is not None:  # deferred inputs: accumulate the pairs whose target is known
+            if local or st.pending.shape[1] > 1:
+                wi, wo = wi0 + delta[0], wo0 + delta[1]
+                for j in range(st.pending.shape[1] - 1):
+                    g = term(st.pending[:, j], st.pending[:, j + 1], wi, wo)
+                    grad = [grad[i] + g[i] for i in range(2)]
+            pending = st.pending[:, -1] if local else None
 
         ys = []
         for t in range(T):
@@ -113,12 +121,12 @@ def naive_cms_level(
     if not output_final_state:
         return y.to(x.dtype), None
     if T == 0 and local:
-        pending = st.pending
+        pending = st.pending[:, -1] if st.pending is not None else None
     nested = reset_period is not None
     return y.to(x.dtype), CMSLevelState(
         (delta[0], delta[1]),
         (grad[0], grad[1]),
-        pending,
+        None if pending is None else pending[:, None],
         (anchor[0], anchor[1]) if nested else None,
         (agrad[0], agrad[1]) if nested else None,
         st.position + T,
