@@ -177,14 +177,23 @@ def _run(
         buf = None
     max_buf = max(1, (w_in.numel() + w_out.numel()) // x.shape[-1])  # never larger than a grad
 
+    # segments of this call, split at absolute multiples of C (each lies inside one chunk)
+    bounds, s = [], 0
+    while s < T:
+        e = min(T, s + C - (pos + s) % C)
+        bounds.append((s, e))
+        s = e
+    sizes = [e - s for s, e in bounds]
+    # views by split, not slicing: their backward is one concatenation, not a zero-filled
+    # full-size tensor per chunk
+    xs_all = x.split(sizes, dim=1) if bounds else ()
+    tg_all = x[:, 1:].split(sizes[:-1] + [sizes[-1] - 1], dim=1) if bounds else ()  # x_{t+1}
     # x W_0^T for every token at once: one large matmul instead of one per chunk
-    h0 = F.linear(x, w_in) if T > C else None
+    h0_all = F.linear(x, w_in).split(sizes, dim=1) if T > C else (None,) * len(bounds)
 
     ys = []
-    s = 0
-    while s < T:
+    for i, (s, e) in enumerate(bounds):
         p = pos + s
-        e = min(T, s + C - p % C)  # this segment ends at the chunk's end or the call's
         if update and p % C == 0 and p > 0:  # eq. 71: apply the finished chunk's sum
             if local:
                 S = add(S, grad)
@@ -196,11 +205,11 @@ def _run(
                     anchor = scaled_sub(anchor, reset_lr if reset_lr is not None else lr, agrad)
                     agrad, base, S = None, anchor, None
             grad = None
-        xs = x[:, s:e]
-        fwd = level_forward(xs, w_in, w_out, terms(), act, None if h0 is None else h0[:, s:e])
+        xs = xs_all[i]
+        fwd = level_forward(xs, w_in, w_out, terms(), act, h0_all[i])
         ys.append(fwd[0])
         if local and e < T:  # the chunk ends inside the call: all its terms now
-            grad = add(grad, grads_of(xs, x[:, s + 1 : e + 1], fwd))
+            grad = add(grad, grads_of(xs, tg_all[i], fwd))
             if buf is not None:
                 grad = add(grad, grads_of(buf, torch.cat([buf[:, 1:], xs[:, :1]], dim=1)))
                 buf = None
@@ -210,7 +219,6 @@ def _run(
                 grad = add(grad, grads_of(keys[:, :-1], keys[:, 1:]))
                 keys = keys[:, -1:]
             buf = keys
-        s = e
     y = torch.cat(ys, dim=1) if ys else x.new_zeros(B, 0, w_out.shape[0])
     if not keep_state:
         return y, None
