@@ -173,16 +173,19 @@ def _minibatches(
     target = V - K  # the inner model reconstructs v - k (the residual's x is added back)
     eta_s = E.unsqueeze(-2)  # [G, M, 1, S]: column s carries token s's learning rate
     A1 = ((Q @ K.transpose(-1, -2) + 1.0) * eta_s).masked_fill(~causal, 0.0)  # [G, M, L, S]
+    # unbind once: indexing [:, m] inside the loop would make every slice's backward allocate
+    # and zero-fill a tensor of the full [G, M, ...] shape (quadratic in M).
+    Ks, Qs, Es, A1s, tgts = (t.unbind(1) for t in (K, Q, E, A1, target))
     reads, last_start = [], W
     for m in range(M):
         last_start = W
         Wa = anchor if (m == 0 and anchor is not None) else W
-        Km, Qm, Em = K[:, m], Q[:, m], E[:, m, :, None]
+        Km, Qm, Em = Ks[m], Qs[m], Es[m][..., None]
         if len(W) == 2:
             W1, b1 = W
             Z = Km @ Wa[0] + Wa[1][:, None]  # [G, L, F] at the anchor
-            gZ = ln_l2_grad(Z, target[:, m], lw, lb, eps)
-            reads.append(Qm @ W1 + b1[:, None] - A1[:, m] @ gZ)
+            gZ = ln_l2_grad(Z, tgts[m], lw, lb, eps)
+            reads.append(Qm @ W1 + b1[:, None] - A1s[m] @ gZ)
             eg = Em * gZ
             W = [W1 - Km.transpose(-1, -2) @ eg, b1 - eg.sum(1)]
         else:
@@ -190,10 +193,10 @@ def _minibatches(
             Z1 = Km @ Wa[0] + Wa[1][:, None]  # [G, L, Fh]
             X2 = F.gelu(Z1, approximate="tanh")
             Z2 = X2 @ Wa[2] + Wa[3][:, None]  # [G, L, F]
-            gZ2 = ln_l2_grad(Z2, target[:, m], lw, lb, eps)
+            gZ2 = ln_l2_grad(Z2, tgts[m], lw, lb, eps)
             gZ1 = (gZ2 @ Wa[2].transpose(-1, -2)) * gelu_tanh_grad(Z1)
-            X2q = F.gelu(Qm @ W1 + b1[:, None] - A1[:, m] @ gZ1, approximate="tanh")
-            A2 = ((X2q @ X2.transpose(-1, -2) + 1.0) * E[:, m, None, :]).masked_fill(~causal, 0.0)
+            X2q = F.gelu(Qm @ W1 + b1[:, None] - A1s[m] @ gZ1, approximate="tanh")
+            A2 = ((X2q @ X2.transpose(-1, -2) + 1.0) * Es[m][:, None, :]).masked_fill(~causal, 0.0)
             reads.append(X2q @ W2 + b2[:, None] - A2 @ gZ2)
             eg1, eg2 = Em * gZ1, Em * gZ2
             W = [
