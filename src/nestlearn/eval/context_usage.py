@@ -228,7 +228,8 @@ def _smooth(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def plot_context_usage(
     results: Sequence[ContextUsage], out_png: str | Path, title: str = ""
 ) -> Path:
-    """Loss against position (log x) for each model; dashed lines mark training lengths."""
+    """Loss against position (log x) for each model: bucket means ± standard error over a
+    faint smoothed per-position curve; dashed lines mark training lengths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,10 +239,19 @@ def plot_context_usage(
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for r in results:
+        # buckets (mean ± stderr across windows) carry the message; the per-position curve,
+        # smoothed over geometric bins, is drawn faintly behind them
+        bx = [math.sqrt(b["start"] * b["end"]) for b in r.buckets]
+        by = [b["loss"] for b in r.buckets]
+        be = [0.0 if math.isnan(b["stderr"]) else b["stderr"] for b in r.buckets]
+        bar = ax.errorbar(
+            bx, by, yerr=be, marker="o", ms=4, capsize=2, label=f"{r.label} ({r.windows} windows)"
+        )
+        color = bar[0].get_color()
         x, y = _smooth(np.asarray(r.position_loss))
-        (line,) = ax.plot(x, y, label=f"{r.label} ({r.windows} windows)")
+        ax.plot(x, y, color=color, alpha=0.25, lw=0.8)
         if r.train_len and r.train_len < r.length:
-            ax.axvline(r.train_len, color=line.get_color(), ls="--", lw=0.8, alpha=0.7)
+            ax.axvline(r.train_len, color=color, ls="--", lw=0.8, alpha=0.7)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("position in window (tokens of context)")
     ax.set_ylabel("mean next-token loss (nats)")
