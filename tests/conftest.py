@@ -61,3 +61,6 @@ def pytest_configure(config):  # noqa: D103 - keep the corpus cache of a test ru
     import tempfile
 
     os.environ.setdefault("NESTLEARN_CACHE", tempfile.mkdtemp(prefix="nestlearn-test-cache-"))
+    # Test tensors are tiny: one thread is as fast and immune to OpenMP oversubscription when
+    # the machine is shared (two threads were up to 80x slower under load).
+    torch.set_num_threads(1)

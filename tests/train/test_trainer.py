@@ -23,7 +23,7 @@ BASE = [
     "train.progress=false",
     "train.eval_tokens=2048",
     "schedule.warmup_steps=5",
-    "train.threads=2",
+    "train.threads=1",
 ]
 
 
