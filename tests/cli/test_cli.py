@@ -69,39 +69,20 @@ def test_train_eval_generate_round_trip(tmp_path, capsys):
     text.write_text("It is a truth universally acknowledged. " * 40, encoding="utf-8")
     assert main(["eval", "--checkpoint", str(run), "--text", str(text), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["data"] == str(text)
-    assert (
-        main(
-            [
-                "generate",
-                "--checkpoint",
-                str(run),
-                "--prompt",
-                "The ",
-                "--max-new-tokens",
-                "20",
-                "--seed",
-                "1",
-            ]
-        )
-        == 0
-    )
+    gen = [
+        "generate",
+        "--checkpoint",
+        str(run),
+        "--prompt",
+        "The ",
+        "--max-new-tokens",
+        "20",
+        "--seed",
+        "1",
+    ]
+    assert main(gen) == 0
     a = capsys.readouterr().out
-    assert (
-        main(
-            [
-                "generate",
-                "--checkpoint",
-                str(run),
-                "--prompt",
-                "The ",
-                "--max-new-tokens",
-                "20",
-                "--seed",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert main(gen) == 0
     assert a == capsys.readouterr().out and a.startswith("The ")
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xff\xfe\x00bad")
