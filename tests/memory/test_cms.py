@@ -388,6 +388,27 @@ def test_meta_built_model_initialises_and_decodes_like_one_call():
     _close(torch.cat(outs, 1), logits, 1e-9)
 
 
+@pytest.mark.parametrize("over", [{}, {"variant": "nested", "meta_grad": "full"}])
+def test_lm_with_in_context_cms_trains(over):
+    """The outer loop learns through the in-context levels: the loss of a batch falls."""
+    torch.manual_seed(0)
+    model = _lm(dtype=torch.float32, lr=0.02, **over)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    idx = torch.randint(0, 32, (4, 24))
+    lr0 = model.blocks[0].ffn.lrs().detach().clone()
+    losses = []
+    for _ in range(30):
+        logits, _ = model(idx[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert not torch.equal(model.blocks[0].ffn.lrs(), lr0)  # the inner rates are trained too
+
+
 def test_ntp_driver_with_lr_zero_is_the_plain_model():
     model = _lm(objective="ntp", lr=0.0, learn_lr=False)
     idx = torch.randint(0, 32, (2, 13))

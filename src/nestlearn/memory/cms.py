@@ -189,8 +189,9 @@ def _round_up(x: float, m: int) -> int:
 
 
 class CMSState(NamedTuple):
-    """Per-sequence CMS state: one :class:`CMSLevelState` per level (fast weights, partial-chunk
-    gradient sum, pending token, nested anchors, position). Size is independent of context."""
+    """Per-sequence CMS state: one :class:`CMSLevelState` per level (fast weights, deferred
+    inputs of the current chunk, partial gradient sums, nested anchors, position). Its size does
+    not depend on the context length."""
 
     levels: tuple[CMSLevelState, ...]
 
@@ -216,26 +217,15 @@ class CMSState(NamedTuple):
 
     @classmethod
     def from_dict(cls, d: dict[str, Tensor]) -> CMSState:
+        def get(i: int, name: str) -> Any:
+            if f"l{i}.{name}.0" in d:
+                return (d[f"l{i}.{name}.0"], d[f"l{i}.{name}.1"])
+            return d.get(f"l{i}.{name}")
+
         n = len({k.split(".")[0] for k in d})
-        levels = []
-        for i in range(n):
-
-            def get(name: str, i: int = i) -> Any:
-                if f"l{i}.{name}.0" in d:
-                    return (d[f"l{i}.{name}.0"], d[f"l{i}.{name}.1"])
-                return d.get(f"l{i}.{name}")
-
-            levels.append(
-                CMSLevelState(
-                    get("delta"),
-                    get("grad"),
-                    get("pending"),
-                    get("anchor"),
-                    get("anchor_grad"),
-                    int(d[f"l{i}.position"]),
-                )  # fmt: skip
-            )
-        return cls(tuple(levels))
+        fields_ = ("delta", "grad", "pending", "anchor", "anchor_grad")
+        return cls(tuple(CMSLevelState(*(get(i, f) for f in fields_), int(d[f"l{i}.position"]))
+                         for i in range(n)))  # fmt: skip
 
 
 class CMSLevel(nn.Module):
@@ -462,8 +452,9 @@ def _cms_modules(model: nn.Module) -> Iterator[ContinuumMemory]:
 def set_cms_frozen(model: nn.Module, frozen: bool = True) -> None:
     """Freeze (or unfreeze) the in-context updates of every CMS in ``model``.
 
-    Frozen levels read with their current fast weights and never update; streaming state keeps
-    its fast weights, and a chunk in progress resumes accumulating when unfrozen.
+    Frozen levels read with their current fast weights and never update; the finished terms of
+    a chunk in progress are kept (applied at its boundary once unfrozen), tokens read while
+    frozen add none.
     """
     for m in _cms_modules(model):
         m.frozen = frozen
