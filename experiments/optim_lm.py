@@ -173,7 +173,7 @@ def write_report(results: list[dict], timing: dict | None, args: argparse.Namesp
         curves = np.array([r["losses"] for r in runs])
         k = max(1, args.steps // 40)
         smooth = np.convolve(curves.mean(0), np.ones(k) / k, mode="valid")
-        ax.plot(np.arange(len(smooth)) + k, smooth, label=f"{name} ({mean:.3f})")
+        ax.plot(np.arange(len(smooth)) + k, smooth, label=f"{name} (final val {mean:.3f})")
     ax.set(xlabel="step", ylabel="training loss (mean of seeds, smoothed)",
            title=f"{args.preset}: equal steps, best lr per optimizer")  # fmt: skip
     ax.legend()
