@@ -145,7 +145,7 @@ def test_in_context_update_lowers_the_local_loss_on_repeats():
 
 # ----------------------------------------------------------------------------- module
 def _module(D: int = 8, **over) -> ContinuumMemory:
-    cfg = dict(periods=(2, 4, 8), hidden_mult=1.0, lr=0.05)
+    cfg = dict(periods=(2, 4, 8), hidden_mult=1.0, lr=0.05, lr_max=1.0)
     cfg.update(over)
     m = ContinuumMemory(D, CMSConfig(**cfg)).to(F64)
     for p in m.parameters():
@@ -359,7 +359,7 @@ def _float64_rmsnorm(monkeypatch):
 def _lm(n_layers: int = 2, dtype: torch.dtype = F64, **cms) -> LanguageModel:
     """A Hope-Attention-shaped LM: attention + CMS blocks on the shared skeleton."""
     cfg = ModelConfig(vocab_size=32, dim=16, n_layers=n_layers, n_heads=2, init_std=0.2)
-    over = dict(periods=(2, 4), hidden_mult=1.0, lr=0.05)
+    over = dict(periods=(2, 4), hidden_mult=1.0, lr=0.05, lr_max=1.0)
     over.update(cms)
     with torch.device("meta"):
         blocks = [Block(16, CausalSelfAttention(16, 2), ContinuumMemory(16, CMSConfig(**over)), 1e-6)
