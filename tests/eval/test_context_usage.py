@@ -141,7 +141,6 @@ def small_run(tmp_path_factory):
     return _train(tmp_path_factory, "cu", steps=3, dim=32, layers=1)
 
 
-@pytest.mark.slow
 def test_curve_of_a_trained_model_falls_with_position(tmp_path_factory):
     from nestlearn.eval.context_usage import corpus_windows
     from nestlearn.train.run import load_run
