@@ -3,7 +3,8 @@
 For each op (Mamba2 SSD, TTT-Linear, TTT-MLP) and each mode (``fwd`` under ``no_grad``, ``fwdbwd``
 = forward + backward of a random projection of the output), prints one JSON line with the best
 wall time of the chunked op, of the naive per-token reference on the same inputs, and their
-ratio. Every ratio is measured within one run; absolute times depend on the machine.
+ratio. Every ratio is measured within one run, with chunked and naive calls interleaved so both
+see the same background load; absolute times depend on the machine.
 
     .venv/bin/python benchmarks/bench_ssm_ops.py --threads 2 --T 2048
 
@@ -80,7 +81,7 @@ def main() -> None:
     p.add_argument("--ttt-head-dim", type=int, default=64)
     p.add_argument("--ttt-mini-batch", type=int, default=16)
     p.add_argument("--reps", type=int, default=3, help="timed repeats of the chunked op")
-    p.add_argument("--naive-reps", type=int, default=1, help="timed repeats of the naive op")
+    p.add_argument("--naive-reps", type=int, default=2, help="timed repeats of the naive op")
     p.add_argument("--ops", nargs="+", default=["ssd", "ttt-linear", "ttt-mlp"])
     p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"])
     a = p.parse_args()
@@ -108,8 +109,14 @@ def main() -> None:
                     proj.append(torch.randn(y.shape))
                 (y * proj[0]).sum().backward()
 
-            t_chunk = best_time(lambda f=fast: call(f), a.reps, warmup=1)
-            t_naive = best_time(lambda f=slow: call(f), a.naive_reps, warmup=0)
+            # Interleaved, so both see the same background load; best time of each.
+            call(fast)  # warm-up
+            t_chunk = t_naive = float("inf")
+            for r in range(max(a.reps, a.naive_reps)):
+                if r < a.reps:
+                    t_chunk = min(t_chunk, best_time(lambda f=fast: call(f), 1, warmup=0))
+                if r < a.naive_reps:
+                    t_naive = min(t_naive, best_time(lambda f=slow: call(f), 1, warmup=0))
             print(json.dumps({
                 "op": name, "mode": mode, "B": a.B, "T": a.T, "threads": a.threads,
                 "chunk_s": round(t_chunk, 4), "naive_s": round(t_naive, 4),
