@@ -415,3 +415,17 @@ def test_unknown_backend_is_refused(byte_run, monkeypatch, capsys):
     argv = ["eval", "--checkpoint", str(byte_run), "--tasks", "piqa", "--data-dir", str(Path("."))]
     assert main(argv) == 2
     assert "unknown evaluation backend" in capsys.readouterr().err
+
+
+def test_lm_eval_backend_without_lm_eval_says_how_to_install(byte_run, monkeypatch, capsys):
+    import sys
+
+    from nestlearn.cli import main
+
+    for name in ("lm_eval", "lm_eval.api.model", "lm_eval.api.registry"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if lm-eval were not installed
+    monkeypatch.delitem(sys.modules, "nestlearn.eval.lm_eval_adapter", raising=False)
+    monkeypatch.setenv("NESTLEARN_EVAL_BACKEND", "lm-eval")
+    argv = ["eval", "--checkpoint", str(byte_run), "--tasks", "piqa", "--data-dir", str(Path("."))]
+    assert main(argv) == 2
+    assert "pip install 'nestlearn[eval]'" in capsys.readouterr().err
