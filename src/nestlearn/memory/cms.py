@@ -106,7 +106,7 @@ class CMSConfig:
     meta_grad: str = "first_order"
     """``"first_order"``: the inner gradients are constants for the outer loss, whose gradient
     still reaches the initial states through every chunk (``W_c = W_0 + Delta_c``) and the
-    learning rates through ``Delta_c`` (1.6x cheaper, measured); ``"full"``: back-propagate
+    learning rates through ``Delta_c`` (1.7x cheaper, measured); ``"full"``: back-propagate
     through the unrolled inner updates (exact meta-gradient of eq. 73)."""
     outer_every: tuple[int, ...] | None = None
     """``mode="outer"``: optimizer steps between updates of each level; ``None`` =
