@@ -315,3 +315,86 @@ def test_bad_inputs_name_the_fix() -> None:
     with pytest.raises(ValueError, match="eta is None"):
         st = inp["initial_state"]
         chunk_titans(**{**inp, "initial_state": st._replace(momentum=st.weights)})
+
+
+def _mlp_square_inputs(T: int, seed: int) -> dict:
+    """MLP memory with Dk == Dv (residual), as the self-target mode needs."""
+    return make_inputs(T, "mlp2", momentum=True, seed=seed)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 16])
+@pytest.mark.parametrize("optimizer", ["gd", "dgd"])
+def test_self_target_fwd_bwd(chunk_size: int, optimizer: str) -> None:
+    """self_target (NL eq. 83: target = M_{W^g}(v)) against the reference, with reads before."""
+    inp = _mlp_square_inputs(37, seed=21)
+    kw = {"chunk_size": chunk_size, "optimizer": optimizer, "read": "before", "self_target": True}
+    y_ref, st_ref, g_ref = run(naive_chunk_titans, inp, **kw)
+    y, st, g = run(chunk_titans, inp, **kw)
+    assert_close(y, y_ref, **TOL)
+    assert_states_close(st, st_ref)
+    for a, b in zip(g, g_ref, strict=True):
+        assert_close(a, b, **TOL)
+    # it is a different computation from the plain target
+    y_plain, _ = chunk_titans(**inp, chunk_size=chunk_size, optimizer=optimizer, read="before")
+    assert (y_plain - y).abs().max() > 1e-3
+
+
+def test_self_target_first_token_gradient_by_hand() -> None:
+    """One token from a known state: the update is -theta grad ||M(k) - M(v)||^2 in M(k) only."""
+    inp = _mlp_square_inputs(1, seed=22)
+    inp["eta"], inp["alpha"] = None, None
+    inp["initial_state"] = TitansState(inp["initial_state"].weights)
+    with torch.no_grad():
+        _, st = chunk_titans(**inp, chunk_size=4, self_target=True)
+        W = [w.clone().requires_grad_() for w in inp["initial_state"].weights]
+        k, v, th = inp["k"][:, 0], inp["v"][:, 0], inp["theta"][:, 0]
+        target = memory_forward(W, v, "silu").detach()
+    with torch.enable_grad():
+        loss = (memory_forward(W, k, "silu") - target).pow(2).sum()
+        grads = torch.autograd.grad(loss, W)
+    for w0, gw, w1 in zip(inp["initial_state"].weights, grads, st.weights, strict=True):
+        assert_close(w1, w0.detach() - th[..., None, None].detach() * gw, **TOL)
+
+
+def test_update_only_matches_state_of_full_call() -> None:
+    """q=None updates the memory exactly as a call with reads, and returns no output."""
+    inp = _mlp_square_inputs(29, seed=23)
+    for fn in (chunk_titans, naive_chunk_titans):
+        with torch.no_grad():
+            y_full, st_full = fn(**inp, chunk_size=8, optimizer="dgd", self_target=True)
+            y_none, st_none = fn(
+                **{**inp, "q": None}, chunk_size=8, optimizer="dgd", self_target=True
+            )
+        assert y_none is None and y_full is not None
+        assert_states_close(st_none, st_full)
+    lin = make_inputs(29, "linear", momentum=True, seed=24)
+    with torch.no_grad():
+        _, st_a = chunk_titans(**lin, chunk_size=8, optimizer="dgd")
+        y_b, st_b = chunk_titans(**{**lin, "q": None}, chunk_size=8, optimizer="dgd")
+    assert y_b is None
+    assert_states_close(st_b, st_a)
+
+
+def test_self_target_state_threading() -> None:
+    """Segments split mid-chunk == one call, in the self-target mode."""
+    T, C = 29, 8
+    inp = _mlp_square_inputs(T, seed=25)
+    kw = {"chunk_size": C, "optimizer": "dgd", "read": "before", "self_target": True}
+    with torch.no_grad():
+        y_full, st_full = chunk_titans(**inp, **kw)
+        st, ys = inp["initial_state"], []
+        for a, b in [(0, 5), (5, 13), (13, 14), (14, 29)]:
+            seg = {
+                n: (inp[n][:, a:b] if inp[n] is not None else None)
+                for n in ("q", "k", "v", "theta", "eta", "alpha")
+            }
+            y, st = chunk_titans(**seg, initial_state=st, **kw)
+            ys.append(y)
+    assert_close(torch.cat(ys, dim=1), y_full, **TOL)
+    assert_states_close(st, st_full)
+
+
+def test_self_target_needs_mlp_memory() -> None:
+    inp = make_inputs(5, "linear", momentum=False)
+    with pytest.raises(ValueError, match="residual MLP memory"):
+        chunk_titans(**inp, self_target=True)

@@ -51,7 +51,7 @@ __all__ = ["chunk_titans"]
 
 
 def chunk_titans(
-    q: Tensor,
+    q: Tensor | None,
     k: Tensor,
     v: Tensor,
     theta: Tensor,
@@ -63,11 +63,13 @@ def chunk_titans(
     activation: Activation = "silu",
     optimizer: Optimizer = "gd",
     read: Read = "after",
-) -> tuple[Tensor, TitansState]:
+    self_target: bool = False,
+) -> tuple[Tensor | None, TitansState]:
     """Multi-head Titans neural-memory update and read, chunk-parallel.
 
     Args:
-        q: ``[B, T, H, Dk]`` queries (read path).
+        q: ``[B, T, H, Dk]`` queries (read path), or ``None`` to update the memory without reading
+            it (then ``y`` is ``None``).
         k: ``[B, T, H, Dk]`` keys (write path).
         v: ``[B, T, H, Dv]`` values (targets of the inner l2 loss).
         theta: ``[B, T, H]`` inner learning rate ``theta_t >= 0``.
@@ -83,6 +85,10 @@ def chunk_titans(
             the input-side weight; with ``alpha`` this is DGD with weight decay, NL eq. 88).
         read: ``"after"``: ``y_t = M_t(q_t)``, the memory after token ``t``'s write (Titans);
             ``"before"``: ``y_t = M_{t-1}(q_t)`` (Nested Learning eqs. 86/94, Hope).
+        self_target: the inner target of token ``t`` is the memory's own output on ``v_t`` at the
+            gradient point, ``v_hat_t = M_{W^g}(v_t)`` (self-generated values, Nested Learning
+            eqs. 83/90); MLP memories only. The target is a constant of the inner gradient but
+            stays differentiable for the outer loss.
 
     Returns:
         ``(y, final_state)``: ``y`` is ``[B, T, H, Dv]`` in ``q.dtype``; ``final_state`` carries the
@@ -98,12 +104,14 @@ def chunk_titans(
         >>> y.shape, st.weights[0].shape, st.offset
         (torch.Size([2, 100, 4, 16]), torch.Size([2, 4, 16, 16]), 4)
     """
-    check_inputs(q, k, v, theta, eta, alpha, initial_state, chunk_size, optimizer, read)
+    check_inputs(
+        q, k, v, theta, eta, alpha, initial_state, chunk_size, optimizer, read, self_target
+    )
     B, T, H, Dk = k.shape
-    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    cdt = torch.float64 if k.dtype == torch.float64 else torch.float32
     if initial_state is None:
         initial_state = zeros_state(
-            B, H, [(v.shape[-1], Dk)], momentum=False, dtype=cdt, device=q.device
+            B, H, [(v.shape[-1], Dk)], momentum=False, dtype=cdt, device=k.device
         )
     state = initial_state.to(cdt)
     if eta is not None and state.momentum is None:
@@ -125,6 +133,7 @@ def chunk_titans(
             activation,
             optimizer,
             read,
+            self_target,
         )
         ys.append(y)
         off = off + head
@@ -143,10 +152,13 @@ def chunk_titans(
             activation,
             optimizer,
             read,
+            self_target,
         )
         ys.append(y)
         off = rest % C
         anchor = last_start if off > 0 else None
+    if q is None:
+        return None, TitansState(W, S, anchor, off)
     out = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]
     return out.to(q.dtype), TitansState(W, S, anchor, off)
 
@@ -246,16 +258,18 @@ def _segment(
     activation: Activation,
     optimizer: Optimizer,
     read: Read,
-) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
+    self_target: bool = False,
+) -> tuple[Tensor | None, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
     """Run chunks of length ``cl`` over ``ins = [q, k, v, theta, eta, alpha]`` (``[B, T, H, ...]``).
 
-    Returns ``(y [B, T, H, Dv], W_end, S_end, W_at_start_of_last_chunk)``.
+    Returns ``(y [B, T, H, Dv] or None without q, W_end, S_end, W_at_start_of_last_chunk)``.
     """
     q, k, v, theta, eta, alpha = ins
-    assert q is not None and k is not None and v is not None and theta is not None
-    B, T, H, _ = q.shape
+    assert k is not None and v is not None and theta is not None
+    B, T, H, _ = k.shape
     n = -(-T // cl)
-    Q, K, V = (_to_chunks(x, n, cl, 0.0) for x in (q, k, v))
+    K, V = (_to_chunks(x, n, cl, 0.0) for x in (k, v))
+    Q = None if q is None else _to_chunks(q, n, cl, 0.0)
     # Padded tokens write nothing (theta = 0) and decay nothing; the chunk-end quantities are read
     # at the last real token anyway (see _Coefs.end), since W keeps integrating S over padding.
     th = _to_chunks(theta, n, cl, 0.0)
@@ -268,17 +282,20 @@ def _segment(
     Wg = tuple(w.reshape(G, *w.shape[2:]) for w in W)
     Sg = None if S is None else tuple(s.reshape(G, *s.shape[2:]) for s in S)
     Ag = None if anchor is None else tuple(a.reshape(G, *a.shape[2:]) for a in anchor)
-    run = _linear_chunks if len(W) == 1 else _mlp_chunks
-    Y, Wn, Sn, Wl = run(Q, K, V, co, Wg, Sg, Ag, activation)
+    if len(W) == 1:
+        Y, Wn, Sn, Wl = _linear_chunks(Q, K, V, co, Wg, Sg, Ag, activation)
+    else:
+        Y, Wn, Sn, Wl = _mlp_chunks(Q, K, V, co, Wg, Sg, Ag, activation, self_target)
 
     def back(ts: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         return tuple(t.reshape(B, H, *t.shape[1:]) for t in ts)
 
-    return _from_chunks(Y, B, H, T), back(Wn), None if Sn is None else back(Sn), back(Wl)
+    y = None if Y is None else _from_chunks(Y, B, H, T)
+    return y, back(Wn), None if Sn is None else back(Sn), back(Wl)
 
 
 def _linear_chunks(
-    Q: Tensor,
+    Q: Tensor | None,
     K: Tensor,
     V: Tensor,
     co: _Coefs,
@@ -289,13 +306,8 @@ def _linear_chunks(
 ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
     """Linear memory ``M: [G, Dv, Dk]``; chunk tensors ``[N, G, C, D]``. README "linear memory"."""
     del activation
-    N, Dk = Q.shape[0], Q.shape[-1]
+    N, Dk = K.shape[0], K.shape[-1]
     mom = S is not None
-    qk = Q @ K.mT  # [N, G, C, C]
-    AS = co.cS * qk  # cS is zero above the diagonal, so this is also the causal mask
-    WA = 2.0 * AS if co.cM is None else 2.0 * AS + co.cM * qk
-    R = WA @ K  # [N, G, C, Dk]: in-chunk writes seen by the reads, as a multiple of M^g
-    Yc = 2.0 * (AS @ V)  # [N, G, C, Dv]: the value part of the same writes
     last = co.cS_end  # [N, G, C]
     wC = 2.0 * last if co.cM_end is None else 2.0 * last + co.cM_end
     betaC = co.beta_end[..., None, None]  # [N, G, 1, 1]
@@ -315,7 +327,7 @@ def _linear_chunks(
     # The chunk step is affine in X = [M | S] (aligned chunks, anchor = start):
     #   X' = X @ Tc + BB,  Tc = [[beta I - Fm, -Fs], [gamma I, H I]]   (without momentum X = M)
     # so the loop body is a single baddbmm. unbind() (not c-indexing) keeps backward O(N).
-    eye = torch.eye(Dk, dtype=Q.dtype, device=Q.device)
+    eye = torch.eye(Dk, dtype=K.dtype, device=K.device)
     if mom:
         assert gammaC is not None and HC is not None
         Tc = torch.cat(
@@ -350,6 +362,15 @@ def _linear_chunks(
                 X = torch.baddbmm(BBx[0] + betaC[0] * M0, A[0], FF[0], alpha=-1.0)
         else:
             X = torch.baddbmm(Bs[c], X, Ts[c])
+    M_end = X[..., :Dk]
+    S_end = (X[..., Dk:],) if mom else None
+    if Q is None:
+        return None, (M_end,), S_end, (starts[-1][..., :Dk],)
+    qk = Q @ K.mT  # [N, G, C, C]
+    AS = co.cS * qk  # cS is zero above the diagonal, so this is also the causal mask
+    WA = 2.0 * AS if co.cM is None else 2.0 * AS + co.cM * qk
+    R = WA @ K  # [N, G, C, Dk]: in-chunk writes seen by the reads, as a multiple of M^g
+    Yc = 2.0 * (AS @ V)  # [N, G, C, Dv]: the value part of the same writes
     Xst = torch.stack(starts)  # [N, G, Dv, Dk or 2Dk]: state at each chunk start
     lhs = co.beta.unsqueeze(-1) * Q - R
     if mom:
@@ -359,13 +380,11 @@ def _linear_chunks(
     if A is not None:
         # first chunk: its writes were computed at the anchor, not at its start weights
         Y = torch.cat([(Y[0] + R[0] @ (W[0] - A[0]).mT).unsqueeze(0), Y[1:]])
-    M_end = X[..., :Dk]
-    S_end = (X[..., Dk:],) if mom else None
     return Y, (M_end,), S_end, (starts[-1][..., :Dk],)
 
 
 def _mlp_chunks(
-    Q: Tensor,
+    Q: Tensor | None,
     K: Tensor,
     V: Tensor,
     co: _Coefs,
@@ -373,14 +392,17 @@ def _mlp_chunks(
     S: tuple[Tensor, ...] | None,
     A: tuple[Tensor, ...] | None,
     activation: Activation,
-) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
-    """Residual MLP memory, weights ``[G, o, i]``; chunk tensors ``[N, G, C, D]``. README "MLP"."""
-    N, L = Q.shape[0], len(W)
+    self_target: bool = False,
+) -> tuple[Tensor | None, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
+    """Residual MLP memory, weights ``[G, o, i]``; chunk tensors ``[N, G, C, D]``. README "MLP".
+
+    ``Q is None``: update only (no reads). ``self_target``: the target of token ``s`` is
+    ``M_{W^g}(v_s)`` (NL eq. 83), so the error is ``2 (M(k_s) - M(v_s))`` at the anchor.
+    """
+    N, L = K.shape[0], len(W)
     act, act_bwd = activation_fn(activation), activation_backward_fn(activation)
     mom = S is not None
-    qk = Q @ K.mT
-    AS1 = co.cS * qk  # layer-0 read/write overlap (its inputs q, k do not depend on weights)
-    AM1 = None if co.cM is None else co.cM * qk
+    reads = Q is not None
     last = co.cS_end.unsqueeze(-1)  # [N, G, C, 1]
     lastM = None if co.cM_end is None else co.cM_end.unsqueeze(-1)
     wS = None if co.wS_end is None else co.wS_end.unsqueeze(-1)
@@ -395,10 +417,23 @@ def _mlp_chunks(
     def per_chunk(x: Tensor | None) -> list[Tensor | None]:
         return [None] * N if x is None else list(x.unbind(0))
 
-    # weight-independent pieces, batched over chunks: the layer-0 inputs of the write path (k) and
-    # of the read path (beta q, gamma q) share one matmul per chunk; 2 (k - v) seeds the error.
-    KQb = torch.cat([K, beta * Q], dim=-2)  # [N, G, 2C, Dk]
-    Qg = None if gamma is None else gamma * Q
+    # weight-independent pieces, batched over chunks: the layer-0 inputs of the write path (k, and
+    # v for self-targets) and of the read path (beta q, gamma q) share one matmul per chunk;
+    # 2 (k - v) seeds the error.
+    C = K.shape[-2]
+    AS1 = AM1 = Qg = None
+    parts = [K]
+    if self_target:
+        parts.append(V)
+    if reads:
+        assert Q is not None
+        qk = Q @ K.mT
+        AS1 = co.cS * qk  # layer-0 read/write overlap (its inputs q, k do not depend on weights)
+        AM1 = None if co.cM is None else co.cM * qk
+        parts.append(beta * Q)
+        Qg = None if gamma is None else gamma * Q
+    n_in = len(parts)
+    KQb = torch.cat(parts, dim=-2) if n_in > 1 else K  # [N, G, n_in C, Dk]
     KV2 = 2.0 * (K - V)
     Qs, Ks, KQbs, Qgs, KV2s = (per_chunk(x) for x in (Q, K, KQb, Qg, KV2))
     AS1s, AM1s, cSs = (per_chunk(x) for x in (AS1, AM1, co.cS))
@@ -409,48 +444,68 @@ def _mlp_chunks(
     Wa = list(A) if A is not None else Wc
     ys = []
     last_start = Wc
-    C = Q.shape[-2]
     for c in range(N):
-        Kc, Qc, KQc, cSc = Ks[c], Qs[c], KQbs[c], cSs[c]
-        assert Kc is not None and Qc is not None and KQc is not None and cSc is not None
+        Kc, KQc, cSc = Ks[c], KQbs[c], cSs[c]
+        assert Kc is not None and KQc is not None and cSc is not None
         b_c, g_c, bC, gC, hC = betas[c], gammas[c], betaCs[c], gammaCs[c], HCs[c]
         last_start = Wc
         # 1. write path at the anchor: forward, then the hand-derived backward of ||M(k) - v||^2
-        if Wa is Wc:  # aligned chunk: k W0^T and (beta q) W0^T in one matmul
-            h0, read0 = (KQc @ Wc[0].mT).split(C, dim=-2)
-        else:
-            h0, read0 = Kc @ Wa[0].mT, KQc[:, C:] @ Wc[0].mT
+        read0 = hv = None
+        if Wa is Wc:  # aligned chunk: every layer-0 input in one matmul
+            h_all = (KQc @ Wc[0].mT).split(C, dim=-2)
+            h0 = h_all[0]
+            if self_target:
+                hv = h_all[1]
+            if reads:
+                read0 = h_all[-1]
+        else:  # first chunk mid-way: writes at the anchor, reads at the current weights
+            n_w = 2 if self_target else 1
+            hw = KQc[:, : n_w * C] @ Wa[0].mT
+            h0 = hw[:, :C]
+            if self_target:
+                hv = hw[:, C:]
+            if reads:
+                read0 = KQc[:, n_w * C :] @ Wc[0].mT
         Z, Hs = [Kc], [h0]
         for li in range(1, L):
             Z.append(act(Hs[-1]))
             Hs.append(Z[-1] @ Wa[li].mT)  # [G, C, o]
         Dl: list[Tensor] = [Kc] * L  # placeholder, every entry is overwritten
         Dl[L - 1] = torch.add(KV2s[c], Hs[-1], alpha=2.0)  # 2 (M(k) - v), residual memory
+        if self_target:
+            assert hv is not None
+            for li in range(1, L):
+                hv = act(hv) @ Wa[li].mT
+            Dl[L - 1] = torch.add(Dl[L - 1], hv, alpha=-2.0)  # target M(v) = v + hv
         for li in range(L - 1, 0, -1):
             Dl[li - 1] = act_bwd(Dl[li] @ Wa[li], Hs[li - 1])
-        # 2. read path with per-token weights W_t = beta_t W + gamma_t S - sum_s c_ts delta_s z_s^T
-        # (row scalings are applied to the narrow input r; baddbmm fuses each subtraction)
-        r = Qc
-        for li in range(L):
-            if li == 0:
-                a = read0
-            elif li == L - 1:  # the residual q is folded into the last matmul
-                a = torch.baddbmm(Qc, b_c * r, Wc[li].mT)
-            else:
-                a = torch.bmm(b_c * r, Wc[li].mT)
-            if mom:
-                assert Sc is not None
-                rg = Qgs[c] if li == 0 else g_c * r
-                a = torch.baddbmm(a, rg, Sc[li].mT)
-            if li == 0:
-                a = torch.baddbmm(a, AS1s[c], Dl[0], alpha=-1.0)
-                if AM1s[c] is not None:
-                    # DGD: -theta (W^g k_s)(k_s . q_t)
-                    a = torch.baddbmm(a, AM1s[c], Hs[0], alpha=-1.0)
-            else:
-                a = torch.baddbmm(a, cSc * (r @ Z[li].mT), Dl[li], alpha=-1.0)
-            r = act(a) if li < L - 1 else a
-        ys.append(r)
+        if reads:
+            # 2. read path with per-token weights W_t = beta_t W + gamma_t S - sum_s c_ts delta_s
+            # z_s^T (row scalings are applied to the narrow input r; baddbmm fuses each subtraction)
+            Qc = Qs[c]
+            assert Qc is not None
+            r = Qc
+            for li in range(L):
+                if li == 0:
+                    assert read0 is not None
+                    a = read0
+                elif li == L - 1:  # the residual q is folded into the last matmul
+                    a = torch.baddbmm(Qc, b_c * r, Wc[li].mT)
+                else:
+                    a = torch.bmm(b_c * r, Wc[li].mT)
+                if mom:
+                    assert Sc is not None
+                    rg = Qgs[c] if li == 0 else g_c * r
+                    a = torch.baddbmm(a, rg, Sc[li].mT)
+                if li == 0:
+                    a = torch.baddbmm(a, AS1s[c], Dl[0], alpha=-1.0)
+                    if AM1s[c] is not None:
+                        # DGD: -theta (W^g k_s)(k_s . q_t)
+                        a = torch.baddbmm(a, AM1s[c], Hs[0], alpha=-1.0)
+                else:
+                    a = torch.baddbmm(a, cSc * (r @ Z[li].mT), Dl[li], alpha=-1.0)
+                r = act(a) if li < L - 1 else a
+            ys.append(r)
         # 3. chunk end: the last row of the coefficients applies every write at once
         newW, newS = [], []
         for li in range(L):
@@ -467,5 +522,5 @@ def _mlp_chunks(
         Wc = newW
         Sc = newS if mom else None
         Wa = Wc
-    Y = torch.stack(ys)
+    Y = torch.stack(ys) if reads else None
     return Y, tuple(Wc), None if Sc is None else tuple(Sc), tuple(last_start)

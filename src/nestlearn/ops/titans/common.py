@@ -187,7 +187,7 @@ def memory_forward(
 
 
 def check_inputs(
-    q: Tensor,
+    q: Tensor | None,
     k: Tensor,
     v: Tensor,
     theta: Tensor,
@@ -197,14 +197,16 @@ def check_inputs(
     chunk_size: int,
     optimizer: str,
     read: str = "after",
+    self_target: bool = False,
 ) -> None:
     """Validate shapes and options; raises ``ValueError`` naming the bad value and the fix."""
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+    if (q is not None and q.dim() != 4) or k.dim() != 4 or v.dim() != 4:
+        qs = None if q is None else tuple(q.shape)
         raise ValueError(
-            f"q, k, v must be [B, T, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            f"q, k, v must be [B, T, H, D]; got {qs}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
     B, T, H, Dk = k.shape
-    if q.shape != k.shape:
+    if q is not None and q.shape != k.shape:
         raise ValueError(f"q must have k's shape {tuple(k.shape)}, got {tuple(q.shape)}")
     if v.shape[:3] != (B, T, H):
         raise ValueError(f"v must be [B, T, H, Dv] = [{B}, {T}, {H}, Dv], got {tuple(v.shape)}")
@@ -217,6 +219,11 @@ def check_inputs(
         raise ValueError(f"optimizer must be 'gd' or 'dgd', got {optimizer!r}")
     if read not in ("after", "before"):
         raise ValueError(f"read must be 'after' (Titans) or 'before' (NL eq. 86), got {read!r}")
+    if self_target and (initial_state is None or len(initial_state.weights) < 2):
+        raise ValueError(
+            "self_target=True needs a residual MLP memory (initial_state with >= 2 weights); "
+            "a linear memory's self-generated value would make the update quadratic in M"
+        )
     if initial_state is None:
         return
     ws = initial_state.weights

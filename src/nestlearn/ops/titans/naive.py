@@ -39,7 +39,7 @@ __all__ = ["naive_chunk_titans", "naive_recurrent_titans"]
 
 
 def _prepare(
-    q: Tensor,
+    q: Tensor | None,
     k: Tensor,
     v: Tensor,
     theta: Tensor,
@@ -47,11 +47,11 @@ def _prepare(
     alpha: Tensor | None,
     initial_state: TitansState | None,
 ) -> tuple[torch.dtype, list[Tensor | None], TitansState]:
-    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    cdt = torch.float64 if k.dtype == torch.float64 else torch.float32
     B, T, H, Dk = k.shape
     if initial_state is None:
         initial_state = zeros_state(
-            B, H, [(v.shape[-1], Dk)], momentum=False, dtype=cdt, device=q.device
+            B, H, [(v.shape[-1], Dk)], momentum=False, dtype=cdt, device=k.device
         )
     state = initial_state.to(cdt)
     if eta is not None and state.momentum is None:
@@ -73,12 +73,15 @@ def _step(
     activation: Activation,
     optimizer: Optimizer,
     read: Read,
-) -> tuple[list[Tensor], list[Tensor] | None, Tensor]:
+    self_target: bool = False,
+) -> tuple[list[Tensor], list[Tensor] | None, Tensor | None]:
     """One token. ``q, k, v: [B, H, D]``; gates ``[B, H]``; weights ``[B, H, o, i]``."""
+    # self-generated value (NL eq. 83): a constant of the inner gradient, differentiable outside
+    target = memory_forward(Wg, v, activation) if self_target else v
 
     def loss(ws: list[Tensor]) -> Tensor:
         # Summing over (B, H) is fine: each per-(b, h) weight slice only affects its own term.
-        return (memory_forward(ws, k, activation) - v).pow(2).sum()
+        return (memory_forward(ws, k, activation) - target).pow(2).sum()
 
     g = grad(loss)(Wg)
     th4 = th[..., None, None]
@@ -93,12 +96,12 @@ def _step(
         # eq. 88: W (alpha I - eta k k^T); the k k^T factor multiplies the gradient-point weights
         pk = (Wg[0] @ k.unsqueeze(-1)).squeeze(-1)  # [B, H, d_out]
         Wn[0] = Wn[0] - th4 * pk.unsqueeze(-1) * k.unsqueeze(-2)
-    y = memory_forward(Wn if read == "after" else W, q, activation)
+    y = None if q is None else memory_forward(Wn if read == "after" else W, q, activation)
     return Wn, S, y
 
 
 def naive_chunk_titans(
-    q: Tensor,
+    q: Tensor | None,
     k: Tensor,
     v: Tensor,
     theta: Tensor,
@@ -110,35 +113,39 @@ def naive_chunk_titans(
     activation: Activation = "silu",
     optimizer: Optimizer = "gd",
     read: Read = "after",
-) -> tuple[Tensor, TitansState]:
+    self_target: bool = False,
+) -> tuple[Tensor | None, TitansState]:
     """Chunk-wise Titans update as a plain token loop (gradients at each chunk's start weights).
 
     Same signature and contract as :func:`nestlearn.ops.titans.chunk.chunk_titans`.
 
     Args:
-        q, k: ``[B, T, H, Dk]``; v: ``[B, T, H, Dv]``.
+        q, k: ``[B, T, H, Dk]`` (``q=None``: update only, ``y`` is ``None``); v: ``[B, T, H, Dv]``.
         theta: ``[B, T, H]`` inner learning rate; eta: momentum gate or ``None`` (no momentum);
             alpha: forget gate or ``None`` (no forgetting).
         initial_state: see :class:`TitansState`; ``None`` = zero linear memory.
         chunk_size: tokens per chunk; chunks are aligned to ``initial_state.offset``.
+        self_target: target ``M_{W^g}(v_t)`` instead of ``v_t`` (NL eq. 83; MLP memories).
 
     Returns:
         ``(y [B, T, H, Dv], final_state)``.
     """
-    check_inputs(q, k, v, theta, eta, alpha, initial_state, chunk_size, optimizer, read)
+    check_inputs(
+        q, k, v, theta, eta, alpha, initial_state, chunk_size, optimizer, read, self_target
+    )
     cdt, (qc, kc, vc, tc, ec, ac), state = _prepare(q, k, v, theta, eta, alpha, initial_state)
     W = list(state.weights)
     S = None if state.momentum is None else list(state.momentum)
     Wg = list(state.anchor) if state.offset > 0 else W
     pos = state.offset
     ys = []
-    for t in range(q.shape[1]):
+    for t in range(k.shape[1]):
         if pos % chunk_size == 0:
             Wg = W  # a new chunk: its gradients are taken at the weights it starts from
         W, S, y = _step(
-            W, S, Wg, qc[:, t], kc[:, t], vc[:, t], tc[:, t],
+            W, S, Wg, None if qc is None else qc[:, t], kc[:, t], vc[:, t], tc[:, t],
             None if ec is None else ec[:, t], None if ac is None else ac[:, t],
-            activation, optimizer, read,
+            activation, optimizer, read, self_target,
         )  # fmt: skip
         ys.append(y)
         pos += 1
@@ -146,6 +153,8 @@ def naive_chunk_titans(
     final = TitansState(
         tuple(W), None if S is None else tuple(S), tuple(Wg) if off > 0 else None, off
     )
+    if q is None:
+        return None, final
     y = torch.stack(ys, dim=2).transpose(1, 2)  # [B, H, T, Dv] -> [B, T, H, Dv]
     return y.to(q.dtype), final
 
