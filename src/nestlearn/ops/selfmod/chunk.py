@@ -1,0 +1,121 @@
+"""Chunk-parallel self-modifying Titans (Nested Learning eqs. 83-93): the hot path of Hope.
+
+The projection memories do not depend on the main memory, so the op runs in two passes:
+
+1. **Projection pass** (a Python loop over ``proj_chunk_size`` chunks, the only sequential part):
+   per chunk, one batched MLP forward of all ``n`` projection memories at the chunk's starting
+   weights gives every token's ``k, v, q, eta, alpha`` (eqs. 84-85, 90); one update-only
+   ``chunk_titans`` call (self-generated targets ``M_box(v)``, eq. 83) advances all of them at once.
+2. **Main memory pass**: a single ``chunk_titans`` call over the whole sequence with
+   ``chunk_size`` chunks, self-generated targets ``M_memory(v)``, reads before writes (eq. 86).
+
+Same contract as :func:`nestlearn.ops.selfmod.naive.naive_selfmod_titans` (a per-token loop).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from nestlearn.ops.selfmod.common import (
+    SelfModState,
+    check_selfmod_inputs,
+    gradient_point,
+    prepare_state,
+    project,
+)
+from nestlearn.ops.titans import chunk_titans
+from nestlearn.ops.titans.common import Activation, Optimizer
+
+__all__ = ["chunk_selfmod_titans"]
+
+
+def chunk_selfmod_titans(
+    x: Tensor,
+    state: SelfModState,
+    *,
+    names: tuple[str, ...],
+    eta_readout: tuple[Tensor, Tensor],
+    alpha_readout: tuple[Tensor, Tensor] | None = None,
+    q: Tensor | None = None,
+    k: Tensor | None = None,
+    v: Tensor | None = None,
+    momentum: Tensor | None = None,
+    chunk_size: int = 64,
+    proj_chunk_size: int = 16,
+    max_lr: float = 0.01,
+    activation: Activation = "silu",
+    optimizer: Optimizer = "dgd",
+) -> tuple[Tensor, SelfModState]:
+    """Self-modifying Titans over a sequence, chunk-parallel.
+
+    Args:
+        x: ``[B, T, H, F]`` memory inputs (after the block's projection and short conv).
+        state: :class:`SelfModState` (``proj``: ``[B, n H, o, i]`` per layer; ``memory``:
+            ``[B, H, o, i]``), e.g. the meta-learned initial memories expanded over the batch.
+        names: adaptive projections, a subset of ``("k", "v", "q", "eta", "alpha")`` in that
+            order; ``"eta"`` is required, ``"alpha"`` iff weight decay is on.
+        eta_readout, alpha_readout: ``(r [H, F], b [H])`` per-head readouts of the scalar
+            memories (``alpha_readout=None``: no weight decay, retention 1).
+        q, k, v: fixed projections ``[B, T, H, F]`` for the ones not in ``names``.
+        momentum: ``[B, T, H]`` momentum gate in ``[0, 1]`` or ``None`` (no momentum).
+        chunk_size: chunk of the main memory ``M_memory``.
+        proj_chunk_size: chunk of the projection memories.
+        max_lr: bound of the inner learning rate ``eta_t``.
+        activation: the memories' nonlinearity ``s``.
+        optimizer: ``"dgd"`` (Delta GD, eq. 88) or ``"gd"`` (Table 6 "w/o DGD").
+
+    Returns:
+        ``(o [B, T, H, F], final_state)``; ``o_t = M_{memory, t-1}(q_t)`` in ``x.dtype``. Threading
+        ``final_state`` into the next call equals one call over the concatenated tokens.
+    """
+    check_selfmod_inputs(
+        x, names, q, k, v, momentum, alpha_readout, state, chunk_size, proj_chunk_size
+    )
+    B, T, H, Fd = x.shape
+    n = len(names)
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    st = prepare_state(state, momentum is not None, cdt)
+    xs, qs, ks, vs = (None if t is None else t.to(cdt) for t in (x, q, k, v))
+    assert xs is not None
+    mom = None if momentum is None else momentum.to(cdt)
+
+    def rep(t: Tensor | None) -> Tensor | None:
+        # [B, c, H, ...] -> [B, c, n H, ...]: every projection memory sees the same k, gates
+        return None if t is None else t.repeat(1, 1, n, *([1] * (t.dim() - 3)))
+
+    # 1. projection pass over proj_chunk_size chunks (aligned to the state's offset)
+    proj = st.proj
+    outs = []
+    t0 = 0
+    while t0 < T:
+        c = min(proj_chunk_size - proj.offset, T - t0)
+        sl = slice(t0, t0 + c)
+        p = project(
+            gradient_point(proj), xs[:, sl], names,
+            q=None if qs is None else qs[:, sl], k=None if ks is None else ks[:, sl],
+            v=None if vs is None else vs[:, sl], eta_readout=eta_readout,
+            alpha_readout=alpha_readout, max_lr=max_lr, activation=activation,
+        )  # fmt: skip
+        m = None if mom is None else mom[:, sl]
+        _, proj = chunk_titans(
+            None, rep(p.k), rep(p.v), rep(p.eta), rep(m), rep(p.alpha), proj,  # type: ignore[arg-type]
+            chunk_size=proj_chunk_size, activation=activation, optimizer=optimizer,
+            self_target=True,
+        )  # fmt: skip
+        outs.append(p)
+        t0 += c
+    if len(outs) == 1:
+        P = outs[0]
+    else:
+        P = type(outs[0])(
+            *(None if f[0] is None else torch.cat(f, dim=1) for f in zip(*outs))  # type: ignore[arg-type]
+        )
+    # 2. main memory: one call, self-generated targets, reads before writes (eq. 86)
+    o, memory = chunk_titans(
+        P.q, P.k, P.v, P.eta, mom, P.alpha, st.memory,
+        chunk_size=chunk_size, activation=activation, optimizer=optimizer, read="before",
+        self_target=True,
+    )  # fmt: skip
+    assert o is not None
+    return o.to(x.dtype), SelfModState(proj, memory)
