@@ -327,6 +327,14 @@ class ContinuumMemory(nn.Module):
                 if name.endswith("outer_count") or ".acc_" in name:
                     buf.zero_()
 
+    def set_memory_frozen(self, frozen: bool) -> None:
+        """The freeze protocol of ``nestlearn.models.set_memory_frozen`` (sets ``frozen``)."""
+        self.frozen = bool(frozen)
+
+    @property
+    def memory_frozen(self) -> bool:
+        return self.frozen
+
     # --------------------------------------------------------------- forward
     def lrs(self) -> Tensor:
         """Per-token learning rate of each level, ``[K]`` (``eta^(l) = lr_l / C^(l)``)."""

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestlearn.ops.titans import TitansState, chunk_titans, naive_chunk_titans
+from nestlearn.ops.titans.common import memory_forward
 
 __all__ = ["NeuralMemory", "NeuralMemoryState"]
 
@@ -150,6 +151,7 @@ class NeuralMemory(nn.Module):
         self.out_norm_weight = nn.Parameter(torch.empty(n_heads, F_))
         self.wg = nn.Linear(dim, dim, bias=False)
         self.wo = nn.Linear(dim, dim, bias=False)
+        self.memory_frozen = False
         if self.gate_bias.device.type != "meta":
             self.reset_parameters()
 
@@ -202,6 +204,17 @@ class NeuralMemory(nn.Module):
         """A fresh state: the next call starts from ``M_0`` and a zero conv tail."""
         return NeuralMemoryState(None, None)
 
+    def set_memory_frozen(self, frozen: bool) -> None:
+        """Freeze (or unfreeze) the in-context memory (``nestlearn.models.set_memory_frozen``).
+
+        Frozen, a call reads the state's current weights, ``y_t = M(q_t)`` (the op's read with
+        ``theta = 0``, no forgetting and no momentum integration), and returns the memory part
+        of the state unchanged: weights, momentum, chunk anchor and offset. Only the conv tail,
+        a record of the inputs, advances. ``theta = 0`` alone would not do: a non-zero momentum
+        keeps moving the weights (``M_t = M_{t-1} + eta_t S_{t-1}``), so the op is bypassed.
+        """
+        self.memory_frozen = bool(frozen)
+
     def _initial_inner(self, batch: int) -> TitansState:
         # expand (a view), so the outer gradient of every sequence sums into M_0
         w = tuple(p.expand(batch, *p.shape) for p in self.mem_init)
@@ -241,13 +254,22 @@ class NeuralMemory(nn.Module):
         theta = self.max_lr * torch.sigmoid(g[:, :, 0])
         eta = torch.sigmoid(g[:, :, 1]) if self.momentum else None
         alpha = torch.sigmoid(g[:, :, 2]) if self.forget else None
-        if inner is None:
-            inner = self._initial_inner(B)
-        op = naive_chunk_titans if self.naive else chunk_titans
-        o, inner = op(
-            q, k, v, theta, eta, alpha, inner,
-            chunk_size=self.chunk_size, activation=self.activation, optimizer=self.optimizer,
-        )  # fmt: skip
+        if self.memory_frozen:
+            # read-only: the memory part of the state (None = M_0) is returned as it came
+            weights = inner.weights if inner is not None else self._initial_inner(B).weights
+            cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+            o = memory_forward(
+                tuple(w.to(cdt) for w in weights), q.to(cdt).transpose(1, 2), self.activation
+            )  # [B, H, T, F]
+            o = o.transpose(1, 2).to(q.dtype)
+        else:
+            if inner is None:
+                inner = self._initial_inner(B)
+            op = naive_chunk_titans if self.naive else chunk_titans
+            o, inner = op(
+                q, k, v, theta, eta, alpha, inner,
+                chunk_size=self.chunk_size, activation=self.activation, optimizer=self.optimizer,
+            )  # fmt: skip
         o = F.rms_norm(o, (F_,)) * self.out_norm_weight.to(o.dtype)  # per head
         o = o.reshape(B, T, self.dim) * torch.sigmoid(self.wg(x))
         y = self.wo(o)

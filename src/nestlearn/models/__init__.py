@@ -2,6 +2,7 @@
 
 from nestlearn.models import families as _families  # noqa: F401  (registers families)
 from nestlearn.models.config import ModelConfig
+from nestlearn.models.freeze import frozen_memory, set_memory_frozen
 from nestlearn.models.registry import (
     FAMILIES,
     PRESET_NOTES,
@@ -13,6 +14,7 @@ from nestlearn.models.registry import (
     register_preset,
 )
 from nestlearn.models.skeleton import Block, LanguageModel, ModelState
+from nestlearn.models.state_io import StateFileError, load_state, save_state
 
 __all__ = [
     "FAMILIES",
@@ -23,8 +25,13 @@ __all__ = [
     "LanguageModel",
     "ModelConfig",
     "ModelState",
+    "StateFileError",
     "build_model",
+    "frozen_memory",
+    "load_state",
     "preset_config",
     "register_family",
     "register_preset",
+    "save_state",
+    "set_memory_frozen",
 ]

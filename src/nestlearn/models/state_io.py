@@ -1,0 +1,351 @@
+"""Per-sequence state files: save a :class:`ModelState` after one call, restore it for the next.
+
+A model that learns in context (Titans, Hope, CMS) keeps what it learned in its per-sequence
+state, not in its parameters. Saving that state lets a later process continue the same stream:
+``load_state`` then ``model(idx, state=...)`` equals one uninterrupted call over both parts.
+
+File format (one safetensors file, written to a temporary name and renamed into place):
+
+* tensors: every tensor of the state, named by its path (``layers.0.0.inner.weights.1``),
+  stored as is (dtype and shape), detached and on the CPU;
+* metadata (all strings): ``format = "nestlearn-state"``, ``version``, ``family``,
+  ``config`` (the model config as JSON), ``config_hash`` (sha256 of that JSON), ``weights``
+  (a fingerprint of the parameters), ``batch_size``, ``source`` (a free label, e.g. the
+  checkpoint path) and ``structure``: the state's tree as JSON, whose leaves are ``null``,
+  numbers, booleans, strings or references to tensors, and whose inner nodes are tuples, lists,
+  NamedTuples and dataclasses named by ``module:qualname``.
+
+Loading parses JSON and safetensors only. A class named in ``structure`` is looked up among
+modules that are already imported (none is imported on the file's behalf) and must be a
+NamedTuple or dataclass with exactly the recorded fields; nothing else is ever constructed.
+
+A state fits a model when the family and config hash match (the state's shapes follow from
+the config) and, by default, the parameter fingerprint matches too (a state written by another
+checkpoint of the same shape is almost always a mistake). The batch size is the leading dim of
+the state's tensors; :func:`load_state` checks it when asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nestlearn.models.skeleton import LanguageModel, ModelState
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "StateFileError",
+    "config_hash",
+    "load_state",
+    "read_state_info",
+    "save_state",
+    "weights_fingerprint",
+]
+
+FORMAT = "nestlearn-state"
+FORMAT_VERSION = 1
+
+
+class StateFileError(ValueError):
+    """A state file is unreadable, of another format, or does not fit the model."""
+
+
+# ----------------------------------------------------------------------------- fingerprints
+def _config_json(model: LanguageModel) -> str:
+    return json.dumps(model.cfg.to_dict(), sort_keys=True, default=str)
+
+
+def config_hash(model: LanguageModel) -> str:
+    """sha256 (first 16 hex digits) of the model config as sorted JSON."""
+    return hashlib.sha256(_config_json(model).encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def weights_fingerprint(model: nn.Module) -> str:
+    """A cheap fingerprint of the parameters: names, shapes, dtypes and up to 64 evenly spaced
+    values of each tensor (sha256, first 16 hex digits). Cost: O(number of tensors)."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 64)
+        sample = flat[::step][:64].to("cpu", torch.float64)
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- flatten
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _is_namedtuple(obj: Any) -> bool:
+    return isinstance(obj, tuple) and hasattr(type(obj), "_fields")
+
+
+def _flatten(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """The JSON node of ``obj``; tensors are moved into ``tensors`` under their path."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (int, float)):
+        # bool is handled above; JSON keeps ints and floats apart (1 vs 1.0)
+        return {"float": obj} if isinstance(obj, float) else obj
+    if isinstance(obj, torch.Tensor):
+        key = path or "state"
+        # contiguous copies on the CPU: safetensors refuses views and shared storage, and a
+        # fresh state's weights are expand() views of the parameters
+        tensors[key] = obj.detach().to("cpu").contiguous().clone()
+        return {"tensor": key}
+    sub = f"{path}." if path else ""
+    if _is_namedtuple(obj):
+        fields = {f: _flatten(getattr(obj, f), sub + f, tensors) for f in type(obj)._fields}
+        return {"namedtuple": _qualname(type(obj)), "fields": fields}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = {
+            f.name: _flatten(getattr(obj, f.name), sub + f.name, tensors)
+            for f in dataclasses.fields(obj)
+            if f.init  # the rest is derived by the constructor
+        }
+        return {"dataclass": _qualname(type(obj)), "fields": fields}
+    if isinstance(obj, (tuple, list)):
+        items = [_flatten(o, f"{sub}{i}", tensors) for i, o in enumerate(obj)]
+        return {"tuple" if isinstance(obj, tuple) else "list": items}
+    raise TypeError(
+        f"cannot save a {type(obj).__name__} at state path {path!r}; a state holds tensors, "
+        "numbers, strings, None, tuples, lists, NamedTuples and dataclasses"
+    )
+
+
+def _resolve_class(name: str, kind: str) -> type:
+    module_name, _, qual = name.partition(":")
+    module = sys.modules.get(module_name)
+    if module is None or not qual:
+        raise StateFileError(
+            f"the state file names {kind} {name!r}, whose module is not loaded; it was written "
+            "by a model with other layers (load it with the model that wrote it)"
+        )
+    obj: Any = module
+    for part in qual.split("."):
+        obj = getattr(obj, part, None)
+    if not isinstance(obj, type):
+        raise StateFileError(f"the state file names {kind} {name!r}, which does not exist")
+    if kind == "namedtuple" and not (issubclass(obj, tuple) and hasattr(obj, "_fields")):
+        raise StateFileError(f"{name!r} in the state file is not a NamedTuple")
+    if kind == "dataclass" and not dataclasses.is_dataclass(obj):
+        raise StateFileError(f"{name!r} in the state file is not a dataclass")
+    return obj
+
+
+def _unflatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if node is None or isinstance(node, (bool, str, int)):
+        return node
+    if isinstance(node, list):  # never written: containers are tagged dicts
+        raise StateFileError("malformed state structure (bare JSON list)")
+    if not isinstance(node, dict) or len(node) not in (1, 2):
+        raise StateFileError(f"malformed state structure node {str(node)[:80]!r}")
+    if "float" in node:
+        return float(node["float"])
+    if "tensor" in node:
+        key = node["tensor"]
+        if key not in tensors:
+            raise StateFileError(f"the state structure refers to a missing tensor {key!r}")
+        return tensors[key]
+    if "tuple" in node:
+        return tuple(_unflatten(n, tensors) for n in node["tuple"])
+    if "list" in node:
+        return [_unflatten(n, tensors) for n in node["list"]]
+    for kind in ("namedtuple", "dataclass"):
+        if kind in node:
+            cls = _resolve_class(node[kind], kind)
+            saved = node.get("fields", {})
+            if kind == "namedtuple":
+                expected = list(cls._fields)  # type: ignore[attr-defined]
+            else:
+                expected = [f.name for f in dataclasses.fields(cls) if f.init]
+            if sorted(saved) != sorted(expected):
+                raise StateFileError(
+                    f"{node[kind]} has fields {expected} in this version of the code but "
+                    f"{sorted(saved)} in the state file; re-create the state file"
+                )
+            return cls(**{k: _unflatten(v, tensors) for k, v in saved.items()})
+    raise StateFileError(f"malformed state structure node {str(node)[:80]!r}")
+
+
+def _infer_batch(tensors: dict[str, torch.Tensor]) -> int | None:
+    sizes = {t.shape[0] for t in tensors.values() if t.dim() > 0}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"the state's tensors have leading dims {sorted(sizes)}, so its batch size is "
+            "ambiguous; pass batch_size= to save_state"
+        )
+    return sizes.pop() if sizes else None
+
+
+# ----------------------------------------------------------------------------- save / load
+def save_state(
+    state: ModelState,
+    path: str | Path,
+    model: LanguageModel,
+    *,
+    batch_size: int | None = None,
+    source: str = "",
+) -> Path:
+    """Write ``state`` (a :class:`ModelState` of ``model``) to ``path`` atomically.
+
+    Args:
+        state: the state returned by ``model(..., state=..., return_state=True)``.
+        path: the file to write (conventionally ``*.safetensors``); parent folders are created.
+        model: the model the state belongs to (its family, config and weights are recorded).
+        batch_size: sequences in the state; inferred from the tensors' leading dim when None.
+        source: a free label stored in the file and quoted in errors (e.g. the checkpoint).
+    Returns:
+        ``path`` as a :class:`Path`.
+    """
+    from safetensors.torch import save
+
+    if not isinstance(state, ModelState):
+        raise TypeError(f"save_state expects a ModelState, got {type(state).__name__}")
+    tensors: dict[str, torch.Tensor] = {}
+    structure = _flatten(state, "", tensors)
+    if batch_size is None:
+        batch_size = _infer_batch(tensors)
+    meta = {
+        "format": FORMAT,
+        "version": str(FORMAT_VERSION),
+        "family": model.cfg.family,
+        "config": _config_json(model),
+        "config_hash": config_hash(model),
+        "weights": weights_fingerprint(model),
+        "batch_size": json.dumps(batch_size),
+        "source": source,
+        "structure": json.dumps(structure, separators=(",", ":")),
+    }
+    blob = save(tensors, metadata=meta)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_state_info(path: str | Path) -> dict[str, Any]:
+    """The metadata of a state file (``family``, ``config`` as a dict, ``batch_size``, ...)
+    without reading its tensors. Raises :class:`StateFileError` for anything else."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"state file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise StateFileError(
+            f"{path} is not a readable state file ({e}); re-create it with --state-out / save_state"
+        ) from None
+    if meta.get("format") != FORMAT:
+        raise StateFileError(
+            f"{path} is a safetensors file but not a nestlearn state file "
+            f"(format {meta.get('format')!r}); write one with --state-out / save_state"
+        )
+    if meta.get("version") != str(FORMAT_VERSION):
+        raise StateFileError(
+            f"{path} has state format version {meta.get('version')}; this nestlearn reads "
+            f"version {FORMAT_VERSION}. Re-create the state file"
+        )
+    try:
+        info: dict[str, Any] = dict(meta)
+        info["config"] = json.loads(meta["config"])
+        info["batch_size"] = json.loads(meta["batch_size"])
+        info["structure"] = json.loads(meta["structure"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise StateFileError(f"{path} has damaged metadata ({e}); re-create it") from None
+    return info
+
+
+def _describe(family: str, chash: str, source: str) -> str:
+    where = f" from {source}" if source else ""
+    return f"a {family} model (config {chash}){where}"
+
+
+def _config_diff(saved: dict[str, Any], here: dict[str, Any]) -> str:
+    keys = sorted(set(saved) | set(here))
+    diff = [f"{k}={saved.get(k)!r} in the file, {here.get(k)!r} here" for k in keys
+            if saved.get(k) != here.get(k)]  # fmt: skip
+    return "; ".join(diff[:6])
+
+
+def load_state(
+    path: str | Path,
+    model: LanguageModel,
+    *,
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+    check_weights: bool = True,
+    name: str = "",
+) -> ModelState:
+    """Read a state written by :func:`save_state` for ``model``.
+
+    Args:
+        path: the state file.
+        model: the model that will continue the stream.
+        batch_size: the batch the caller will run; a state of another batch size is refused.
+        device: where the tensors go (default: the model's device).
+        check_weights: refuse a state written by a model with other parameter values.
+        name: how to call ``model`` in error messages (e.g. its checkpoint path).
+    Raises:
+        StateFileError: unreadable file, another format or version, another family or config,
+            other weights, or a batch-size mismatch; the message names both models.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    info = read_state_info(path)
+    here = _describe(model.cfg.family, config_hash(model), name)
+    there = _describe(info.get("family", "?"), info.get("config_hash", "?"), info.get("source", ""))
+    if info.get("family") != model.cfg.family or info.get("config_hash") != config_hash(model):
+        diff = _config_diff(info["config"], model.cfg.to_dict())
+        raise StateFileError(
+            f"state file {path} was written by {there}, but this is {here}"
+            + (f" ({diff})" if diff else "")
+            + "; use the model that wrote it, or start without --state-in"
+        )
+    if check_weights and info.get("weights") != weights_fingerprint(model):
+        raise StateFileError(
+            f"state file {path} was written by {there}, whose weights differ from {here} "
+            "(same shape, another checkpoint); use the checkpoint that wrote it"
+        )
+    saved_b = info["batch_size"]
+    if batch_size is not None and saved_b is not None and saved_b != batch_size:
+        raise StateFileError(
+            f"state file {path} holds {saved_b} sequence(s) but this call runs {batch_size}; "
+            f"run with batch size {saved_b} or start without the state"
+        )
+    device = device or model.embed.weight.device
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k).to(device) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:
+        raise StateFileError(f"{path} has unreadable tensors ({e}); re-create it") from None
+    state = _unflatten(info["structure"], tensors)
+    if not isinstance(state, ModelState) or len(state.layers) != len(model.blocks):
+        raise StateFileError(f"{path} does not hold a ModelState for {len(model.blocks)} blocks")
+    return state
