@@ -5,7 +5,8 @@ Learning's Table 2 ("Titans (LMM)", arXiv 2512.24695). The mixer is
 :class:`nestlearn.memory.NeuralMemory`: a per-sequence MLP memory trained in the forward pass by
 chunk-parallel gradient descent with momentum and forgetting (Titans eqs. 12-14), its initial
 weights meta-learned by the outer optimizer. Options go in ``model.mixer``
-(:class:`TitansOptions`); the MAC / MAG / MAL variants are separate families (not yet built).
+(:class:`TitansOptions`); the MAC / MAG / MAL variants are the families in
+``titans_variants.py``.
 """
 
 from __future__ import annotations
