@@ -246,8 +246,11 @@ class NestlearnForCausalLM(PreTrainedModel, GenerationMixin):
             )
         return model_kwargs
 
-    def _reorder_cache(self, cache: NestlearnCache, beam_idx: torch.LongTensor) -> NestlearnCache:
-        cache.reorder_cache(beam_idx)
+    def _reorder_cache(
+        self, cache: NestlearnCache | None, beam_idx: torch.LongTensor
+    ) -> NestlearnCache | None:
+        if cache is not None:
+            cache.reorder_cache(beam_idx)
         return cache
 
 
