@@ -145,7 +145,44 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="turn off test-time memory updates (families that learn in context)",
     )
+    _add_stream_args(p, "evaluate one stream (batch 1) with the memory state threaded through")
     p.set_defaults(func=cmd_eval)
+
+
+def _add_stream_args(p: argparse.ArgumentParser, stream_help: str | None) -> None:
+    """--stream / --state-in / --state-out (docs/streaming.md)."""
+    if stream_help:
+        p.add_argument("--stream", action="store_true", help=stream_help)
+    p.add_argument(
+        "--state-in", metavar="FILE", help="start from the per-sequence state saved in FILE"
+    )
+    p.add_argument("--state-out", metavar="FILE", help="save the final per-sequence state to FILE")
+
+
+def _freeze(model, family: str, freeze: bool) -> None:  # noqa: ANN001
+    from nestlearn.models import set_memory_frozen
+
+    if freeze and not set_memory_frozen(model, True):
+        print(f"note: --freeze-memory: {family} has no in-context memory", file=sys.stderr)
+
+
+def _load_state_arg(args: argparse.Namespace, run) -> object:  # noqa: ANN001
+    """The --state-in state (batch 1) or None; refusals exit 2 naming both models."""
+    from nestlearn.models import FAMILIES, load_state
+
+    if not FAMILIES[run.cfg.model.family].supports_decode:
+        raise UsageError(f"{run.cfg.model.family} keeps no per-sequence state between calls")
+    if not args.state_in:
+        return None
+    return load_state(args.state_in, run.model, batch_size=1, name=str(run.checkpoint))
+
+
+def _save_state_arg(args: argparse.Namespace, run, state) -> None:  # noqa: ANN001
+    from nestlearn.models import save_state
+
+    if args.state_out:
+        save_state(state, args.state_out, run.model, batch_size=1, source=str(run.checkpoint))
+        print(f"state: {state.position} tokens, saved to {args.state_out}", file=sys.stderr)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -157,7 +194,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from nestlearn.train.batches import ArrayTokens
     from nestlearn.train.run import load_run
 
+    stream = args.stream or bool(args.state_in or args.state_out)
     if args.tasks:
+        if stream:
+            raise UsageError("--stream/--state-in/--state-out apply to perplexity, not --tasks")
         try:
             from nestlearn.eval.tasks import run_tasks
         except ImportError as e:
@@ -183,16 +223,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         source, what = default_corpus(run.cfg.data.tokenizer, args.split), f"corpus/{args.split}"
     seq = args.seq_len or run.cfg.data.seq_len
-    ev = evaluate_lm(
-        run.model,
-        source,
-        seq_len=seq,
-        batch_size=args.batch_size,
-        max_tokens=args.tokens,
-        token_bytes=token_byte_lengths(tok, run.cfg.model.vocab_size),
-    )
+    _freeze(run.model, run.cfg.model.family, args.freeze_memory)
+    if stream:
+        from nestlearn.eval.stream import evaluate_stream
+
+        ev, state = evaluate_stream(
+            run.model,
+            source,
+            seq_len=seq,
+            max_tokens=args.tokens,
+            token_bytes=token_byte_lengths(tok, run.cfg.model.vocab_size),
+            state=_load_state_arg(args, run),
+        )
+        _save_state_arg(args, run, state)
+    else:
+        ev = evaluate_lm(
+            run.model,
+            source,
+            seq_len=seq,
+            batch_size=args.batch_size,
+            max_tokens=args.tokens,
+            token_bytes=token_byte_lengths(tok, run.cfg.model.vocab_size),
+        )
     if args.json:
-        print(json.dumps({"checkpoint": str(run.checkpoint), "data": what, "seq_len": seq, **ev}))
+        head = {"checkpoint": str(run.checkpoint), "data": what, "seq_len": seq}
+        print(json.dumps({**head, "mode": "stream" if stream else "windows", **ev}))
     else:
         from nestlearn.train.report import format_table
 
@@ -227,6 +282,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument(
+        "--freeze-memory",
+        action="store_true",
+        help="turn off test-time memory updates (families that learn in context)",
+    )
+    _add_stream_args(p, None)
     p.set_defaults(func=cmd_generate)
 
 
@@ -238,6 +299,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.max_new_tokens <= 0:
         raise UsageError("--max-new-tokens must be positive")
     run = load_run(args.checkpoint)
+    _freeze(run.model, run.cfg.model.family, args.freeze_memory)
+    if args.state_in or args.state_out:
+        print(_stream_text(run, args, torch))
+        return 0
     print(
         _sample_text(
             run.model,
@@ -253,6 +318,43 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _stream_text(run, args: argparse.Namespace, torch) -> str:  # noqa: ANN001
+    """generate with --state-in/--state-out: one stream that continues across calls.
+
+    Without --state-in the prompt starts a document (eos first, as without state flags); with
+    it the prompt continues the saved stream directly. The saved state has consumed the prompt
+    and every generated token (docs/streaming.md).
+    """
+    from nestlearn.models.generation import generate
+
+    if args.num_samples != 1:
+        raise UsageError("--state-in/--state-out keep one stream; use --num-samples 1")
+    tok, model = run.tokenizer, run.model
+    state = _load_state_arg(args, run)
+    ids = tok.encode(args.prompt) if args.prompt else []
+    if (state is None or not ids) and tok.eos_id is not None:
+        ids = [tok.eos_id] + ids
+    if not ids:
+        raise UsageError("give a --prompt: this tokenizer has no end-of-document token to start")
+    idx = torch.tensor([ids], dtype=torch.long)
+    out, state = generate(
+        model,
+        idx,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        eos_id=tok.eos_id,
+        state=state,
+    )
+    with torch.no_grad():  # the last sampled token is not in the state yet
+        _, state = model(out[:, -1:], state=state)
+    _save_state_arg(args, run, state)
+    new = [t for t in out[0, len(ids) :].tolist() if t != tok.eos_id]
+    return args.prompt + tok.decode(new)
 
 
 def _sample_text(model, tok, prompt, n, temperature, top_k, top_p, seed, num_samples, torch) -> str:  # noqa: ANN001

@@ -141,7 +141,7 @@ def test_helper_counts_and_context_manager_restores():
 def test_frozen_titans_lm_reads_the_memory_it_learned():
     torch.manual_seed(0)
     cfg = ModelConfig(family="titans", vocab_size=50, dim=32, n_layers=2, n_heads=2,
-                      mixer={"chunk_size": 8, "max_lr": 0.5})  # fmt: skip
+                      mixer={"chunk_size": 8, "max_lr": 0.1})  # fmt: skip
     model = build_model(cfg).double()
     ctx, probe = torch.randint(0, 50, (1, 40)), torch.randint(0, 50, (1, 12))
     _, warm = model(ctx, return_state=True)
@@ -155,3 +155,13 @@ def test_frozen_titans_lm_reads_the_memory_it_learned():
         assert _same(m1.inner.weights, m0.inner.weights) and not torch.equal(m1.conv, m0.conv)
     # reads use the learned memory: the same probe reads differently after the context
     assert (y_warm - y_fresh).abs().max() > 1e-3
+
+
+def test_zero_shot_hook_switches_protocol_modules():
+    """``eval --tasks --freeze-memory`` goes through ``set_memory_updates``, which honours it."""
+    from nestlearn.eval.zeroshot import set_memory_updates
+
+    model = build_model(ModelConfig(family="titans", vocab_size=50, dim=32, n_layers=2, n_heads=2))
+    assert set_memory_updates(model, False)
+    assert all(b.mixer.memory_frozen for b in model.blocks)
+    assert set_memory_updates(model, True) and not model.blocks[0].mixer.memory_frozen

@@ -50,12 +50,16 @@ def set_memory_updates(model: nn.Module, enabled: bool) -> bool:
     ``set_memory_updates(enabled: bool)``. When the model itself defines it, only that is
     called (it is responsible for its parts); otherwise every submodule that defines it is.
     Returns whether anything was switched; a model without test-time memory returns False.
+    Modules that implement the freeze protocol instead (``set_memory_frozen``, see
+    :mod:`nestlearn.models.freeze`: Titans, CMS) are switched too.
     """
     fn = getattr(model, "set_memory_updates", None)
     if callable(fn):
         fn(enabled)
         return True
-    found = False
+    from nestlearn.models.freeze import set_memory_frozen
+
+    found = set_memory_frozen(model, not enabled) > 0
     for mod in model.modules():
         if mod is model:
             continue
