@@ -172,7 +172,7 @@ register_family(
 
 # ------------------------------------------------------------------------------------ presets
 # Tiny: matched to transformer-tiny (3,346,176 parameters at the byte vocabulary of 259) within
-# 5% by the SwiGLU width; the mixers hold ~9-10 d^2 parameters against attention's 4 d^2.
+# 5% by the SwiGLU width; the mixers hold ~9-11 d^2 parameters against attention's 4 d^2.
 # Paper shapes (Nested Learning Table 2: 760M/30B and 1.3B/100B, vocab 32K, training length 4K):
 # the transformer presets' width and depth, FFN width matched to their parameter counts.
 _TINY_FFN = {"titans-mac": 96, "titans-mag": 176, "titans-mal": 176}
