@@ -46,6 +46,8 @@ def _tensors(obj) -> list[torch.Tensor]:
         return [t for f in obj.__dataclass_fields__ for t in _tensors(getattr(obj, f))]
     if isinstance(obj, (tuple, list)):
         return [t for o in obj for t in _tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors(o)]
     return []
 
 
@@ -125,14 +127,14 @@ class _Extra(NamedTuple):
 def test_scalar_types_survive(tmp_path):
     model = _small("titans", n_layers=1)
     t = torch.arange(6.0).view(2, 3)
-    state = ModelState([(_Extra(3, 1.0, True, "x", t), [t * 2, (5, 2.5)])], position=7)
+    state = ModelState([(_Extra(3, 1.0, True, "x", t), [t * 2, (5, 2.5), {"k": t}])], position=7)
     loaded = load_state(save_state(state, tmp_path / "x.safetensors", model), model, batch_size=2)
     e, rest = loaded.layers[0]
     assert isinstance(e, _Extra) and isinstance(loaded.layers[0], tuple)
     assert (e.count, e.scale, e.flag, e.name, e.nothing) == (3, 1.0, True, "x", None)
     assert type(e.count) is int and type(e.scale) is float and type(e.flag) is bool
     assert torch.equal(e.t, t) and isinstance(rest, list) and torch.equal(rest[0], t * 2)
-    assert rest[1] == (5, 2.5) and loaded.position == 7
+    assert rest[1] == (5, 2.5) and loaded.position == 7 and torch.equal(rest[2]["k"], t)
     odd = ModelState([(t, t[:1])], 0)  # leading dims 2 and 1: which is the batch?
     with pytest.raises(ValueError, match="ambiguous; pass batch_size="):
         save_state(odd, tmp_path / "odd.safetensors", model)

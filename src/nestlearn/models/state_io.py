@@ -13,7 +13,7 @@ File format (one safetensors file, written to a temporary name and renamed into 
   (a fingerprint of the parameters), ``batch_size``, ``source`` (a free label, e.g. the
   checkpoint path) and ``structure``: the state's tree as JSON, whose leaves are ``null``,
   numbers, booleans, strings or references to tensors, and whose inner nodes are tuples, lists,
-  NamedTuples and dataclasses named by ``module:qualname``.
+  str-keyed dicts, NamedTuples and dataclasses named by ``module:qualname``.
 
 Loading parses JSON and safetensors only. A class named in ``structure`` is looked up among
 modules that are already imported (none is imported on the file's behalf) and must be a
@@ -120,9 +120,11 @@ def _flatten(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, (tuple, list)):
         items = [_flatten(o, f"{sub}{i}", tensors) for i, o in enumerate(obj)]
         return {"tuple" if isinstance(obj, tuple) else "list": items}
+    if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
+        return {"dict": {k: _flatten(v, sub + k, tensors) for k, v in obj.items()}}
     raise TypeError(
         f"cannot save a {type(obj).__name__} at state path {path!r}; a state holds tensors, "
-        "numbers, strings, None, tuples, lists, NamedTuples and dataclasses"
+        "numbers, strings, None, tuples, lists, str-keyed dicts, NamedTuples and dataclasses"
     )
 
 
@@ -164,6 +166,8 @@ def _unflatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
         return tuple(_unflatten(n, tensors) for n in node["tuple"])
     if "list" in node:
         return [_unflatten(n, tensors) for n in node["list"]]
+    if "dict" in node:
+        return {k: _unflatten(v, tensors) for k, v in node["dict"].items()}
     for kind in ("namedtuple", "dataclass"):
         if kind in node:
             cls = _resolve_class(node[kind], kind)
