@@ -64,9 +64,8 @@ class NestlearnConfig(PretrainedConfig):
             self.num_hidden_layers = cfg.n_layers
             self.num_attention_heads = cfg.n_heads
             self.num_key_value_heads = cfg.n_kv_heads or cfg.n_heads
-            self.tie_word_embeddings = cfg.tie_embeddings
-        else:
-            self.tie_word_embeddings = False
+        # through the base class: transformers 4.x sets it there (default True)
+        kwargs["tie_word_embeddings"] = bool(self.nestlearn.get("tie_embeddings", False))
         self.nestlearn_version = __version__
         super().__init__(**kwargs)
 

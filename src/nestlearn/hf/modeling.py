@@ -24,6 +24,7 @@ absorb pad tokens). A batch must hold prompts of equal length; ``forward`` refus
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,14 @@ from nestlearn.hf.cache import NestlearnCache
 from nestlearn.hf.configuration import NestlearnConfig
 from nestlearn.models.registry import FAMILIES, build_model
 from nestlearn.models.skeleton import LanguageModel
+
+# The model_kwargs key generate() keeps the cache under (beam search reorders what it finds
+# there): "cache" since transformers 5, "past_key_values" before.
+_CACHE_KEY = (
+    "cache"
+    if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    else "past_key_values"
+)
 
 
 @dataclass
@@ -113,6 +122,22 @@ class NestlearnForCausalLM(PreTrainedModel, GenerationMixin):
         out.to(model.embed.weight.dtype)
         out.train(model.training)
         return out
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> NestlearnForCausalLM:
+        """``PreTrainedModel.from_pretrained``, then the non-persistent buffers (RoPE
+        frequencies) are recomputed: how transformers materialises buffers of a model built
+        on the meta device differs between releases, so we do not rely on it."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        # (model, loading_info) with output_loading_info=True
+        (loaded[0] if isinstance(loaded, tuple) else loaded).reset_buffers()
+        return loaded
+
+    def reset_buffers(self) -> None:
+        """Recompute every non-persistent buffer from the module's own parameters."""
+        for module in self.model.modules():
+            if hasattr(module, "reset_buffers"):
+                module.reset_buffers()
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -238,7 +263,8 @@ class NestlearnForCausalLM(PreTrainedModel, GenerationMixin):
         **kwargs: Any,
     ) -> dict[str, Any]:
         model_kwargs.pop("past_key_values", None)
-        model_kwargs["cache"] = outputs.cache
+        model_kwargs.pop("cache", None)
+        model_kwargs[_CACHE_KEY] = outputs.cache
         mask = model_kwargs.get("attention_mask")
         if mask is not None:
             model_kwargs["attention_mask"] = torch.cat(
