@@ -12,12 +12,25 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "nestlearn"
 
 # package -> packages it must never import
 FORBIDDEN = {
-    "ops": ["memory", "layers", "models", "train", "eval", "cli", "commands", "data", "optim"],
-    "memory": ["layers", "models", "train", "eval", "cli", "commands", "data"],
-    "layers": ["models", "train", "eval", "cli", "commands", "data"],
-    "models": ["train", "eval", "cli", "commands", "data"],
-    "optim": ["models", "layers", "memory", "train", "eval", "cli", "commands", "data"],
-    "data": ["models", "layers", "memory", "ops", "train", "cli", "commands"],
+    "ops": [
+        "memory",
+        "layers",
+        "models",
+        "train",
+        "eval",
+        "cli",
+        "commands",
+        "data",
+        "optim",
+        "hf",
+    ],
+    "memory": ["layers", "models", "train", "eval", "cli", "commands", "data", "hf"],
+    "layers": ["models", "train", "eval", "cli", "commands", "data", "hf"],
+    "models": ["train", "eval", "cli", "commands", "data", "hf"],
+    "optim": ["models", "layers", "memory", "train", "eval", "cli", "commands", "data", "hf"],
+    "data": ["models", "layers", "memory", "ops", "train", "cli", "commands", "hf"],
+    # the transformers integration sits beside train/eval (export reads runs)
+    "hf": ["cli", "commands"],
 }
 
 
@@ -25,7 +38,11 @@ def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nestlearn."):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("nestlearn.")
+        ):
             found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
             for a in node.names:
@@ -44,7 +61,9 @@ def test_import_direction(pkg):
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("path", sorted((PKG.parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((PKG.parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_shipped_recipes_resolve(path):
     from nestlearn.train.config import resolve_config
 
