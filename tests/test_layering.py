@@ -12,18 +12,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "nestlearn"
 
 # package -> packages it must never import
 FORBIDDEN = {
-    "ops": [
-        "memory",
-        "layers",
-        "models",
-        "train",
-        "eval",
-        "cli",
-        "commands",
-        "data",
-        "optim",
-        "hf",
-    ],
+    "ops": ["memory", "layers", "models", "train", "eval", "cli", "commands", "data", "optim", "hf"],
     "memory": ["layers", "models", "train", "eval", "cli", "commands", "data", "hf"],
     "layers": ["models", "train", "eval", "cli", "commands", "data", "hf"],
     "models": ["train", "eval", "cli", "commands", "data", "hf"],
@@ -38,11 +27,7 @@ def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found = set()
     for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.ImportFrom)
-            and node.module
-            and node.module.startswith("nestlearn.")
-        ):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nestlearn."):
             found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
             for a in node.names:
@@ -61,9 +46,7 @@ def test_import_direction(pkg):
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize(
-    "path", sorted((PKG.parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name
-)
+@pytest.mark.parametrize("path", sorted((PKG.parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_resolve(path):
     from nestlearn.train.config import resolve_config
 
