@@ -20,6 +20,8 @@ FORBIDDEN = {
     "data": ["models", "layers", "memory", "ops", "train", "cli", "commands", "hf"],
     # the transformers integration sits beside train/eval (export reads runs)
     "hf": ["cli", "commands"],
+    # GGUF loading and level stacking sit beside train/eval (they write run folders)
+    "pretrained": ["cli", "commands"],
 }
 
 
