@@ -1,0 +1,288 @@
+"""Self-modifying Titans as a token mixer: ``x: [B, T, D] -> y: [B, T, D]`` (Hope's first half).
+
+Nested Learning (arXiv 2512.24695) §8.1-8.3, eqs. 83-96. Axis legend: B batch, T tokens, D model
+width, H heads, F = D / H head dim.
+
+Layer::
+
+    u           = silu(causal_dwconv_4(W_in x))           memory input x_m [+ fixed q, k, v] (§8.3)
+    k, v, eta, alpha (and q if adaptive) = M_box(x_m)     projection memories (eqs. 84-85)
+    q           = x_m-independent fixed projection W_q x  (the default, §8.1 "the only
+                                                           non-adaptive projection")
+    m_t         = sigmoid(w_m x_t + b_m)                  momentum gate (Table 6 implies one)
+    o, state    = chunk_selfmod_titans(...)               every M_box and M_memory learn in context
+                                                          with DGD + weight decay (eq. 88)
+    y           = W_o (rmsnorm_head(o) * sigmoid(W_g x))  output norm + gate (Titans §4.4)
+
+Every memory is a residual 2-layer MLP per head ``M(z) = z + W_1 s(W_0 z)`` (eq. 89) whose
+initial weights are outer-loop parameters, expanded over the batch so that each sequence starts
+from them and the outer gradient flows through every unrolled inner update (meta-learned initial
+states, §8.1). ``q`` and ``k`` are l2-normalised inside the op (§8.3). The inner learning rate is
+``eta_t = max_lr * sigmoid(.)`` (bounded for the same reason as Titans' theta: a chunk applies all
+its gradients at once, docs/fidelity.md HOPE-4); the retention is ``1 - alpha_t`` with
+``alpha_t = sigmoid(.)`` near 0.001 at init.
+
+Ablations of Table 6 are constructor switches (``optimizer="gd"``, ``momentum=False``,
+``weight_decay=False``, ``adaptive_k=False``, ``adaptive_v=False``, ``adaptive_q=True``); each one
+changes only the computation it names (tests/memory/test_self_modifying.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nestlearn.ops.conv import causal_depthwise_conv
+from nestlearn.ops.selfmod import (
+    PROJECTIONS,
+    SelfModState,
+    chunk_selfmod_titans,
+    naive_selfmod_titans,
+    project,
+)
+from nestlearn.ops.selfmod.common import gradient_point
+from nestlearn.ops.titans import TitansState, memory_forward
+
+__all__ = ["SelfModifyingTitans", "SelfModifyingTitansState"]
+
+
+class SelfModifyingTitansState(NamedTuple):
+    """Per-sequence state of :class:`SelfModifyingTitans`.
+
+    Attributes:
+        inner: the memories (:class:`~nestlearn.ops.selfmod.SelfModState`), or ``None`` for a fresh
+            sequence, which starts from the meta-learned initial memories.
+        conv: ``[B, conv_size - 1, P]`` last inputs of the short conv, or ``None`` (zeros).
+    """
+
+    inner: SelfModState | None = None
+    conv: Tensor | None = None
+
+    def detach(self) -> SelfModifyingTitansState:
+        """Cut the autograd history (truncated backprop through time)."""
+        return SelfModifyingTitansState(
+            None if self.inner is None else self.inner.detach(),
+            None if self.conv is None else self.conv.detach(),
+        )
+
+
+class SelfModifyingTitans(nn.Module):
+    """Self-modifying Titans (Hope's sequence mixer) with the house ``forward(x, *, state)``.
+
+    Args:
+        dim: model width ``D``; n_heads: heads ``H`` (``F = D / H``).
+        expansion: hidden width of every memory MLP as a multiple of ``F``.
+        activation: the memories' nonlinearity.
+        optimizer: ``"dgd"`` (Delta GD with weight decay, eq. 88) or ``"gd"`` (Table 6 "w/o DGD").
+        momentum: inner momentum (Table 6 "w/o momentum" = False).
+        weight_decay: the retention gate ``alpha`` and its memory (Table 6 "w/o weight decay" =
+            False: retention 1).
+        adaptive_k, adaptive_v: keys / values from self-modifying memories (False = Table 6
+            "w/o inner-projection k / v": a fixed linear projection).
+        adaptive_q: queries from a self-modifying memory too (Table 6's "q" row; off by default,
+            §8.1).
+        chunk_size: chunk of the main memory ``M_memory``; proj_chunk_size: chunk of the
+            projection memories ("two different values of chunk sizes", §8.2).
+        max_lr: upper bound of the inner learning rate.
+        conv_size: width of the causal depthwise conv (§8.3: 4; 0 disables it).
+        naive: run the per-token reference op (tests and ``bench --naive``).
+        init_seed: seed of this layer's own init (the layer index).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int = 4,
+        *,
+        expansion: float = 1.0,
+        activation: Literal["silu", "gelu", "relu"] = "silu",
+        optimizer: Literal["gd", "dgd"] = "dgd",
+        momentum: bool = True,
+        weight_decay: bool = True,
+        adaptive_k: bool = True,
+        adaptive_v: bool = True,
+        adaptive_q: bool = False,
+        chunk_size: int = 64,
+        proj_chunk_size: int = 16,
+        max_lr: float = 0.01,
+        conv_size: int = 4,
+        naive: bool = False,
+        init_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
+        if chunk_size < 1 or proj_chunk_size < 1:
+            raise ValueError(
+                f"chunk_size and proj_chunk_size must be >= 1, got {chunk_size}, "
+                f"{proj_chunk_size}; try 64 and 16"
+            )
+        if not max_lr > 0:
+            raise ValueError(f"max_lr must be > 0, got {max_lr}; try 0.01")
+        if conv_size < 0:
+            raise ValueError(f"conv_size must be >= 0, got {conv_size}; try 4")
+        if optimizer not in ("gd", "dgd"):
+            raise ValueError(f"optimizer must be 'gd' or 'dgd', got {optimizer!r}")
+        F_ = dim // n_heads
+        self.dim, self.n_heads, self.head_dim = dim, n_heads, F_
+        self.activation, self.optimizer = activation, optimizer
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.chunk_size, self.proj_chunk_size, self.max_lr = chunk_size, proj_chunk_size, max_lr
+        self.conv_size, self.naive, self.init_seed = conv_size, naive, init_seed
+        adaptive = {"k": adaptive_k, "v": adaptive_v, "q": adaptive_q, "eta": True}
+        adaptive["alpha"] = weight_decay
+        self.names: tuple[str, ...] = tuple(p for p in PROJECTIONS if adaptive[p])
+        # fixed projections, in channel order after the memory input x_m
+        self.fixed: tuple[str, ...] = tuple(p for p in ("q", "k", "v") if not adaptive[p])
+        self.memory_frozen = False
+        P = dim * (1 + len(self.fixed))
+        self.w_in = nn.Linear(dim, P, bias=False)
+        self.conv_weight = nn.Parameter(torch.empty(conv_size, P)) if conv_size > 0 else None
+        self.w_mom = nn.Linear(dim, n_heads, bias=False) if momentum else None
+        # Biases and readouts live outside nn.Linear: the skeleton's init zeroes Linear biases.
+        self.mom_bias = nn.Parameter(torch.empty(n_heads)) if momentum else None
+        self.eta_readout = nn.Parameter(torch.empty(n_heads, F_))
+        self.eta_bias = nn.Parameter(torch.empty(n_heads))
+        self.alpha_readout = nn.Parameter(torch.empty(n_heads, F_)) if weight_decay else None
+        self.alpha_bias = nn.Parameter(torch.empty(n_heads)) if weight_decay else None
+        hid = max(1, round(F_ * expansion))
+        shapes = [(hid, F_), (F_, hid)]
+        n = len(self.names)
+        # meta-learned initial memories: projection memories stacked on the head axis
+        self.proj_init = nn.ParameterList(
+            nn.Parameter(torch.empty(n * n_heads, o, i)) for o, i in shapes
+        )
+        self.mem_init = nn.ParameterList(
+            nn.Parameter(torch.empty(n_heads, o, i)) for o, i in shapes
+        )
+        self.out_norm_weight = nn.Parameter(torch.empty(n_heads, F_))
+        self.wg = nn.Linear(dim, dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+        if self.eta_bias.device.type != "meta":
+            self.reset_parameters()
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Init of the parameters the skeleton does not set (its Linears get ``init_std``):
+
+        ============================ ===================================================
+        proj_init, mem_init          normal(0, 1 / sqrt(d_in)) per layer (as Titans' memory:
+                                     M(z) ~ z at init, so k ~ v ~ x_m and o ~ q)
+        conv_weight                  uniform(-1/sqrt(w), 1/sqrt(w)), torch's Conv1d default
+        eta_readout, alpha_readout   zeros: eta = max_lr / 2 and alpha = 0.001 at init; the
+                                     readouts then learn which memory features modulate them
+        eta_bias / alpha_bias        0 / logit(0.001)
+        mom_bias                     logit(0.9), the usual heavy-ball value
+        out_norm_weight              ones
+        ============================ ===================================================
+        """
+        gen = torch.Generator().manual_seed(0x5E1F + self.init_seed)
+        for w in [*self.proj_init, *self.mem_init]:
+            w.copy_(
+                torch.randn(w.shape, generator=gen, dtype=torch.float64) / math.sqrt(w.shape[-1])
+            )
+        if self.conv_weight is not None:
+            b = 1.0 / math.sqrt(self.conv_size)
+            u = torch.rand(self.conv_weight.shape, generator=gen, dtype=torch.float64)
+            self.conv_weight.copy_((2.0 * u - 1.0) * b)
+        self.eta_readout.zero_()
+        self.eta_bias.zero_()
+        if self.alpha_readout is not None and self.alpha_bias is not None:
+            self.alpha_readout.zero_()
+            self.alpha_bias.fill_(math.log(0.001 / 0.999))
+        if self.mom_bias is not None:
+            self.mom_bias.fill_(math.log(0.9 / 0.1))
+        self.out_norm_weight.fill_(1.0)
+
+    # ----------------------------------------------------------------- state
+    def init_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype
+    ) -> SelfModifyingTitansState:
+        """A fresh state: the next call starts from the meta-learned memories, zero conv tail."""
+        return SelfModifyingTitansState(None, None)
+
+    def set_memory_frozen(self, frozen: bool) -> None:
+        """``True``: read the memories as they are and write nothing (test-time learning off)."""
+        self.memory_frozen = bool(frozen)
+
+    def _initial_inner(self, batch: int) -> SelfModState:
+        # expand (a view): every sequence starts from the same meta-learned weights
+        def st(ps: nn.ParameterList) -> TitansState:
+            return TitansState(tuple(p.expand(batch, *p.shape) for p in ps))
+
+        return SelfModState(st(self.proj_init), st(self.mem_init))
+
+    # --------------------------------------------------------------- forward
+    def forward(
+        self, x: Tensor, *, state: SelfModifyingTitansState | None = None
+    ) -> tuple[Tensor, SelfModifyingTitansState | None]:
+        """``x: [B, T, D] -> y: [B, T, D]``; with ``state`` continue that sequence (and return it)."""
+        B, T, D = x.shape
+        H, F_ = self.n_heads, self.head_dim
+        inner = state.inner if state is not None else None
+        tail = state.conv if state is not None else None
+        u = self.w_in(x)
+        new_tail = None
+        if self.conv_weight is not None:
+            u, new_tail = causal_depthwise_conv(u, self.conv_weight, tail)
+        parts = F.silu(u).view(B, T, 1 + len(self.fixed), H, F_).unbind(2)
+        xm = parts[0]
+        fixed = dict(zip(self.fixed, parts[1:]))
+        wdt = torch.promote_types(x.dtype, torch.float32)
+        mom = None
+        if self.w_mom is not None and self.mom_bias is not None:
+            mom = torch.sigmoid(self.w_mom(x).to(wdt) + self.mom_bias.to(wdt))
+        eta_ro = (self.eta_readout, self.eta_bias)
+        alpha_ro = None
+        if self.alpha_readout is not None and self.alpha_bias is not None:
+            alpha_ro = (self.alpha_readout, self.alpha_bias)
+        if inner is None:
+            inner = self._initial_inner(B)
+        kw = dict(
+            names=self.names, eta_readout=eta_ro, alpha_readout=alpha_ro,
+            q=fixed.get("q"), k=fixed.get("k"), v=fixed.get("v"),
+            max_lr=self.max_lr, activation=self.activation,
+        )  # fmt: skip
+        if self.memory_frozen:
+            o = self._read_only(xm, inner, kw)
+        else:
+            op = naive_selfmod_titans if self.naive else chunk_selfmod_titans
+            o, inner = op(
+                xm, inner, momentum=mom, chunk_size=self.chunk_size,
+                proj_chunk_size=self.proj_chunk_size, optimizer=self.optimizer, **kw,
+            )  # fmt: skip
+        o = F.rms_norm(o, (F_,)) * self.out_norm_weight.to(o.dtype)  # per head
+        o = o.reshape(B, T, D) * torch.sigmoid(self.wg(x))
+        y = self.wo(o)
+        if state is None:
+            return y, None
+        return y, SelfModifyingTitansState(inner, new_tail)
+
+    def _read_only(self, xm: Tensor, inner: SelfModState, kw: dict) -> Tensor:
+        """Frozen memories: project at the projection memories' gradient point, read M_memory."""
+        cdt = torch.float64 if xm.dtype == torch.float64 else torch.float32
+        fixed = {n: (None if kw[n] is None else kw[n].to(cdt)) for n in ("q", "k", "v")}
+        p = project(
+            tuple(w.to(cdt) for w in gradient_point(inner.proj)), xm.to(cdt), kw["names"],
+            eta_readout=kw["eta_readout"], alpha_readout=kw["alpha_readout"],
+            max_lr=kw["max_lr"], activation=kw["activation"], **fixed,
+        )  # fmt: skip
+        Wm = tuple(w.to(cdt) for w in inner.memory.weights)
+        o = memory_forward(Wm, p.q.transpose(1, 2), kw["activation"]).transpose(1, 2)
+        return o.to(xm.dtype)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Forward FLOPs per token: projections, memory forwards, inner updates and the read."""
+        D, H = self.dim, self.n_heads
+        proj = 2 * D * (self.w_in.out_features + 2 * D + (H if self.w_mom is not None else 0))
+        per_mem = sum(2 * p.shape[-1] * p.shape[-2] for p in self.mem_init)  # one MLP forward
+        n = len(self.names)
+        # projection memories: forward on x and on v, inner fwd + bwd (3), chunk-end update (1)
+        # main memory: target fwd, inner fwd + bwd, read (about 2 with the dual form), update
+        mem = per_mem * (n * (2 + 3 + 1) + (1 + 3 + 2 + 1)) * (2 if self.momentum else 1)
+        return proj + H * mem
