@@ -10,6 +10,7 @@ seconds, which stays meaningful on a machine shared with other jobs; use it with
 
     .venv/bin/python benchmarks/bench_titans_op.py --threads 2 --T 2048
     .venv/bin/python benchmarks/bench_titans_op.py --threads 1 --clock cpu   # busy machine
+    .venv/bin/python benchmarks/bench_titans_op.py --B 2 --chunk 64 --optimizers gd --naive-bwd
 """
 
 from __future__ import annotations
@@ -84,6 +85,15 @@ def bench_one(a: argparse.Namespace, memory: str, opt: str, C: int, t_attn: floa
         t_naive = timeit(naive, 1, warmup=0)
         row["naive_chunk_fwd_s"] = round(t_naive, 4)
         row["speedup_chunk_vs_naive_fwd"] = round(t_naive / t_fwd, 1)
+        if a.naive_bwd:
+
+            def naive_fwd_bwd() -> None:
+                y, st = naive_chunk_titans(**ginp, **kw)
+                (y.sum() + st.weights[0].sum()).backward()
+
+            t_naive_fb = timeit(naive_fwd_bwd, 1, warmup=0)
+            row["naive_chunk_fwd_bwd_s"] = round(t_naive_fb, 4)
+            row["speedup_chunk_vs_naive_fwd_bwd"] = round(t_naive_fb / t_fb, 1)
     return row
 
 
@@ -98,6 +108,9 @@ def main() -> None:
     p.add_argument("--chunk", type=int, nargs="+", default=[16, 32, 64])
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--naive-bwd", action="store_true", help="also time the naive op's forward + backward"
+    )
     p.add_argument("--memories", nargs="+", default=["linear", "mlp"])
     p.add_argument("--optimizers", nargs="+", default=["gd", "dgd"])
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
