@@ -430,16 +430,24 @@ def cmd_list(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------- demo
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="the main job: train on the embedded corpus, evaluate, plot, sample"
+        "demo",
+        help="the main job: train Hope and Transformer++ on the embedded corpus, compare, plot",
     )
     p.add_argument(
         "--steps",
         type=int,
-        default=400,
-        help="optimizer steps (default 400, a few minutes on 2 cores)",
+        default=150,
+        help="optimizer steps per model (default 150 x 16 x 256 tokens: about 10 minutes for "
+        "both models on 2 CPU cores)",
     )
-    p.add_argument("--preset", default="transformer-tiny")
-    p.add_argument("--out", default=None, help="run folder (default runs/demo-<time>)")
+    p.add_argument(
+        "--models",
+        default="hope-tiny,transformer-tiny",
+        help="comma-separated presets trained at the same token budget (default "
+        "hope-tiny,transformer-tiny, matched in parameter count)",
+    )
+    p.add_argument("--preset", default=None, help=argparse.SUPPRESS)  # old single-model flag
+    p.add_argument("--out", default=None, help="folder (default runs/demo-<time>)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     p.set_defaults(func=cmd_demo)
 
@@ -451,33 +459,65 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from nestlearn.train.report import format_table, plot_losses
 
     t0 = time.perf_counter()
+    presets = (
+        [args.preset] if args.preset else [m.strip() for m in args.models.split(",") if m.strip()]
+    )
+    if not presets:
+        raise UsageError("--models is empty; try --models hope-tiny,transformer-tiny")
     overrides = [
         f"train.steps={args.steps}",
-        "train.eval_every=100",
-        "train.ckpt_every=100",
+        f"train.eval_every={max(1, args.steps // 3)}",
+        f"train.ckpt_every={max(1, args.steps // 3)}",
         "data.batch_size=16",
+        "train.eval_tokens=32768",
         "schedule.warmup_steps=30",
         "optim.lr=3e-3",
     ] + list(args.overrides)
-    cfg = resolve_config(args.preset, None, overrides)
-    run_dir = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    cfgs = {name: resolve_config(name, None, overrides) for name in presets}  # fail fast
+    root = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    first = cfgs[presets[0]]
     _print(
-        f"nestlearn demo: training {args.preset} on the embedded public-domain corpus "
-        f"({cfg.train.steps} steps x {cfg.data.batch_size} x {cfg.data.seq_len} tokens, tokenizer {cfg.data.tokenizer})"
+        f"nestlearn demo: training {', '.join(presets)} on the embedded public-domain corpus, "
+        f"each {first.train.steps} steps x {first.data.batch_size} x {first.data.seq_len} tokens "
+        f"(tokenizer {first.data.tokenizer}); folder {root}"
     )
-    trainer = Trainer(cfg, run_dir=run_dir)
-    _print(f"model: {trainer.params:,} parameters; run folder: {run_dir}")
-    result = trainer.fit()
-    if result.interrupted:
-        _print(f"interrupted; resume with: nestlearn train --resume {run_dir}")
-        return EXIT_INTERRUPTED
-    test = trainer.evaluate_split("test")
+    rows, runs, trainers = [], {}, {}
+    for name in presets:
+        run_dir = root / name if len(presets) > 1 else root
+        trainer = Trainer(cfgs[name], run_dir=run_dir)
+        _print(f"\n[{name}] {trainer.params:,} parameters; run folder: {run_dir}")
+        result = trainer.fit()
+        if result.interrupted:
+            _print(f"interrupted; resume with: nestlearn train --resume {run_dir}")
+            return EXIT_INTERRUPTED
+        test = trainer.evaluate_split("test")
+        ev = result.final_eval
+        tok_s = (
+            result.steps
+            * first.data.batch_size
+            * first.data.seq_len
+            / max(result.wall_time_s, 1e-9)
+        )
+        rows.append(
+            [
+                name,
+                trainer.params,
+                result.steps,
+                f"{result.wall_time_s:.0f}s",
+                f"{tok_s:,.0f}",
+                ev["loss"],
+                ev["ppl"],
+                ev["bpb"],
+                test["ppl"],
+                test["bpb"],
+            ]
+        )
+        runs[name], trainers[name] = run_dir, trainer
     png = plot_losses(
-        {args.preset: run_dir},
-        run_dir / "loss_curve.png",
-        title=f"{args.preset} on the nestlearn corpus",
+        runs,
+        root / "loss_curves.png",
+        title=" vs ".join(presets) + " on the nestlearn corpus (same data and token budget)",
     )
-    ev = result.final_eval
     _print("")
     _print(
         format_table(
@@ -486,32 +526,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "params",
                 "steps",
                 "train time",
+                "train tok/s",
                 "val loss",
                 "val ppl",
                 "val bits/byte",
                 "test ppl",
                 "test bits/byte",
             ],
-            [
-                [
-                    args.preset,
-                    trainer.params,
-                    result.steps,
-                    f"{result.wall_time_s:.0f}s",
-                    ev["loss"],
-                    ev["ppl"],
-                    ev["bpb"],
-                    test["ppl"],
-                    test["bpb"],
-                ]
-            ],
+            rows,
         )
     )
-    _print(f"\nloss curve: {png}")
-    sample = _sample_text(
-        trainer.model, trainer.tokenizer, "The ", 300, 0.8, None, 0.95, 0, 1, torch
+    (root / "demo.md").write_text(
+        "# nestlearn demo\n\n"
+        + format_table(
+            [
+                "model",
+                "params",
+                "steps",
+                "train time",
+                "train tok/s",
+                "val loss",
+                "val ppl",
+                "val bits/byte",
+                "test ppl",
+                "test bits/byte",
+            ],
+            rows,
+        )
+        + "\n",
+        encoding="utf-8",
     )
-    _print(f"\nsample (temperature 0.8, top-p 0.95):\n{sample}\n")
+    _print(f"\nloss curves: {png}\ntable: {root / 'demo.md'}")
+    name = presets[0]
+    sample = _sample_text(
+        trainers[name].model, trainers[name].tokenizer, "The ", 300, 0.8, None, 0.95, 0, 1, torch
+    )
+    _print(f"\n{name} sample (temperature 0.8, top-p 0.95):\n{sample}\n")
     _print(f"total wall time {time.perf_counter() - t0:.0f}s")
     return 0
 

@@ -192,7 +192,7 @@ def test_each_ablation_changes_only_what_it_names(
 def test_bad_config_names_the_fix() -> None:
     with pytest.raises(ValueError, match="divisible"):
         SelfModifyingTitans(30, 4)
-    with pytest.raises(ValueError, match="try 64 and 16"):
+    with pytest.raises(ValueError, match="try 32 and 64"):
         SelfModifyingTitans(32, 2, proj_chunk_size=0)
     with pytest.raises(ValueError, match="max_lr"):
         SelfModifyingTitans(32, 2, max_lr=0.0)

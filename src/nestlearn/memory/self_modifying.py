@@ -106,9 +106,9 @@ class SelfModifyingTitans(nn.Module):
         adaptive_k: bool = True,
         adaptive_v: bool = True,
         adaptive_q: bool = False,
-        chunk_size: int = 64,
-        proj_chunk_size: int = 16,
-        max_lr: float = 0.01,
+        chunk_size: int = 32,
+        proj_chunk_size: int = 64,
+        max_lr: float = 0.002,
         conv_size: int = 4,
         naive: bool = False,
         init_seed: int = 0,
@@ -119,10 +119,10 @@ class SelfModifyingTitans(nn.Module):
         if chunk_size < 1 or proj_chunk_size < 1:
             raise ValueError(
                 f"chunk_size and proj_chunk_size must be >= 1, got {chunk_size}, "
-                f"{proj_chunk_size}; try 64 and 16"
+                f"{proj_chunk_size}; try 32 and 64"
             )
         if not max_lr > 0:
-            raise ValueError(f"max_lr must be > 0, got {max_lr}; try 0.01")
+            raise ValueError(f"max_lr must be > 0, got {max_lr}; try 0.002")
         if conv_size < 0:
             raise ValueError(f"conv_size must be >= 0, got {conv_size}; try 4")
         if optimizer not in ("gd", "dgd"):

@@ -64,12 +64,13 @@ class HopeOptions:
     """Values from a self-modifying memory (False = "w/o inner-projection v")."""
     adaptive_q: bool = False
     """Queries from a self-modifying memory (§8.1 keeps q fixed; Table 6 ablates it)."""
-    chunk_size: int = 64
+    chunk_size: int = 32
     """Chunk of the main memory M_memory (gradients at the previous chunk's final state)."""
-    proj_chunk_size: int = 16
+    proj_chunk_size: int = 64
     """Chunk of the projection memories M_k, M_v, M_eta, M_alpha (and M_q)."""
-    max_lr: float = 0.01
-    """Upper bound of the inner learning rate eta_t = max_lr * sigmoid(.)."""
+    max_lr: float = 0.002
+    """Upper bound of the inner learning rate eta_t = max_lr * sigmoid(.); 0.01 diverged
+    (docs/fidelity.md HOPE-4)."""
     conv_size: int = 4
     """Width of the causal depthwise conv on the memory input (§8.3: 4; 0 disables)."""
     naive: bool = False
@@ -154,7 +155,7 @@ register_family(
 # inside a 256-token training sequence.
 register_preset(
     "hope-tiny",
-    "CPU size matched to transformer-tiny: d=256, 4 layers, 4 heads, seq 256, chunks 64/16, "
+    "CPU size matched to transformer-tiny: d=256, 4 layers, 4 heads, seq 256, chunks 32/64, "
     "CMS periods 16/64/128",
     family="hope",
     vocab_size=0,

@@ -117,7 +117,7 @@ def project(
         eta_readout, alpha_readout: ``(r [H, F], b [H])`` of the scalar projections.
 
     Returns:
-        :class:`Projections` with ``q`` and ``k`` l2-normalised (§8.3), ``eta`` in
+        :class:`Projections` with ``q``, ``k`` and ``v`` l2-normalised, ``eta`` in
         ``(0, max_lr)`` and ``alpha`` (forget) in ``(0, 1)``.
     """
     B, c, H, Fd = x.shape
@@ -134,7 +134,11 @@ def project(
     if alpha_readout is not None:
         r_a, b_a = alpha_readout
         alpha = torch.sigmoid((got["alpha"] * r_a.to(x.dtype)).sum(-1) + b_a.to(x.dtype))
-    return Projections(F.normalize(kk, dim=-1), vv, F.normalize(qq, dim=-1), eta, alpha)
+    # q and k are l2-normalised (§8.3); so is v (our choice, docs/fidelity.md HOPE-5): the
+    # self-generated targets M(v) feed the memories' own outputs back into their updates, and an
+    # unnormalised v lets that loop grow doubly exponentially (measured: NaN within a few steps).
+    unit = F.normalize
+    return Projections(unit(kk, dim=-1), unit(vv, dim=-1), unit(qq, dim=-1), eta, alpha)
 
 
 def check_selfmod_inputs(
