@@ -18,14 +18,24 @@ Why these bounds on the gates:
   scans grow geometrically or flip sign each token, so both are sigmoids (Titans' "gating" reading;
   ``1 - alpha`` is the retention). Init: ``eta ~ 0.9`` (the usual heavy-ball value) and
   ``alpha ~ 0.001`` (a memory half-life of ~700 tokens that the model can lengthen or shorten).
+* ``eta`` is capped at ``momentum_max = 0.5`` (``eta = momentum_max * sigmoid(.)``, 0.45 at
+  init). Inside a chunk every gradient is taken at the same weights, so momentum multiplies the
+  chunk's step by up to ``1 / (1 - eta)`` with no feedback; uncapped (0.9 at init) titans-tiny
+  went to NaN within 4 AdamW steps at lr 3e-3 (measured, 16 x 256 tokens, both with and without
+  a cap of 0.95), while capped at 0.5 or without momentum it trained normally.
 * ``theta`` is the inner step on ``||M(k) - v||^2``. A chunk applies all its ``C`` gradients at
   once, taken at the same weights (and momentum amplifies them by up to ``1 / (1 - eta)``): for the
   linear memory the error on the chunk's keys is multiplied by ``I - 2 sum_s theta_s k_s k_s^T``,
   whose top eigenvalue is about ``2 theta C / F`` for unit-norm keys spread over ``F`` dims, and must
   stay below 2; deeper memories add curvature ``2 ||z||^2`` per layer. ``max_lr * sigmoid`` keeps
-  ``theta`` in ``(0, max_lr)`` with ``max_lr = 0.01`` by default, titans-pytorch's
-  ``default_step_transform_max_lr``. Measured: with ``max_lr = 0.1`` a D=32, 2-head layer
-  diverged within 128 tokens at chunk size 64, while the per-token recurrence stayed bounded.
+  ``theta`` in ``(0, max_lr)`` with ``max_lr = 0.002`` by default. Measured: with ``max_lr = 0.1``
+  a D=32, 2-head layer diverged within 128 tokens at chunk size 64, while the per-token recurrence
+  stayed bounded; in titans-tiny (16 x 256 tokens, AdamW lr 3e-3, grad clip 1) the inner loop went
+  to NaN at step 4 with 0.01 (titans-pytorch's ``default_step_transform_max_lr``) and uncapped
+  momentum, at step 14 with 0.01 and momentum capped at 0.5, and trained 25 steps normally with
+  0.002 and the cap (and with 0.01 without momentum). The deep memory's curvature grows with its
+  own first-layer weights, so a fixed step that is safe at init stops being safe as the outer
+  model moves; a smaller bound keeps the margin.
 
 The memory's initial weights ``M_0`` (per head) are outer-loop parameters: each sequence starts from
 ``M_0`` expanded over the batch and the outer gradient flows back through every unrolled inner update
@@ -87,6 +97,11 @@ class NeuralMemory(nn.Module):
         forget: use the forget gate ``alpha``.
         chunk_size: chunk of the parallel inner update (gradients at the chunk's start weights).
         max_lr: upper bound of ``theta``; scale it down for larger chunks (module docstring).
+        momentum_max: upper bound of the momentum gate ``eta`` (``eta = momentum_max *
+            sigmoid(.)``); momentum amplifies the inner step by up to ``1 / (1 - eta)``. Default
+            0.5: with 1.0 (eta ~ 0.9 at init) titans-tiny diverged (NaN) within 4 AdamW steps
+            at lr 3e-3; capped at 0.5, or without momentum, it trained normally (module
+            docstring).
         conv_size: width of the causal depthwise conv after the q/k/v projections (0 = none).
         naive: run the reference op ``naive_chunk_titans`` (tests and benchmarks only).
         init_seed: seed of this layer's own random init (``M_0``, conv), see ``reset_parameters``.
@@ -105,7 +120,8 @@ class NeuralMemory(nn.Module):
         momentum: bool = True,
         forget: bool = True,
         chunk_size: int = 64,
-        max_lr: float = 0.01,
+        max_lr: float = 0.002,
+        momentum_max: float = 0.5,
         conv_size: int = 4,
         naive: bool = False,
         init_seed: int = 0,
@@ -120,13 +136,16 @@ class NeuralMemory(nn.Module):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}; try 64")
         if not max_lr > 0:
-            raise ValueError(f"max_lr must be > 0, got {max_lr}; try 0.01")
+            raise ValueError(f"max_lr must be > 0, got {max_lr}; try 0.002")
         if conv_size < 0:
             raise ValueError(f"conv_size must be >= 0, got {conv_size}; try 4")
         F_ = dim // n_heads
         self.dim, self.n_heads, self.head_dim = dim, n_heads, F_
         self.memory, self.activation, self.optimizer = memory, activation, optimizer
         self.momentum, self.forget, self.chunk_size = momentum, forget, chunk_size
+        if not 0.0 < momentum_max <= 1.0:
+            raise ValueError(f"momentum_max must be in (0, 1], got {momentum_max}; try 0.5")
+        self.momentum_max = momentum_max
         self.max_lr, self.conv_size, self.naive, self.init_seed = (
             max_lr,
             conv_size,
@@ -171,7 +190,7 @@ class NeuralMemory(nn.Module):
         conv_weight                  uniform(-1/sqrt(w), 1/sqrt(w)), w = conv_size
                                      (torch's Conv1d default, as mamba / fla)
         gate_bias                    theta: 0 (theta = max_lr / 2); eta: logit(0.9);
-                                     alpha: logit(0.001)
+                                     alpha: logit(0.001) (eta = 0.9 momentum_max)
         out_norm_weight              ones
         ============================ ===================================================
 
@@ -193,7 +212,7 @@ class NeuralMemory(nn.Module):
             u = torch.rand(self.conv_weight.shape, generator=gen, dtype=torch.float64)
             self.conv_weight.copy_((2.0 * u - 1.0) * b)
         self.gate_bias[0].fill_(0.0)
-        self.gate_bias[1].fill_(math.log(0.9 / 0.1))
+        self.gate_bias[1].fill_(math.log(0.9 / 0.1))  # eta = 0.9 * momentum_max at init
         self.gate_bias[2].fill_(math.log(0.001 / 0.999))
         self.out_norm_weight.fill_(1.0)
 
@@ -252,7 +271,7 @@ class NeuralMemory(nn.Module):
         wdt = torch.promote_types(x.dtype, torch.float32)
         g = self.wgates(x).to(wdt).view(B, T, 3, H) + self.gate_bias.to(wdt)
         theta = self.max_lr * torch.sigmoid(g[:, :, 0])
-        eta = torch.sigmoid(g[:, :, 1]) if self.momentum else None
+        eta = self.momentum_max * torch.sigmoid(g[:, :, 1]) if self.momentum else None
         alpha = torch.sigmoid(g[:, :, 2]) if self.forget else None
         if self.memory_frozen:
             # read-only: the memory part of the state (None = M_0) is returned as it came

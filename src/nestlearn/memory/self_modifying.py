@@ -9,7 +9,8 @@ Layer::
     k, v, eta, alpha (and q if adaptive) = M_box(x_m)     projection memories (eqs. 84-85)
     q           = x_m-independent fixed projection W_q x  (the default, §8.1 "the only
                                                            non-adaptive projection")
-    m_t         = sigmoid(w_m x_t + b_m)                  momentum gate (Table 6 implies one)
+    m_t         = momentum_max sigmoid(w_m x_t + b_m)     momentum gate (Table 6 implies one;
+                                                          capped at 0.5, fidelity HOPE-4)
     o, state    = chunk_selfmod_titans(...)               every M_box and M_memory learn in context
                                                           with DGD + weight decay (eq. 88)
     y           = W_o (rmsnorm_head(o) * sigmoid(W_g x))  output norm + gate (Titans §4.4)
@@ -88,6 +89,7 @@ class SelfModifyingTitans(nn.Module):
         chunk_size: chunk of the main memory ``M_memory``; proj_chunk_size: chunk of the
             projection memories ("two different values of chunk sizes", §8.2).
         max_lr: upper bound of the inner learning rate.
+        momentum_max: upper bound of the momentum gate (``m_t = momentum_max * sigmoid(.)``).
         conv_size: width of the causal depthwise conv (§8.3: 4; 0 disables it).
         naive: run the per-token reference op (tests and ``bench --naive``).
         init_seed: seed of this layer's own init (the layer index).
@@ -109,6 +111,7 @@ class SelfModifyingTitans(nn.Module):
         chunk_size: int = 32,
         proj_chunk_size: int = 64,
         max_lr: float = 0.002,
+        momentum_max: float = 0.5,
         conv_size: int = 4,
         naive: bool = False,
         init_seed: int = 0,
@@ -125,6 +128,9 @@ class SelfModifyingTitans(nn.Module):
             raise ValueError(f"max_lr must be > 0, got {max_lr}; try 0.002")
         if conv_size < 0:
             raise ValueError(f"conv_size must be >= 0, got {conv_size}; try 4")
+        if not 0.0 < momentum_max <= 1.0:
+            raise ValueError(f"momentum_max must be in (0, 1], got {momentum_max}; try 0.5")
+        self.momentum_max = momentum_max
         if optimizer not in ("gd", "dgd"):
             raise ValueError(f"optimizer must be 'gd' or 'dgd', got {optimizer!r}")
         F_ = dim // n_heads
@@ -177,7 +183,7 @@ class SelfModifyingTitans(nn.Module):
         eta_readout, alpha_readout   zeros: eta = max_lr / 2 and alpha = 0.001 at init; the
                                      readouts then learn which memory features modulate them
         eta_bias / alpha_bias        0 / logit(0.001)
-        mom_bias                     logit(0.9), the usual heavy-ball value
+        mom_bias                     logit(0.9): m = 0.9 momentum_max at init
         out_norm_weight              ones
         ============================ ===================================================
         """
@@ -236,7 +242,7 @@ class SelfModifyingTitans(nn.Module):
         wdt = torch.promote_types(x.dtype, torch.float32)
         mom = None
         if self.w_mom is not None and self.mom_bias is not None:
-            mom = torch.sigmoid(self.w_mom(x).to(wdt) + self.mom_bias.to(wdt))
+            mom = self.momentum_max * torch.sigmoid(self.w_mom(x).to(wdt) + self.mom_bias.to(wdt))
         eta_ro = (self.eta_readout, self.eta_bias)
         alpha_ro = None
         if self.alpha_readout is not None and self.alpha_bias is not None:

@@ -71,6 +71,8 @@ class HopeOptions:
     max_lr: float = 0.002
     """Upper bound of the inner learning rate eta_t = max_lr * sigmoid(.); 0.01 diverged
     (docs/fidelity.md HOPE-4)."""
+    momentum_max: float = 0.5
+    """Upper bound of the inner momentum gate (docs/fidelity.md HOPE-4)."""
     conv_size: int = 4
     """Width of the causal depthwise conv on the memory input (§8.3: 4; 0 disables)."""
     naive: bool = False
@@ -115,6 +117,7 @@ def build_hope_block(cfg: ModelConfig, layer: int) -> Block:
         chunk_size=o.chunk_size,
         proj_chunk_size=o.proj_chunk_size,
         max_lr=o.max_lr,
+        momentum_max=o.momentum_max,
         conv_size=o.conv_size,
         naive=o.naive,
         init_seed=layer,

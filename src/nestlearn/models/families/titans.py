@@ -47,8 +47,11 @@ class TitansOptions:
     """Forgetting gate (Titans eq. 14); False is the "w/o weight decay" ablation."""
     chunk_size: int = 64
     """Tokens per chunk; gradients inside a chunk are taken at its starting weights."""
-    max_lr: float = 0.01
+    max_lr: float = 0.002
     """Upper bound of the inner learning rate theta = max_lr * sigmoid(.)."""
+    momentum_max: float = 0.5
+    """Upper bound of the momentum gate eta = momentum_max * sigmoid(.); 1.0 (uncapped) diverged
+    at outer lr 3e-3 (see nestlearn.memory.neural_memory)."""
     conv_size: int = 4
     """Width of the causal depthwise conv after the q/k/v projection (0 disables it)."""
     naive: bool = False
@@ -84,6 +87,7 @@ def build_titans_block(cfg: ModelConfig, layer: int) -> Block:
         forget=o.forget,
         chunk_size=o.chunk_size,
         max_lr=o.max_lr,
+        momentum_max=o.momentum_max,
         conv_size=o.conv_size,
         naive=o.naive,
         init_seed=layer,

@@ -108,6 +108,7 @@ def _memory(cfg: ModelConfig, o: TitansHybridOptions, layer: int) -> NeuralMemor
         forget=o.forget,
         chunk_size=o.chunk_size,
         max_lr=o.max_lr,
+        momentum_max=o.momentum_max,
         conv_size=o.conv_size,
         naive=o.naive,
         init_seed=layer,
