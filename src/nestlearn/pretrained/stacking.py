@@ -49,6 +49,7 @@ def stacked_config(
     learn_lr: bool | None = None,
     lr_max: float = 0.01,
     meta_grad: str = "first_order",
+    objective: str = "next",
 ) -> ModelConfig:
     """The ``transformer-cms`` config that holds ``cfg``'s weights with CMS levels.
 
@@ -62,6 +63,9 @@ def stacked_config(
             lives in ``(0, lr_max)``, so ``lr = 0`` needs ``learn_lr=False``).
         lr_max: bound of a learned rate.
         meta_grad: ``first_order`` or ``full`` (see :class:`~nestlearn.memory.cms.CMSConfig`).
+        objective: the levels' in-context error signal: ``next`` (local next-input regression;
+            plain forward calls update) or ``ntp`` (the model's next-token gradient; only
+            :func:`~nestlearn.memory.cms.ntp_forward` updates). See docs/fidelity.md.
     """
     if cfg.family != "transformer":
         raise ValueError(
@@ -75,7 +79,7 @@ def stacked_config(
         "activation": "swiglu",
         "variant": "sequential",
         "mode": "in_context",
-        "objective": "next",
+        "objective": objective,
         "lr": float(lr),
         "lr_max": float(lr_max),
         "learn_lr": bool(learn),
@@ -102,6 +106,7 @@ def stack_levels(
     learn_lr: bool | None = None,
     lr_max: float = 0.01,
     meta_grad: str = "first_order",
+    objective: str = "next",
 ) -> LanguageModel:
     """A ``transformer-cms`` copy of ``model`` whose CMS levels start at its MLPs.
 
@@ -115,7 +120,13 @@ def stack_levels(
                 f"block {i} has a {type(block.ffn).__name__} FFN; stacking needs SwiGLU MLPs"
             )
     new_cfg = stacked_config(
-        model.cfg, periods, lr=lr, learn_lr=learn_lr, lr_max=lr_max, meta_grad=meta_grad
+        model.cfg,
+        periods,
+        lr=lr,
+        learn_lr=learn_lr,
+        lr_max=lr_max,
+        meta_grad=meta_grad,
+        objective=objective,
     )
     p = next(model.parameters())
     out = build_model(new_cfg, device=p.device).to(p.dtype)
