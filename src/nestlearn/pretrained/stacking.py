@@ -43,7 +43,7 @@ def layer_periods(n_layers: int, periods: Sequence[int]) -> list[int]:
 
 def stacked_config(
     cfg: ModelConfig,
-    periods: Sequence[int] = (16, 64, 256),
+    periods: Sequence[int] = (64, 256, 1024),
     *,
     lr: float = 0.0,
     learn_lr: bool | None = None,
@@ -100,7 +100,7 @@ def stacked_config(
 @torch.no_grad()
 def stack_levels(
     model: LanguageModel,
-    periods: Sequence[int] = (16, 64, 256),
+    periods: Sequence[int] = (64, 256, 1024),
     *,
     lr: float = 0.0,
     learn_lr: bool | None = None,
