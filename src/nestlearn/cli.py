@@ -537,7 +537,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     )
     (root / "demo.md").write_text(
-        "# nestlearn demo\n\n"
+        "# nestlearn demo\n\n```\n"
         + format_table(
             [
                 "model",
@@ -553,7 +553,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ],
             rows,
         )
-        + "\n",
+        + "\n```\n",
         encoding="utf-8",
     )
     _print(f"\nloss curves: {png}\ntable: {root / 'demo.md'}")
