@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nestlearn.ops.conv import causal_depthwise_conv
 from nestlearn.ops.titans import TitansState, chunk_titans, naive_chunk_titans
 from nestlearn.ops.titans.common import memory_forward
 
@@ -244,17 +245,7 @@ class NeuralMemory(nn.Module):
         """Causal depthwise conv over time. ``u: [B, T, P]``; returns output and the new tail."""
         if self.conv_weight is None:
             return u, None
-        w = self.conv_weight.to(u.dtype)  # [K, P]
-        K = self.conv_size
-        if tail is None:
-            tail = u.new_zeros(u.shape[0], K - 1, u.shape[-1])
-        full = torch.cat([tail.to(u.dtype), u], dim=1)  # [B, K - 1 + T, P]
-        T = u.shape[1]
-        # a sum of K shifted products: cheaper on CPU than conv1d's [B, P, T] layout round trip
-        out = full[:, K - 1 :] * w[K - 1]
-        for j in range(K - 1):
-            out = out + full[:, j : j + T] * w[j]
-        return out, full[:, full.shape[1] - (K - 1) :]
+        return causal_depthwise_conv(u, self.conv_weight, tail)
 
     def forward(
         self, x: Tensor, *, state: NeuralMemoryState | None = None
