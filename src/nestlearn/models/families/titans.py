@@ -73,9 +73,9 @@ class TitansOptions:
         return out
 
 
-def build_titans_block(cfg: ModelConfig, layer: int) -> Block:
-    o = TitansOptions.from_mapping(cfg.mixer)
-    mem = NeuralMemory(
+def build_neural_memory(cfg: ModelConfig, o: TitansOptions, layer: int) -> NeuralMemory:
+    """The Titans memory mixer of block ``layer`` from the family options (shared by MAC/MAG/MAL)."""
+    return NeuralMemory(
         cfg.dim,
         cfg.n_heads,
         memory=o.memory,  # type: ignore[arg-type]
@@ -92,6 +92,10 @@ def build_titans_block(cfg: ModelConfig, layer: int) -> Block:
         naive=o.naive,
         init_seed=layer,
     )
+
+
+def build_titans_block(cfg: ModelConfig, layer: int) -> Block:
+    mem = build_neural_memory(cfg, TitansOptions.from_mapping(cfg.mixer), layer)
     return Block(cfg.dim, mem, SwiGLU(cfg.dim, cfg.ffn_width), cfg.norm_eps)
 
 

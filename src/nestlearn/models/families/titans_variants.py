@@ -55,7 +55,7 @@ from nestlearn.layers.persistent_attention import PersistentAttention
 from nestlearn.layers.titans_hybrid import MACMixer, MAGMixer, MALMixer
 from nestlearn.memory.neural_memory import NeuralMemory
 from nestlearn.models.config import ModelConfig
-from nestlearn.models.families.titans import TitansFamily, TitansOptions
+from nestlearn.models.families.titans import TitansFamily, TitansOptions, build_neural_memory
 from nestlearn.models.registry import register_family, register_preset
 from nestlearn.models.skeleton import Block
 
@@ -96,23 +96,7 @@ class TitansHybridOptions(TitansOptions):
 
 
 def _memory(cfg: ModelConfig, o: TitansHybridOptions, layer: int) -> NeuralMemory:
-    return NeuralMemory(
-        cfg.dim,
-        cfg.n_heads,
-        memory=o.memory,  # type: ignore[arg-type]
-        depth=o.depth,
-        expansion=o.expansion,
-        activation=o.activation,  # type: ignore[arg-type]
-        optimizer=o.optimizer,  # type: ignore[arg-type]
-        momentum=o.momentum,
-        forget=o.forget,
-        chunk_size=o.chunk_size,
-        max_lr=o.max_lr,
-        momentum_max=o.momentum_max,
-        conv_size=o.conv_size,
-        naive=o.naive,
-        init_seed=layer,
-    )
+    return build_neural_memory(cfg, o, layer)
 
 
 def _attention(
