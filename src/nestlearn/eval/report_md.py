@@ -181,7 +181,8 @@ def zeroshot_table(zs: dict[str, Any]) -> str:
     rows = []
     for (model,), recs in group(runs, "model").items():
         cells = [mean_std([r["row"].get(c) for r in recs]) for c in TABLE2_COLS]
-        rows.append([f"{model} (ours, {len(recs)} seeds)", *cells])
+        n = len(recs)
+        rows.append([f"{model} (ours, {n} seed{'s' if n != 1 else ''})", *cells])
     shown = {paper_name(r["model"]) for r in runs} | {"Transformer++", "Titans", "Hope"}
     for name, vals in PAPER_TABLE2_760M.items():
         if name in shown:

@@ -51,6 +51,9 @@ class Suite:
     """Validation and test tokens scored per run."""
     zeroshot_limit: int | None = 200
     """Items per zero-shot task (None = all)."""
+    wikitext_limit: int | None = 8
+    """WikiText-2 articles scored (None = all 62). An article is ~20K byte tokens scored by
+    rolling windows, so 50 of them cost more than the other seven tasks together."""
     niah_tasks: tuple[str, ...] = ("s_niah_1", "s_niah_2", "s_niah_3", "mk_niah_1")
     niah_lengths: tuple[int, ...] = (1024, 2048, 4096)
     """Byte-tokenized RULER templates need >= 446 tokens (S-NIAH) and >= 638 (MK-NIAH-1)."""
@@ -80,6 +83,7 @@ SUITES: dict[str, Suite] = {
         batch_size=8,
         eval_tokens=4096,
         zeroshot_limit=4,
+        wikitext_limit=2,
         niah_tasks=("s_niah_1", "s_niah_2"),
         niah_lengths=(512,),
         niah_samples=2,
@@ -164,7 +168,10 @@ def _zeroshot(run_dir: Path, data_dir: Path, suite: Suite) -> dict[str, Any]:
 
     lr = load_run(run_dir)
     scorer = LMScorer(lr.model, lr.tokenizer, batch_size=16)
-    res = evaluate_tasks(scorer, list(PAPER_ORDER), data_dir, limit=suite.zeroshot_limit)
+    tasks = [t for t in PAPER_ORDER if t != "wikitext"]
+    res = evaluate_tasks(scorer, tasks, data_dir, limit=suite.zeroshot_limit)
+    if "wikitext" in PAPER_ORDER:
+        res.update(evaluate_tasks(scorer, ["wikitext"], data_dir, limit=suite.wikitext_limit))
     return {"row": paper_row(res), "tasks": res}
 
 
@@ -289,7 +296,10 @@ def run_reproduce(
         res.zeroshot = {"skipped": str(e).splitlines()[0]}
     if ddir is not None:
         say(f"[3/7] zero-shot ({suite.zeroshot_limit or 'all'} items per task) from {ddir}")
-        res.zeroshot = {"runs": [], "limit": suite.zeroshot_limit, "data_dir": str(ddir)}
+        res.zeroshot = {
+            "runs": [], "limit": suite.zeroshot_limit, "wikitext_limit": suite.wikitext_limit,
+            "data_dir": str(ddir),
+        }  # fmt: skip
         for r in done:
             key = cache / "zeroshot" / f"{r.model}-seed{r.seed}.json"
             z = _step("zero-shot", key, _zeroshot, r.run_dir, ddir, suite)
@@ -412,7 +422,9 @@ def write_index(results: dict[str, Any], out: str | Path) -> Path:
     zs = results.get("zeroshot", {})
     if zs.get("runs"):
         md += [
-            f"{zs.get('limit') or 'All'} items per task. Accuracies in %, perplexities as is. "
+            f"{zs.get('limit') or 'All'} items per task"
+            + (f" ({zs['wikitext_limit']} WikiText-2 articles)" if zs.get("wikitext_limit") else "")
+            + ". Accuracies in %, perplexities as is. "
             "Paper rows: arXiv 2512.24695 Table 2, 760M params / 30B tokens, for reference only. "
             "HellaSwag is not shipped (n/a). Models of ~3M parameters sit at chance on these "
             "tasks; the chance row says where that is.",
