@@ -603,7 +603,7 @@ def write_report(results: Sequence[CILResult], out: str | Path) -> Path:
         ]
         for r in rs:
             extra = {k: v for k, v in r.settings.items() if k not in
-                     ("shots", "eval_per_class", "window", "seed")}  # fmt: skip
+                     ("shots", "eval_per_class", "window", "seed", "run")}  # fmt: skip
             md.append(
                 f"| {r.method} | {_pct(r.average_accuracy)} | {_pct(r.final_accuracy)} | "
                 f"{_pct(r.backward_transfer)} | {r.stream_tokens:,} | {r.wall_time_s:.0f} s | "
