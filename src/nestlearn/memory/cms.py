@@ -181,6 +181,21 @@ class CMSConfig:
             raise ValueError(f"unknown cms options {bad}; known: {', '.join(sorted(known))}")
         return cls(**options)
 
+    @classmethod
+    def for_dim(cls, options: dict[str, Any] | None, dim: int) -> CMSConfig:
+        """:meth:`from_dict` with the in-context rates scaled to the model width when not given.
+
+        The inner step's stable range shrinks with the level's input energy, ``||x||^2 ~ dim``
+        after the RMSNorm (CMS-11 in docs/fidelity.md): ``lr = 0.064 / dim`` (1e-3 at d = 64,
+        where the rate was measured, 2.5e-4 at d = 256) and ``lr_max = 4 lr``. An explicit
+        ``lr`` or ``lr_max`` is kept as given.
+        """
+        options = dict(options or {})
+        if "lr" not in options:
+            options["lr"] = 0.064 / dim
+            options.setdefault("lr_max", 4 * options["lr"])
+        return cls.from_dict(options)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

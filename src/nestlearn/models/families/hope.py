@@ -122,7 +122,9 @@ def build_hope_block(cfg: ModelConfig, layer: int) -> Block:
         naive=o.naive,
         init_seed=layer,
     )
-    return Block(cfg.dim, mixer, ContinuumMemory(cfg.dim, CMSConfig.from_dict(o.cms)), cfg.norm_eps)
+    return Block(
+        cfg.dim, mixer, ContinuumMemory(cfg.dim, CMSConfig.for_dim(o.cms, cfg.dim)), cfg.norm_eps
+    )
 
 
 def build_hope_attention_block(cfg: ModelConfig, layer: int) -> Block:
@@ -135,7 +137,9 @@ def build_hope_attention_block(cfg: ModelConfig, layer: int) -> Block:
         rope_interleaved=cfg.rope_interleaved,
         qk_norm=cfg.qk_norm,
     )
-    return Block(cfg.dim, attn, ContinuumMemory(cfg.dim, CMSConfig.from_dict(o.cms)), cfg.norm_eps)
+    return Block(
+        cfg.dim, attn, ContinuumMemory(cfg.dim, CMSConfig.for_dim(o.cms, cfg.dim)), cfg.norm_eps
+    )
 
 
 register_family(

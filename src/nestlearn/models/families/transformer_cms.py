@@ -39,14 +39,17 @@ class TransformerCMSOptions:
     everywhere."""
 
     @classmethod
-    def from_mapping(cls, opts: dict[str, Any], n_layers: int) -> TransformerCMSOptions:
+    def from_mapping(
+        cls, opts: dict[str, Any], n_layers: int, dim: int | None = None
+    ) -> TransformerCMSOptions:
         known = {f.name for f in fields(cls)}
         bad = sorted(set(opts) - known)
         if bad:
             raise ValueError(
                 f"unknown model.mixer options {bad} for transformer-cms; known: {sorted(known)}"
             )
-        cms = CMSConfig.from_dict(opts.get("cms"))
+        cms = (CMSConfig.from_dict(opts.get("cms")) if dim is None
+               else CMSConfig.for_dim(opts.get("cms"), dim))  # fmt: skip
         lp = opts.get("layer_periods")
         if lp is not None:
             try:
@@ -79,7 +82,7 @@ class TransformerCMSOptions:
 
 
 def build_transformer_cms_block(cfg: ModelConfig, layer: int) -> Block:
-    opts = TransformerCMSOptions.from_mapping(cfg.mixer, cfg.n_layers)
+    opts = TransformerCMSOptions.from_mapping(cfg.mixer, cfg.n_layers, cfg.dim)
     attn = CausalSelfAttention(
         cfg.dim,
         cfg.n_heads,
