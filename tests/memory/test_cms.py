@@ -551,3 +551,18 @@ def test_outer_schedule_hands_the_summed_gradient_and_resumes_exactly():
     handle.remove()
     for a, b in zip(again.state_dict().values(), full.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_in_context_rates_scale_with_width_unless_given():
+    from nestlearn.models import build_model, preset_config
+
+    cfg = CMSConfig.for_dim({}, 256)
+    assert cfg.lr == (0.064 / 256,) * len(cfg.periods) and cfg.lr_max == pytest.approx(
+        4 * 0.064 / 256
+    )
+    assert CMSConfig.for_dim({"lr": 0.002}, 256).lr[0] == 0.002  # explicit rate kept
+    assert CMSConfig.for_dim({"lr": 0.002}, 256).lr_max == 0.01
+    for name in ("hope-tiny", "hope-attention-tiny"):
+        m = build_model(preset_config(name, vocab_size=64))
+        lrs = m.blocks[0].ffn.lrs().detach()
+        assert torch.allclose(lrs, torch.full_like(lrs, 0.064 / m.cfg.dim))
