@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
             run_domains(
                 out, models=_list(args.models), domains=_list(args.domains),
                 steps_per_phase=args.steps_per_phase, eval_tokens=args.eval_tokens,
-                seed=args.seed, threads=args.threads or torch.get_num_threads(), progress=print,
+                seed=args.seed, threads=args.threads or torch.get_num_threads(), progress=None,  # it logs each phase
             )  # fmt: skip
             print(f"domain stream: {out / 'domains.md'}")
             continue
