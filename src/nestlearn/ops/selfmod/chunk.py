@@ -86,25 +86,31 @@ def chunk_selfmod_titans(
 
     # 1. projection pass over proj_chunk_size chunks (aligned to the state's offset)
     proj = st.proj
-    outs = []
-    t0 = 0
+    # chunk boundaries (the first one aligned to the state's offset); the inputs are cut with
+    # ``split``, whose backward is one concatenation: slicing every chunk out of the full
+    # tensors made each slice's backward a zero-filled full-length tensor, O(T^2) traffic
+    # (hope at T = 4096 ran at half its T = 512 tokens/s)
+    sizes, t0 = [], 0
     while t0 < T:
-        c = min(proj_chunk_size - proj.offset, T - t0)
-        sl = slice(t0, t0 + c)
+        c = min(proj_chunk_size - (proj.offset if t0 == 0 else 0), T - t0)
+        sizes.append(c)
+        t0 += c
+
+    def cut(t: Tensor | None) -> list[Tensor | None]:
+        return [None] * len(sizes) if t is None else list(t.split(sizes, dim=1))
+
+    outs = []
+    for xc, qc, kc, vc, m in zip(cut(xs), cut(qs), cut(ks), cut(vs), cut(mom)):
         p = project(
-            gradient_point(proj), xs[:, sl], names,
-            q=None if qs is None else qs[:, sl], k=None if ks is None else ks[:, sl],
-            v=None if vs is None else vs[:, sl], eta_readout=eta_readout,
+            gradient_point(proj), xc, names, q=qc, k=kc, v=vc, eta_readout=eta_readout,
             alpha_readout=alpha_readout, max_lr=max_lr, activation=activation,
         )  # fmt: skip
-        m = None if mom is None else mom[:, sl]
         _, proj = chunk_titans(
             None, rep(p.k), rep(p.v), rep(p.eta), rep(m), rep(p.alpha), proj,  # type: ignore[arg-type]
             chunk_size=proj_chunk_size, activation=activation, optimizer=optimizer,
             self_target=True,
         )  # fmt: skip
         outs.append(p)
-        t0 += c
     if len(outs) == 1:
         P = outs[0]
     else:
