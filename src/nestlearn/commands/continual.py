@@ -130,7 +130,8 @@ def _load_model(args: argparse.Namespace):  # noqa: ANN202 - (model, tokenizer)
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from nestlearn.continual.classify import BENCHMARKS, METHODS, write_report
+    from nestlearn.continual.classify import BENCHMARKS, METHODS
+    from nestlearn.continual.report import write_report
 
     if args.threads:
         torch.set_num_threads(args.threads)
