@@ -89,11 +89,11 @@ def _classify(args: argparse.Namespace, bench: str, methods: list[str]) -> list:
     model = tok = None
     results = []
     out = Path(args.out)
+    # the settings a finished result must match to be reused (JSON-shaped: tuples as lists)
+    want = {"source": args.checkpoint or args.gguf or args.pretrained, "split": args.split,
+            "tasks": args.tasks, **kw, "periods": list(periods)}  # fmt: skip
     for method in methods:
         path = out / f"{bench}-{method}.json"
-        want = {"source": args.checkpoint or args.gguf or args.pretrained, "split": args.split,
-                "tasks": args.tasks, **{k: (list(v) if isinstance(v, tuple) else v)
-                                        for k, v in kw.items()}}  # fmt: skip
         if path.is_file():
             old = load_result(path)
             if old.settings.get("run") == want:

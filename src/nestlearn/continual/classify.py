@@ -282,11 +282,9 @@ class HopeLearner(Learner):
         self.call_len = max(self.step, (min(call_len, self.chunk) // self.step) * self.step)
         self.state = self.model.init_state(1)
         self.pending: list[tuple[int, int]] = []  # (token, target) not yet read
-        self.read_tokens = 0
         self.win_tokens = 0
 
     def observe(self, demos: list[Demo]) -> None:
-
         super().observe(demos)
         for d in demos:
             ids, n = d.ids, len(d.prompt)
@@ -310,7 +308,6 @@ class HopeLearner(Learner):
         self.win_tokens += len(part)
         out = ntp_forward(self.model, idx, tgt, state=self.state, first_order=True)
         self.state = out.state.detach()
-        self.read_tokens += len(part)
 
     def flush(self) -> None:
         """Read the remainder (padded to the CMS grid with unscored tokens)."""
@@ -380,7 +377,6 @@ class EWCLearner(Learner):
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
         self.rng = random.Random(seed)
-        self.train_seconds = 0.0
 
     def _loss(self, demos: list[Demo]) -> torch.Tensor:
         dev = self.model.embed.weight.device
@@ -396,7 +392,6 @@ class EWCLearner(Learner):
 
     def observe(self, demos: list[Demo]) -> None:
         super().observe(demos)
-        t0 = time.perf_counter()
         self.model.train()
         order = list(demos)
         for _ in range(self.epochs):
@@ -426,7 +421,6 @@ class EWCLearner(Learner):
         for n in fisher:
             self.fisher[n] = self.fisher.get(n, 0) + fisher[n]
             self.anchor[n] = self.params[n].detach().clone()
-        self.train_seconds += time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------ driver
@@ -522,7 +516,7 @@ def run_class_incremental(
             texts = rng.sample(data.train[c], min(shots, len(data.train[c])))
             demos += [Demo(c, tokenizer.encode(PROMPT.format(text=x)), enc_label[c]) for x in texts]
             tests = rng.sample(data.test[c], min(eval_per_class, len(data.test[c])))
-            eval_items[c] = [tokenizer.encode("Query: " + x + "\nIntent:") for x in tests]
+            eval_items[c] = [tokenizer.encode(PROMPT.format(text=x)) for x in tests]
             task_of[c] = t
         rng.shuffle(demos)
         learner.observe(demos)
@@ -551,11 +545,11 @@ def run_class_incremental(
 
 def save_result(res: CILResult, path: str | Path) -> Path:
     """Write ``res`` as JSON atomically."""
+    from nestlearn.data.prepare import atomic_write_json
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(res), indent=1), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_json(path, asdict(res))
     return path
 
 

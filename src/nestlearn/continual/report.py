@@ -62,10 +62,10 @@ def write_report(results: Sequence[CILResult], out: str | Path) -> Path:
         for r in rs:
             md.append(f"| {r.method} | " + " | ".join(_pct(a) for a in r.acc) + " |")
         md += ["", f"![{bench}]({png.name})", ""]
+    from nestlearn.data.prepare import atomic_write_bytes
+
     path = out / "class_incremental.md"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(md), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_bytes(path, "\n".join(md).encode("utf-8"))
     return path
 
 

@@ -39,17 +39,14 @@ class TransformerCMSOptions:
     everywhere."""
 
     @classmethod
-    def from_mapping(
-        cls, opts: dict[str, Any], n_layers: int, dim: int | None = None
-    ) -> TransformerCMSOptions:
+    def from_mapping(cls, opts: dict[str, Any], n_layers: int, dim: int) -> TransformerCMSOptions:
         known = {f.name for f in fields(cls)}
         bad = sorted(set(opts) - known)
         if bad:
             raise ValueError(
                 f"unknown model.mixer options {bad} for transformer-cms; known: {sorted(known)}"
             )
-        cms = (CMSConfig.from_dict(opts.get("cms")) if dim is None
-               else CMSConfig.for_dim(opts.get("cms"), dim))  # fmt: skip
+        cms = CMSConfig.for_dim(opts.get("cms"), dim)
         lp = opts.get("layer_periods")
         if lp is not None:
             try:
