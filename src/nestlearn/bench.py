@@ -487,7 +487,10 @@ def bench_models(
         torch.set_num_threads(threads)
     _warn_if_busy()
     if peak_gflops is None:
-        logger.info("measuring the %s matmul peak on %d threads", dtype, torch.get_num_threads())
+        logger.info(
+            "measuring the %s matmul peak on %s%s", dtype, device,
+            f" ({torch.get_num_threads()} threads)" if torch.device(device).type == "cpu" else "",
+        )  # fmt: skip
         peak_gflops = measure_matmul_peak(peak_size, dtype=_DTYPES[dtype], device=device)
     records = [
         bench_model(m, dtype=dtype, device=device, peak_gflops=peak_gflops, **kwargs)

@@ -266,14 +266,59 @@ def test_fla_kernels_match_reference_on_gpu(kind: str) -> None:
     def rel(a, b):
         return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
+    # one pair of cotangent weights for both implementations (drawn before either runs)
+    w = (
+        torch.randn(B, T, H, V, device=dev, generator=gen),
+        torch.randn(B, H, K, V, device=dev, generator=gen),
+    )
     results = []
     for fn in (ours, theirs):
         o, S = fn()
-        w = torch.randn_like(o), torch.randn_like(S)
         grads = torch.autograd.grad((o * w[0]).sum() + (S * w[1]).sum(), ins, allow_unused=True)
         results.append((o, S, grads))
     (o1, S1, g1), (o2, S2, g2) = results
     assert rel(o2, o1) < 2e-2 and rel(S2, S1) < 2e-2
-    for a, b in zip(g2, g1):
+    names = ["q", "k", "v", "h0", "beta", "g"]
+    for name, a, b in zip(names, g2, g1, strict=True):
         if a is not None and b is not None and b.abs().sum() > 0:
-            assert rel(a, b) < 5e-2
+            assert rel(a, b) < 5e-2, f"d{name}: relative error {rel(a, b):.3g}"
+
+
+@pytest.mark.parametrize("fails_in", ["forward", "backward", None])
+def test_fla_probe_reports_kernels_that_fail(monkeypatch, caplog, fails_in) -> None:
+    """backend='auto' probes an fla op once (forward and backward) and keeps the PyTorch op when
+    fla raises in either pass (fla 0.6.0 refuses its gated backward on Hopper with Triton < 3.7.1,
+    seen on an H100 in session 4); a working op passes the probe."""
+    import types
+
+    from nestlearn.ops import fla_fast
+
+    class Op(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, v):
+            if fails_in == "forward":
+                raise RuntimeError("Triton too old for this kernel")
+            return q * v
+
+        @staticmethod
+        def backward(ctx, go):
+            if fails_in == "backward":
+                raise RuntimeError("Triton too old for chunk_bwd_dqkwg")
+            return go, go
+
+    def chunk_delta_rule(*, q, k, v, beta, output_final_state):
+        return Op.apply(q, v), None
+
+    fake = types.SimpleNamespace(chunk_delta_rule=chunk_delta_rule)
+    monkeypatch.setattr(fla_fast, "fla_module", lambda name: fake)
+    fla_fast._probe.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="nestlearn.ops.fla_fast"):
+            err = fla_fast._probe("delta_rule", "cpu", torch.bfloat16)
+    finally:
+        fla_fast._probe.cache_clear()
+    if fails_in is None:
+        assert err is None and not caplog.records
+    else:
+        assert err is not None and "Triton too old" in err
+        assert "uses the PyTorch op" in caplog.text

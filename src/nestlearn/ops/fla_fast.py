@@ -52,7 +52,52 @@ def _usable(x: Tensor, act_dtype: torch.dtype, required: bool, op: str) -> bool:
                 "backend='fla' needs flash-linear-attention: pip install flash-linear-attention"
             )
         return False
+    if not required and _probe(op, str(x.device), act_dtype) is not None:
+        return False
     return True
+
+
+@functools.cache
+def _probe(op: str, device: str, act_dtype: torch.dtype) -> str | None:
+    """Run one tiny forward and backward through ``fla.ops.<op>``; the error text, or None.
+
+    fla refuses some kernels at run time on some setups (for example fla 0.6.0 raises on Hopper
+    GPUs with Triton 3.4-3.7.0 for the gated backward, which ``gated_delta_rule`` and
+    ``simple_gla`` use); the error can come from the backward pass, too late to fall back. So
+    ``backend='auto'`` probes each op once per device and dtype and, if it fails, logs why and
+    keeps the PyTorch op. ``backend='fla'`` skips the probe and lets the error through.
+    """
+    mod = fla_module(op)
+    gen = torch.Generator(device=device).manual_seed(0)
+    B, T, H, K = 1, 64, 1, 64
+
+    def rn(*shape: int) -> Tensor:
+        return torch.randn(*shape, device=device, generator=gen).to(act_dtype).requires_grad_()
+
+    try:
+        q, k, v = rn(B, T, H, K), rn(B, T, H, K), rn(B, T, H, K)
+        q.data, k.data = (
+            torch.nn.functional.normalize(t.data.float(), dim=-1).to(act_dtype) for t in (q, k)
+        )
+        beta = torch.rand(B, T, H, device=device, generator=gen).to(act_dtype)
+        g = torch.full((B, T, H), -0.1, device=device)
+        if op == "delta_rule":
+            o, _ = mod.chunk_delta_rule(q=q, k=k, v=v, beta=beta, output_final_state=True)
+        elif op == "gated_delta_rule":
+            o, _ = mod.chunk_gated_delta_rule(
+                q=q, k=k, v=v, g=g, beta=beta, output_final_state=True
+            )
+        else:
+            o, _ = mod.chunk_simple_gla(q=q, k=k, v=v, g=g, output_final_state=True)
+        o.float().sum().backward()
+    except Exception as e:  # fla raises RuntimeError/ValueError/Triton errors; all mean "skip"
+        msg = f"{type(e).__name__}: {e}"
+        logger.warning(
+            "flash-linear-attention's %s failed a probe on %s %s, so backend='auto' uses the "
+            "PyTorch op (%s)", op, device, act_dtype, msg.splitlines()[0][:300],
+        )  # fmt: skip
+        return msg
+    return None
 
 
 def fla_delta_rule(
