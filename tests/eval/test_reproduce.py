@@ -142,6 +142,31 @@ def test_cache_skips_finished_steps(tmp_path) -> None:
     assert len(calls) == 1 and json.loads(p.read_text()) == {"x": 1.5}
 
 
+def test_cache_keeps_each_items_compute_time_across_resumes(tmp_path) -> None:
+    """A resumed suite still reports what each stage cost: the seconds of an item are kept
+    beside it when it is computed and counted again when it is read back; items cached by a
+    version without timings are counted as untimed, not as free."""
+    import time as _time
+
+    from nestlearn.eval.reproduce import cost_section
+
+    def slow() -> dict:
+        _time.sleep(0.05)
+        return {"x": 1}
+
+    first = {"items": 0, "timed": 0, "seconds": 0.0}
+    _cached(tmp_path / "a.json", slow, first)
+    (tmp_path / "old.json").write_text('{"x": 2}')  # cached before timings existed
+    again = {"items": 0, "timed": 0, "seconds": 0.0}
+    _cached(tmp_path / "a.json", slow, again)
+    _cached(tmp_path / "old.json", slow, again)
+    assert first["timed"] == 1 and first["seconds"] >= 0.05
+    assert again["items"] == 2 and again["timed"] == 1
+    assert abs(again["seconds"] - first["seconds"]) < 2e-3  # read back, not re-measured
+    md = "\n".join(cost_section({"stage_cost": {"NIAH": again}, "wall_time_s": 3.0}))
+    assert "| NIAH | 2 | 1 | 0 | 0.0 |" in md and "wall time: 3 s" in md
+
+
 def test_suites_are_sized_as_documented() -> None:
     smoke, small = SUITES["smoke"], SUITES["small"]
     assert smoke.seeds == 1 and len(smoke.models or ()) <= 3

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             data_dir=args.data_dir,
             models=models,
-            stage=lambda s: print(s, flush=True),
+            stage=lambda s: print(f"{time.strftime('%H:%M:%S')} {s}", flush=True),
         )
     except ValueError as e:
         print(f"error: {e}")

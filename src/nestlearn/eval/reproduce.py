@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from nestlearn.data.prepare import atomic_write_bytes
 from nestlearn.eval import report_md as R
 
 logger = logging.getLogger(__name__)
@@ -120,26 +121,48 @@ SUITES: dict[str, Suite] = {
 
 
 # ----------------------------------------------------------------- caching
-def _cached(path: Path, fn: Callable[[], Any]) -> Any:
-    """Return the JSON at ``path`` if present, else compute ``fn()``, save it and return it."""
+def _cached(path: Path, fn: Callable[[], Any], cost: dict[str, Any] | None = None) -> Any:
+    """Return the JSON at ``path`` if present, else compute ``fn()``, save it and return it.
+
+    The seconds the computation took go to a sidecar ``<name>.seconds`` next to it, so a report
+    written after any number of resumes can still say what each stage cost; ``cost`` (a stage's
+    ``{"items", "timed", "seconds"}``) accumulates them, cached or not.
+    """
+    timing = path.with_suffix(".seconds")
     if path.is_file():
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            value = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             logger.warning("ignoring unreadable cache %s", path)
+        else:
+            if cost is not None:
+                cost["items"] += 1
+                try:
+                    cost["seconds"] += float(timing.read_text(encoding="utf-8"))
+                    cost["timed"] += 1
+                except (OSError, ValueError):
+                    pass  # computed by a version that kept no timing
+            return value
+    t0 = time.perf_counter()
     value = fn()
+    seconds = time.perf_counter() - t0
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=float), encoding="utf-8")
-    tmp.replace(path)  # atomic: an interrupt never leaves half a result behind
+    atomic_write_bytes(path, json.dumps(value, indent=1, default=float).encode("utf-8"))
+    atomic_write_bytes(timing, f"{seconds:.3f}\n".encode())
+    if cost is not None:
+        cost["items"] += 1
+        cost["timed"] += 1
+        cost["seconds"] += seconds
     return value
 
 
-def _step(label: str, path: Path, fn: Callable[..., Any], *args: Any) -> Any:
+def _step(
+    label: str, path: Path, fn: Callable[..., Any], *args: Any, cost: dict[str, Any] | None = None
+) -> Any:
     """``fn(*args)`` cached at ``path``; a failure becomes ``{"error": ...}`` (not cached, so a
     rerun tries again) instead of sinking the whole suite."""
     try:
-        return _cached(path, lambda: fn(*args))
+        return _cached(path, lambda: fn(*args), cost)
     # Broad on purpose: one family failing one evaluation (an unsupported length, a shape a
     # recipe does not fit) must not end a two-hour suite; the report shows the message.
     except Exception as e:  # noqa: BLE001
@@ -267,6 +290,11 @@ def run_reproduce(
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
+    costs: dict[str, dict[str, Any]] = {}
+
+    def cost(name: str) -> dict[str, Any]:
+        return costs.setdefault(name, {"items": 0, "timed": 0, "seconds": 0.0})
+
     # 1. training (run_compare caches finished runs in their folders)
     say(f"[1/7] training {len(presets)} models x {suite.seeds} seeds, {suite.tokens:,} tokens")
     runs = plan_runs(
@@ -276,6 +304,12 @@ def run_reproduce(
     )  # fmt: skip
     run_compare(runs, out / "runs", on_result=lambda r: say(f"  trained {r.model} seed {r.seed}"))
     done = [r for r in runs if "val_loss" in r.result]
+    c = cost("training")
+    for r in done:
+        c["items"] += 1
+        if "wall_time_s" in r.result:
+            c["timed"] += 1
+            c["seconds"] += float(r.result["wall_time_s"])
     for r in runs:
         rec = dict(r.result)
         rec.setdefault("model", r.model)
@@ -287,7 +321,9 @@ def run_reproduce(
     for r, rec in zip(runs, res.lm):
         if r in done:
             key = cache / "test_lm" / f"{r.model}-seed{r.seed}.json"
-            rec.update(_step("test ppl", key, _test_lm, r.run_dir, suite))
+            rec.update(
+                _step("test ppl", key, _test_lm, r.run_dir, suite, cost=cost("test perplexity"))
+            )
 
     # 3. zero-shot
     try:
@@ -303,7 +339,7 @@ def run_reproduce(
         }  # fmt: skip
         for r in done:
             key = cache / "zeroshot" / f"{r.model}-seed{r.seed}.json"
-            z = _step("zero-shot", key, _zeroshot, r.run_dir, ddir, suite)
+            z = _step("zero-shot", key, _zeroshot, r.run_dir, ddir, suite, cost=cost("zero-shot"))
             if "row" in z:
                 res.zeroshot["runs"].append({"model": r.model, "seed": r.seed, **z})
     else:
@@ -313,7 +349,7 @@ def run_reproduce(
     say(f"[4/7] NIAH {','.join(suite.niah_tasks)} at {suite.niah_lengths}")
     for r in done:
         key = cache / "niah" / f"{r.model}-seed{r.seed}.json"
-        recs = _step("NIAH", key, _niah, r.run_dir, suite, r.seed)
+        recs = _step("NIAH", key, _niah, r.run_dir, suite, r.seed, cost=cost("NIAH"))
         if isinstance(recs, dict):
             res.niah.append({"model": r.model, "seed": r.seed, **recs})
             continue
@@ -336,14 +372,14 @@ def run_reproduce(
         for task in suite.recall_tasks:
             for s in range(suite.synthetic_seeds):
                 key = cache / "recall" / f"{fam}-{task}-seed{s}.json"
-                v = _step(f"{fam} {task}", key, _recall, task, fam, suite, s)
+                v = _step(f"{fam} {task}", key, _recall, task, fam, suite, s, cost=cost("MQAR/MAD"))
                 res.recall.append({"model": fam, "task": task, "seed": s, **v})
     say(f"[6/7] formal languages {','.join(suite.formal_languages)}")
     for fam in families:
         for lang in suite.formal_languages:
             for s in range(suite.synthetic_seeds):
                 key = cache / "formal" / f"{fam}-{lang}-seed{s}.json"
-                v = _step(f"{fam} {lang}", key, _formal, lang, fam, suite, s)
+                v = _step(f"{fam} {lang}", key, _formal, lang, fam, suite, s, cost=cost("formal"))
                 res.formal.append({"model": fam, "language": lang, "seed": s, **v})
 
     # 7. context usage (first finished seed of each model)
@@ -353,7 +389,9 @@ def run_reproduce(
         firsts.setdefault(r.model, r)
     for model, r in firsts.items():
         key = cache / "context" / f"{model}-seed{r.seed}.json"
-        c = _step("context usage", key, _context, r.run_dir, suite, model)
+        c = _step(
+            "context usage", key, _context, r.run_dir, suite, model, cost=cost("context usage")
+        )
         if "position_loss" in c:
             res.context.append(c)
     if res.context:
@@ -368,6 +406,7 @@ def run_reproduce(
         res.plots["loss curves"] = "loss_curves.png"
 
     res.meta["wall_time_s"] = time.perf_counter() - t0
+    res.meta["stage_cost"] = costs
     (out / "results.json").write_text(json.dumps(asdict(res), indent=1, default=float))
     return write_index(asdict(res), out)
 
@@ -388,6 +427,32 @@ def scale_statement(results: dict[str, Any]) -> str:
         f"{30e9 / max(tokens, 1):,.0f}x more tokens than here. Results at this scale say whether "
         "the code runs and learns; they are not evidence for or against the paper's numbers."
     )
+
+
+def cost_section(meta: dict[str, Any]) -> list[str]:
+    """Markdown lines: what each stage cost, summed over every run that computed part of it."""
+    costs = meta.get("stage_cost")
+    if not costs:
+        return []
+    md = [
+        "## Cost",
+        "",
+        "Compute seconds per stage, summed over the items (training runs, evaluations) as each "
+        "was computed, across resumes; a cached item from a version that kept no timing counts "
+        f"as untimed. This invocation's wall time: {meta.get('wall_time_s', 0):.0f} s.",
+        "",
+        "| stage | items | timed | seconds | minutes |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    total = 0.0
+    for name, c in costs.items():
+        total += c["seconds"]
+        md.append(
+            f"| {name} | {c['items']} | {c['timed']} | {c['seconds']:,.0f} | "
+            f"{c['seconds'] / 60:.1f} |"
+        )
+    md += [f"| **total** | | | {total:,.0f} | {total / 60:.1f} |", ""]
+    return md
 
 
 def write_index(results: dict[str, Any], out: str | Path) -> Path:
@@ -492,6 +557,7 @@ def write_index(results: dict[str, Any], out: str | Path) -> Path:
         ]
     else:
         md += ["**Not run** (no trained model, or the evaluation failed).", ""]
+    md += cost_section(meta)
     md += ["## 8. Honest verdict", ""]
     md += [f"- {line}" for line in R.verdict(results)] or ["- Nothing finished; no verdict."]
     md += [f"- {scale_statement(results).replace('**Scale.** ', '')}", ""]
