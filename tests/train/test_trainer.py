@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -157,14 +158,66 @@ def test_seq_len_beyond_data_is_a_clear_error(tmp_path):
 
 
 def test_bf16_autocast_on_cpu_trains(tiny_data, tmp_path):
-    res = Trainer(_cfg("train.steps=8", "train.eval_every=0", "train.dtype=bfloat16", "optim.lr=3e-3"),
-                  run_dir=tmp_path, data=tiny_data).fit()
+    res = Trainer(
+        _cfg("train.steps=8", "train.eval_every=0", "train.dtype=bfloat16", "optim.lr=3e-3"),
+        run_dir=tmp_path,
+        data=tiny_data,
+    ).fit()
     assert all(math.isfinite(x) for x in res.losses)
     assert res.losses[-1] < res.losses[0] - 0.3
 
 
 @pytest.mark.slow
 def test_compiled_blocks_match_eager(tiny_data, tmp_path):
-    eager = Trainer(_cfg("train.steps=3", "train.eval_every=0"), run_dir=tmp_path / "e", data=tiny_data).fit()
-    comp = Trainer(_cfg("train.steps=3", "train.eval_every=0", "train.compile=true"), run_dir=tmp_path / "c", data=tiny_data).fit()
+    eager = Trainer(
+        _cfg("train.steps=3", "train.eval_every=0"), run_dir=tmp_path / "e", data=tiny_data
+    ).fit()
+    comp = Trainer(
+        _cfg("train.steps=3", "train.eval_every=0", "train.compile=true"),
+        run_dir=tmp_path / "c",
+        data=tiny_data,
+    ).fit()
     assert comp.losses == pytest.approx(eager.losses, abs=1e-4)
+
+
+def test_activation_checkpointing_matches_and_keeps_less(tiny_data, tmp_path):
+    """train.activation_checkpointing recomputes blocks in the backward pass: the same losses as
+    without it, and far fewer bytes saved for backward during the forward pass (hope's in-context
+    CMS keeps per-chunk fast weights, the case the option exists for)."""
+    plain = Trainer(_cfg("train.steps=3", "train.eval_every=0"), run_dir=tmp_path / "a",
+                    data=tiny_data).fit()  # fmt: skip
+    ck = Trainer(
+        _cfg("train.steps=3", "train.eval_every=0", "train.activation_checkpointing=true"),
+        run_dir=tmp_path / "b", data=tiny_data,
+    )  # fmt: skip
+    assert ck.model.activation_checkpointing
+    assert ck.fit().losses == pytest.approx(plain.losses, abs=1e-6)
+
+    from nestlearn.models import build_model, preset_config
+
+    cfg = preset_config("hope-tiny")
+    cfg = dataclasses.replace(cfg, vocab_size=64, dim=64, n_heads=2, n_layers=2)
+    model = build_model(cfg, device=torch.device("cpu"), seed=0)
+    idx = torch.randint(0, 64, (2, 96), generator=torch.Generator().manual_seed(0))
+
+    def run(on: bool):
+        model.set_activation_checkpointing(on)
+        model.zero_grad(set_to_none=True)
+        saved = [0]
+
+        def pack(t):
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logits, _ = model(idx)
+            loss = logits.logsumexp(-1).mean()
+        loss.backward()
+        return saved[0], loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    kept_plain, loss_a, ga = run(False)
+    kept_ck, loss_b, gb = run(True)
+    assert torch.equal(loss_a, loss_b)
+    for a, b in zip(ga, gb, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    assert kept_ck < kept_plain / 5, (kept_ck, kept_plain)

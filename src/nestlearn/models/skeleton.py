@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nestlearn.layers.norm import RMSNorm
 from nestlearn.models.config import ModelConfig
@@ -96,7 +97,19 @@ class LanguageModel(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.activation_checkpointing = False
         self.tie_weights()
+
+    def set_activation_checkpointing(self, on: bool) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them.
+
+        Applies to stateless calls with gradients enabled (training); calls that thread a
+        per-sequence state run as usual. Costs about one extra forward per step and keeps, per
+        block, only its input alive between the forward and the backward pass: with Hope's
+        in-context CMS at the paper's widths this is what decides whether a batch fits
+        (``docs/training.md``).
+        """
+        self.activation_checkpointing = bool(on)
 
     def tie_weights(self) -> None:
         """Share the embedding with the head when configured (again after ``to_empty``)."""
@@ -179,7 +192,12 @@ class LanguageModel(nn.Module):
         if state is None and return_state:
             state = self.init_state(idx.shape[0], device=idx.device)
         new_layers = []
+        recompute = self.activation_checkpointing and state is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
+            if recompute:
+                x = checkpoint(_block_output, block, x, use_reentrant=False)
+                new_layers.append(None)
+                continue
             x, s = block(x, state=state.layers[i] if state is not None else None)
             new_layers.append(s)
         logits = self.head(self.norm(x))
@@ -220,3 +238,8 @@ class LanguageModel(nn.Module):
                     except TypeError:
                         fwd += int(fn())
         return 3 * fwd
+
+
+def _block_output(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A stateless block call returning the activations only (what ``checkpoint`` recomputes)."""
+    return block(x)[0]

@@ -78,6 +78,9 @@ class RunConfig:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun each rank takes its local GPU)."""
     compile: bool = False
     """``torch.compile`` every block (applied by the trainer, per block)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass (about one extra forward per
+    step, far less activation memory; the paper-size Hope presets need it on one GPU)."""
     parallel: str = "ddp"
     """Under torchrun: ``ddp`` or ``fsdp`` (FSDP2, one shard unit per block)."""
     threads: int = 0

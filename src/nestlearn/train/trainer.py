@@ -148,6 +148,7 @@ class Trainer:
         self.start_step = 0
         self.tokens_seen = 0
         ckpt = self._load_model() if resume else None
+        self.model.set_activation_checkpointing(cfg.train.activation_checkpointing)
         if cfg.train.compile:
             for block in self.model.blocks:
                 block.compile()
