@@ -192,3 +192,24 @@ def test_smoke_suite_end_to_end(tmp_path, monkeypatch) -> None:
     run_reproduce(SUITES["smoke"], tmp_path)
     assert json.loads((tmp_path / "results.json").read_text())["lm"] == res["lm"]
     assert (tmp_path / "cache" / "test_lm").stat().st_mtime == mtime
+
+
+def test_stage_keys_change_with_the_suite_and_the_trained_run(tmp_path) -> None:
+    """A suite edit or a retrained model must not reuse a cached evaluation."""
+    import dataclasses
+
+    from nestlearn.eval.reproduce import stage_key
+
+    suite = SUITES["smoke"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "compare_result.json").write_text('{"val_loss": 2.0}')
+    k = stage_key(tmp_path, "niah", "m-seed0", suite, run)
+    assert k == stage_key(tmp_path, "niah", "m-seed0", suite, run)
+    assert k.parent == tmp_path / "niah" and k.name.startswith("m-seed0-")
+    more = dataclasses.replace(suite, niah_samples=suite.niah_samples + 1)
+    assert stage_key(tmp_path, "niah", "m-seed0", more, run) != k
+    other = dataclasses.replace(suite, recall_steps=suite.recall_steps + 1)
+    assert stage_key(tmp_path, "niah", "m-seed0", other, run) == k  # not a NIAH field
+    (run / "compare_result.json").write_text('{"val_loss": 1.9}')  # retrained
+    assert stage_key(tmp_path, "niah", "m-seed0", suite, run) != k

@@ -16,6 +16,7 @@ from the numbers (:func:`nestlearn.eval.report_md.verdict`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -154,6 +155,34 @@ def _cached(path: Path, fn: Callable[[], Any], cost: dict[str, Any] | None = Non
         cost["timed"] += 1
         cost["seconds"] += seconds
     return value
+
+
+# the suite fields each stage's results depend on (a change gives the stage new cache keys)
+STAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "test_lm": ("seq_len", "eval_tokens"),
+    "zeroshot": ("zeroshot_limit", "wikitext_limit"),
+    "niah": ("niah_tasks", "niah_lengths", "niah_samples"),
+    "recall": ("recall_steps", "recall_num_train", "recall_num_test"),
+    "formal": ("formal_steps", "formal_num_train", "formal_num_test"),
+    "context": ("seq_len", "context_length", "context_windows"),
+}
+
+
+def stage_key(
+    cache: Path, stage: str, name: str, suite: Suite, run_dir: Path | None = None
+) -> Path:
+    """Cache file of one item: ``cache/<stage>/<name>-<digest>.json``.
+
+    The digest covers the suite fields the stage reads and, for evaluations of a trained model,
+    the run's ``compare_result.json`` (rewritten whenever the run is retrained), so editing a
+    suite or retraining a model never reuses a stale result.
+    """
+    parts: dict[str, Any] = {f: getattr(suite, f) for f in STAGE_FIELDS[stage]}
+    if run_dir is not None:
+        res = Path(run_dir) / "compare_result.json"
+        parts["run"] = hashlib.sha1(res.read_bytes()).hexdigest() if res.is_file() else None
+    digest = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return cache / stage / f"{name}-{digest[:10]}.json"
 
 
 def _step(
@@ -320,7 +349,7 @@ def run_reproduce(
     say("[2/7] test perplexity")
     for r, rec in zip(runs, res.lm):
         if r in done:
-            key = cache / "test_lm" / f"{r.model}-seed{r.seed}.json"
+            key = stage_key(cache, "test_lm", f"{r.model}-seed{r.seed}", suite, r.run_dir)
             rec.update(
                 _step("test ppl", key, _test_lm, r.run_dir, suite, cost=cost("test perplexity"))
             )
@@ -338,7 +367,7 @@ def run_reproduce(
             "data_dir": str(ddir),
         }  # fmt: skip
         for r in done:
-            key = cache / "zeroshot" / f"{r.model}-seed{r.seed}.json"
+            key = stage_key(cache, "zeroshot", f"{r.model}-seed{r.seed}", suite, r.run_dir)
             z = _step("zero-shot", key, _zeroshot, r.run_dir, ddir, suite, cost=cost("zero-shot"))
             if "row" in z:
                 res.zeroshot["runs"].append({"model": r.model, "seed": r.seed, **z})
@@ -348,7 +377,7 @@ def run_reproduce(
     # 4. NIAH
     say(f"[4/7] NIAH {','.join(suite.niah_tasks)} at {suite.niah_lengths}")
     for r in done:
-        key = cache / "niah" / f"{r.model}-seed{r.seed}.json"
+        key = stage_key(cache, "niah", f"{r.model}-seed{r.seed}", suite, r.run_dir)
         recs = _step("NIAH", key, _niah, r.run_dir, suite, r.seed, cost=cost("NIAH"))
         if isinstance(recs, dict):
             res.niah.append({"model": r.model, "seed": r.seed, **recs})
@@ -371,14 +400,14 @@ def run_reproduce(
     for fam in families:
         for task in suite.recall_tasks:
             for s in range(suite.synthetic_seeds):
-                key = cache / "recall" / f"{fam}-{task}-seed{s}.json"
+                key = stage_key(cache, "recall", f"{fam}-{task}-seed{s}", suite)
                 v = _step(f"{fam} {task}", key, _recall, task, fam, suite, s, cost=cost("MQAR/MAD"))
                 res.recall.append({"model": fam, "task": task, "seed": s, **v})
     say(f"[6/7] formal languages {','.join(suite.formal_languages)}")
     for fam in families:
         for lang in suite.formal_languages:
             for s in range(suite.synthetic_seeds):
-                key = cache / "formal" / f"{fam}-{lang}-seed{s}.json"
+                key = stage_key(cache, "formal", f"{fam}-{lang}-seed{s}", suite)
                 v = _step(f"{fam} {lang}", key, _formal, lang, fam, suite, s, cost=cost("formal"))
                 res.formal.append({"model": fam, "language": lang, "seed": s, **v})
 
@@ -388,7 +417,7 @@ def run_reproduce(
     for r in done:
         firsts.setdefault(r.model, r)
     for model, r in firsts.items():
-        key = cache / "context" / f"{model}-seed{r.seed}.json"
+        key = stage_key(cache, "context", f"{model}-seed{r.seed}", suite, r.run_dir)
         c = _step(
             "context usage", key, _context, r.run_dir, suite, model, cost=cost("context usage")
         )
