@@ -39,6 +39,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
         metavar="A,B,...",
         help="families or presets instead of the suite's lineup",
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train and evaluate nothing: write index.md from what OUT already holds "
+        "(the state of a long suite that is still running or was interrupted)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             models=models,
             stage=lambda s: print(f"{time.strftime('%H:%M:%S')} {s}", flush=True),
+            compute=not args.report_only,
         )
     except ValueError as e:
         print(f"error: {e}")

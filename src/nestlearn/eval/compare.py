@@ -206,7 +206,8 @@ def _train_one(run: CompareRun, data: tuple | None) -> dict[str, Any]:
     }
 
 
-def _cached(run: CompareRun) -> dict[str, Any] | None:
+def finished_result(run: CompareRun) -> dict[str, Any] | None:
+    """The saved result of ``run`` if its folder holds one for the same config, else None."""
     path = run.run_dir / RESULT_FILE
     if not path.is_file():
         return None
@@ -250,7 +251,7 @@ def run_compare(
     out.mkdir(parents=True, exist_ok=True)
     opened: dict[tuple, tuple] = {}
     for run in runs:
-        cached = _cached(run) if reuse else None
+        cached = finished_result(run) if reuse else None
         if cached is not None:
             logger.info("reusing %s (same config, finished earlier)", run.run_dir)
             run.result = cached

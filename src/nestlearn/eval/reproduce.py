@@ -186,10 +186,18 @@ def stage_key(
 
 
 def _step(
-    label: str, path: Path, fn: Callable[..., Any], *args: Any, cost: dict[str, Any] | None = None
+    label: str,
+    path: Path,
+    fn: Callable[..., Any],
+    *args: Any,
+    cost: dict[str, Any] | None = None,
+    compute: bool = True,
 ) -> Any:
     """``fn(*args)`` cached at ``path``; a failure becomes ``{"error": ...}`` (not cached, so a
-    rerun tries again) instead of sinking the whole suite."""
+    rerun tries again) instead of sinking the whole suite. ``compute=False`` only reads the
+    cache (a missing item becomes an error entry)."""
+    if not compute and not path.is_file():
+        return {"not_run": True}  # callers leave it out of the report
     try:
         return _cached(path, lambda: fn(*args), cost)
     # Broad on purpose: one family failing one evaluation (an unsupported length, a shape a
@@ -296,13 +304,22 @@ def run_reproduce(
     data_dir: str | Path | None = None,
     models: Sequence[str] | None = None,
     stage: Callable[[str], None] | None = None,
+    compute: bool = True,
 ) -> Path:
     """Run ``suite`` into ``out`` (resuming from ``out/cache``) and write ``out/index.md``.
 
     ``models`` overrides the suite's lineup; ``stage`` is called with a line per stage
-    (progress). Returns the path of ``index.md``.
+    (progress). ``compute=False`` trains and evaluates nothing: the report is written from the
+    runs and cached evaluations already in ``out`` (what a long suite has done so far).
+    Returns the path of ``index.md``.
     """
-    from nestlearn.eval.compare import available_models, plan_runs, resolve_models, run_compare
+    from nestlearn.eval.compare import (
+        available_models,
+        finished_result,
+        plan_runs,
+        resolve_models,
+        run_compare,
+    )
     from nestlearn.eval.zeroshot import DataDirError, resolve_data_dir
 
     t0 = time.perf_counter()
@@ -324,6 +341,9 @@ def run_reproduce(
     def cost(name: str) -> dict[str, Any]:
         return costs.setdefault(name, {"items": 0, "timed": 0, "seconds": 0.0})
 
+    def step(stage_name: str, label: str, key: Path, fn: Callable[..., Any], *args: Any) -> Any:
+        return _step(label, key, fn, *args, cost=cost(stage_name), compute=compute)
+
     # 1. training (run_compare caches finished runs in their folders)
     say(f"[1/7] training {len(presets)} models x {suite.seeds} seeds, {suite.tokens:,} tokens")
     runs = plan_runs(
@@ -331,7 +351,13 @@ def run_reproduce(
         batch_size=suite.batch_size, seq_len=suite.seq_len,
         overrides=[f"train.eval_tokens={suite.eval_tokens}", f"train.threads={suite.threads}"],
     )  # fmt: skip
-    run_compare(runs, out / "runs", on_result=lambda r: say(f"  trained {r.model} seed {r.seed}"))
+    if compute:
+        run_compare(
+            runs, out / "runs", on_result=lambda r: say(f"  trained {r.model} seed {r.seed}")
+        )
+    else:
+        for r in runs:
+            r.result = finished_result(r) or {"model": r.model, "seed": r.seed}
     done = [r for r in runs if "val_loss" in r.result]
     c = cost("training")
     for r in done:
@@ -350,9 +376,9 @@ def run_reproduce(
     for r, rec in zip(runs, res.lm):
         if r in done:
             key = stage_key(cache, "test_lm", f"{r.model}-seed{r.seed}", suite, r.run_dir)
-            rec.update(
-                _step("test ppl", key, _test_lm, r.run_dir, suite, cost=cost("test perplexity"))
-            )
+            v = step("test perplexity", "test ppl", key, _test_lm, r.run_dir, suite)
+            if "not_run" not in v:
+                rec.update(v)
 
     # 3. zero-shot
     try:
@@ -368,7 +394,7 @@ def run_reproduce(
         }  # fmt: skip
         for r in done:
             key = stage_key(cache, "zeroshot", f"{r.model}-seed{r.seed}", suite, r.run_dir)
-            z = _step("zero-shot", key, _zeroshot, r.run_dir, ddir, suite, cost=cost("zero-shot"))
+            z = step("zero-shot", "zero-shot", key, _zeroshot, r.run_dir, ddir, suite)
             if "row" in z:
                 res.zeroshot["runs"].append({"model": r.model, "seed": r.seed, **z})
     else:
@@ -378,9 +404,10 @@ def run_reproduce(
     say(f"[4/7] NIAH {','.join(suite.niah_tasks)} at {suite.niah_lengths}")
     for r in done:
         key = stage_key(cache, "niah", f"{r.model}-seed{r.seed}", suite, r.run_dir)
-        recs = _step("NIAH", key, _niah, r.run_dir, suite, r.seed, cost=cost("NIAH"))
+        recs = step("NIAH", "NIAH", key, _niah, r.run_dir, suite, r.seed)
         if isinstance(recs, dict):
-            res.niah.append({"model": r.model, "seed": r.seed, **recs})
+            if "not_run" not in recs:
+                res.niah.append({"model": r.model, "seed": r.seed, **recs})
             continue
         for (task, length), rs in R.group(recs, "task", "length").items():
             score = 100.0 * sum(x["score"] for x in rs) / len(rs)
@@ -401,15 +428,17 @@ def run_reproduce(
         for task in suite.recall_tasks:
             for s in range(suite.synthetic_seeds):
                 key = stage_key(cache, "recall", f"{fam}-{task}-seed{s}", suite)
-                v = _step(f"{fam} {task}", key, _recall, task, fam, suite, s, cost=cost("MQAR/MAD"))
-                res.recall.append({"model": fam, "task": task, "seed": s, **v})
+                v = step("MQAR/MAD", f"{fam} {task}", key, _recall, task, fam, suite, s)
+                if "not_run" not in v:
+                    res.recall.append({"model": fam, "task": task, "seed": s, **v})
     say(f"[6/7] formal languages {','.join(suite.formal_languages)}")
     for fam in families:
         for lang in suite.formal_languages:
             for s in range(suite.synthetic_seeds):
                 key = stage_key(cache, "formal", f"{fam}-{lang}-seed{s}", suite)
-                v = _step(f"{fam} {lang}", key, _formal, lang, fam, suite, s, cost=cost("formal"))
-                res.formal.append({"model": fam, "language": lang, "seed": s, **v})
+                v = step("formal", f"{fam} {lang}", key, _formal, lang, fam, suite, s)
+                if "not_run" not in v:
+                    res.formal.append({"model": fam, "language": lang, "seed": s, **v})
 
     # 7. context usage (first finished seed of each model)
     say(f"[7/7] context usage at {suite.context_length} tokens")
@@ -418,9 +447,7 @@ def run_reproduce(
         firsts.setdefault(r.model, r)
     for model, r in firsts.items():
         key = stage_key(cache, "context", f"{model}-seed{r.seed}", suite, r.run_dir)
-        c = _step(
-            "context usage", key, _context, r.run_dir, suite, model, cost=cost("context usage")
-        )
+        c = step("context usage", "context usage", key, _context, r.run_dir, suite, model)
         if "position_loss" in c:
             res.context.append(c)
     if res.context:
@@ -436,6 +463,8 @@ def run_reproduce(
 
     res.meta["wall_time_s"] = time.perf_counter() - t0
     res.meta["stage_cost"] = costs
+    if not compute:
+        res.meta["report_only"] = True
     (out / "results.json").write_text(json.dumps(asdict(res), indent=1, default=float))
     return write_index(asdict(res), out)
 
@@ -499,6 +528,15 @@ def write_index(results: dict[str, Any], out: str | Path) -> Path:
         f"; started {meta.get('started', '?')}; wall time {meta.get('wall_time_s', 0):.0f} s. "
         "Values are mean ± sample std over seeds (a single value where one seed ran).",
         "",
+        *(
+            [
+                "**Partial report** (`--report-only`): written from the runs and evaluations "
+                "that had finished in this folder; items not run yet are left out of every table.",
+                "",
+            ]
+            if meta.get("report_only")
+            else []
+        ),
         "## 1. Setup and scale",
         "",
         scale_statement(results),
