@@ -172,6 +172,10 @@ def test_suites_are_sized_as_documented() -> None:
     assert smoke.seeds == 1 and len(smoke.models or ()) <= 3
     assert small.seeds == 3 and small.models is None  # every registered -tiny preset
     assert small.tokens > smoke.tokens
+    medium = SUITES["medium"]  # same training as small (its runs are reused), fuller evaluations
+    assert (medium.tokens, medium.seeds, medium.models) == (small.tokens, small.seeds, None)
+    assert medium.niah_samples > small.niah_samples
+    assert set(small.recall_tasks) < set(medium.recall_tasks)
 
 
 @pytest.mark.slow
