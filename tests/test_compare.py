@@ -90,3 +90,25 @@ def test_new_families_join_the_default_lineup() -> None:
     finally:
         FAMILIES.pop("cmp-fake")
         PRESETS.pop("cmp-fake-tiny")
+
+
+def test_a_config_field_added_later_does_not_make_finished_runs_stale(tmp_path) -> None:
+    """A run saved before a config field existed is reused when the planned value is that
+    field's default, and not when the plan asks for something else."""
+    import copy
+
+    from nestlearn.eval.compare import same_config
+
+    (run,) = plan_runs(["transformer-tiny"], tokens=8 * 256 * 2, out=tmp_path, seeds=1)
+    old = copy.deepcopy(run.planned)
+    del old["train"]["activation_checkpointing"]  # as saved by a version without the field
+    assert same_config(run.planned, old)
+    (on,) = plan_runs(
+        ["transformer-tiny"], tokens=8 * 256 * 2, out=tmp_path, seeds=1,
+        overrides=["train.activation_checkpointing=true"],
+    )  # fmt: skip
+    assert not same_config(on.planned, old)
+    changed = copy.deepcopy(old)
+    changed["optim"]["lr"] = changed["optim"]["lr"] * 2
+    assert not same_config(run.planned, changed)
+    assert not same_config(run.planned, None)

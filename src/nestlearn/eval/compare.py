@@ -18,6 +18,7 @@ table, mean ± std over seeds), ``compare.json`` (every run's numbers) and ``com
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -215,9 +216,23 @@ def finished_result(run: CompareRun) -> dict[str, Any] | None:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    if saved.get("config") != run.planned:
+    if not same_config(run.planned, saved.get("config")):
         return None
     return saved.get("result")
+
+
+def same_config(planned: dict[str, Any], saved: Any) -> bool:
+    """``saved`` (a run's stored config) equals ``planned``, where a key the stored config lacks
+    counts as that field's default: a config field added after the run (with a default that
+    keeps the old behaviour) must not make every finished run look stale and retrain it."""
+    if not isinstance(saved, dict):
+        return False
+    filled = copy.deepcopy(saved)
+    for section, defaults in _comparable(TrainConfig()).items():
+        if isinstance(defaults, dict) and isinstance(filled.get(section), dict):
+            for key, value in defaults.items():
+                filled[section].setdefault(key, value)
+    return filled == planned
 
 
 def _comparable(cfg: TrainConfig) -> dict[str, Any]:
