@@ -252,3 +252,16 @@ def test_report_only_computes_nothing(tmp_path, monkeypatch) -> None:
     assert res["niah"] == [] and res["formal"] == [] and res["context"] == []
     text = path.read_text()
     assert "## 5. In-context recall" in text and "**Partial report**" in text
+
+
+def test_titans_claim_is_checked_against_the_linear_rnns_too() -> None:
+    """Beating Transformer++ alone is not the paper's Titans claim (session 4 found the verdict
+    saying it 'shows' at rank 6 of 14, behind three linear RNNs)."""
+    lm = [_lm("deltanet-tiny", 0, 1.5, 5.0), _lm("titans-tiny", 0, 1.6, 5.5),
+          _lm("transformer-tiny", 0, 1.8, 6.0)]  # fmt: skip
+    lines = R.verdict(_results(lm=lm))
+    line = next(s for s in lines if "Titans beats" in s)
+    assert "does not show here: titans ranks 2 of 3; it is behind deltanet" in line
+    lm = [_lm("titans-tiny", 0, 1.4, 5.0), *lm[::2]]
+    line = next(s for s in R.verdict(_results(lm=lm)) if "Titans beats" in s)
+    assert "shows here: titans ranks 1 of 3; it is ahead of transformer, deltanet" in line

@@ -256,6 +256,10 @@ def _overlap(a: tuple[str, float, float], b: tuple[str, float, float]) -> bool:
     return abs(a[1] - b[1]) <= max(a[2], b[2])
 
 
+# the linear-recurrent baselines of the paper's Table 2 that the Titans claim is checked against
+LINEAR_RNNS = ("retnet", "deltanet", "gated-deltanet", "mamba2", "ttt-linear", "ttt-mlp")
+
+
 def verdict(results: dict[str, Any]) -> list[str]:
     """Plain sentences generated from the numbers: who wins here, and which of the paper's
     claims do or do not show at this scale. Nothing is hard-coded except the claims."""
@@ -284,17 +288,21 @@ def verdict(results: dict[str, Any]) -> list[str]:
                            ("titans", "Titans beats Transformer++ and the linear RNNs (Table 2)")):  # fmt: skip
             if fam in families:
                 rank = families.index(fam) + 1
-                shows = (
-                    rank == 1
-                    if fam == "hope"
-                    else rank < families.index("transformer") + 1
-                    if "transformer" in families
-                    else rank == 1
-                )
+                ahead = families[: rank - 1]  # families ranked before this one
+                if fam == "hope":
+                    shows, detail = rank == 1, ""
+                else:  # Titans against Transformer++ and every linear RNN that ran
+                    rivals = [f for f in ("transformer", *LINEAR_RNNS) if f in families]
+                    beaten_by = [f for f in rivals if f in ahead]
+                    shows = bool(rivals) and not beaten_by
+                    detail = (
+                        f"; it is behind {', '.join(beaten_by)}" if beaten_by
+                        else f"; it is ahead of {', '.join(rivals)}" if rivals else ""
+                    )  # fmt: skip
                 out.append(
                     f"The paper's claim that {claim} "
                     + ("shows here" if shows else "does not show here")
-                    + f": {fam} ranks {rank} of {len(ranking)}."
+                    + f": {fam} ranks {rank} of {len(ranking)}{detail}."
                 )
             else:
                 out.append(
