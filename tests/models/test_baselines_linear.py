@@ -313,7 +313,13 @@ def test_fla_probe_reports_kernels_that_fail(monkeypatch, caplog, fails_in) -> N
     monkeypatch.setattr(fla_fast, "fla_module", lambda name: fake)
     fla_fast._probe.cache_clear()
     try:
-        with caplog.at_level("WARNING", logger="nestlearn.ops.fla_fast"):
+        # as generation calls it: under inference_mode (and no_grad); the probe must still
+        # run its backward rather than report a working kernel as broken
+        with (
+            caplog.at_level("WARNING", logger="nestlearn.ops.fla_fast"),
+            torch.inference_mode(),
+            torch.no_grad(),
+        ):
             err = fla_fast._probe("delta_rule", "cpu", torch.bfloat16)
     finally:
         fla_fast._probe.cache_clear()

@@ -71,32 +71,38 @@ def _probe(op: str, device: str, act_dtype: torch.dtype) -> str | None:
     gen = torch.Generator(device=device).manual_seed(0)
     B, T, H, K = 1, 64, 1, 64
 
-    def rn(*shape: int) -> Tensor:
-        return torch.randn(*shape, device=device, generator=gen).to(act_dtype).requires_grad_()
+    def leaf(shape: tuple[int, ...], unit: bool = False) -> Tensor:
+        t = torch.randn(*shape, device=device, generator=gen)
+        t = torch.nn.functional.normalize(t, dim=-1) if unit else t
+        return t.to(act_dtype).requires_grad_()
 
-    try:
-        q, k, v = rn(B, T, H, K), rn(B, T, H, K), rn(B, T, H, K)
-        q.data, k.data = (
-            torch.nn.functional.normalize(t.data.float(), dim=-1).to(act_dtype) for t in (q, k)
-        )
-        beta = torch.rand(B, T, H, device=device, generator=gen).to(act_dtype)
-        g = torch.full((B, T, H), -0.1, device=device)
-        if op == "delta_rule":
-            o, _ = mod.chunk_delta_rule(q=q, k=k, v=v, beta=beta, output_final_state=True)
-        elif op == "gated_delta_rule":
-            o, _ = mod.chunk_gated_delta_rule(
-                q=q, k=k, v=v, g=g, beta=beta, output_final_state=True
-            )
-        else:
-            o, _ = mod.chunk_simple_gla(q=q, k=k, v=v, g=g, output_final_state=True)
-        o.float().sum().backward()
-    except Exception as e:  # fla raises RuntimeError/ValueError/Triton errors; all mean "skip"
-        msg = f"{type(e).__name__}: {e}"
-        logger.warning(
-            "flash-linear-attention's %s failed a probe on %s %s, so backend='auto' uses the "
-            "PyTorch op (%s)", op, device, act_dtype, msg.splitlines()[0][:300],
-        )  # fmt: skip
-        return msg
+    # autograd on even when the model runs under no_grad / inference_mode (eval, generation),
+    # and the probe's own dtypes whatever the caller's autocast says
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        torch.autocast(device_type=torch.device(device).type, enabled=False),
+    ):
+        try:
+            q, k, v = leaf((B, T, H, K), True), leaf((B, T, H, K), True), leaf((B, T, H, K))
+            beta = torch.rand(B, T, H, device=device, generator=gen).to(act_dtype)
+            g = torch.full((B, T, H), -0.1, device=device)
+            if op == "delta_rule":
+                o, _ = mod.chunk_delta_rule(q=q, k=k, v=v, beta=beta, output_final_state=True)
+            elif op == "gated_delta_rule":
+                o, _ = mod.chunk_gated_delta_rule(
+                    q=q, k=k, v=v, g=g, beta=beta, output_final_state=True
+                )
+            else:
+                o, _ = mod.chunk_simple_gla(q=q, k=k, v=v, g=g, output_final_state=True)
+            o.float().sum().backward()
+        except Exception as e:  # RuntimeError, ValueError, Triton errors: all mean "skip"
+            msg = f"{type(e).__name__}: {e}"
+            logger.warning(
+                "flash-linear-attention's %s failed a probe on %s %s, so backend='auto' uses "
+                "the PyTorch op (%s)", op, device, act_dtype, msg.splitlines()[0][:300],
+            )  # fmt: skip
+            return msg
     return None
 
 
