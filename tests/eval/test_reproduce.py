@@ -165,6 +165,7 @@ def test_cache_keeps_each_items_compute_time_across_resumes(tmp_path) -> None:
     assert abs(again["seconds"] - first["seconds"]) < 2e-3  # read back, not re-measured
     md = "\n".join(cost_section({"stage_cost": {"NIAH": again}, "wall_time_s": 3.0}))
     assert "| NIAH | 2 | 1 | 0 | 0.0 |" in md and "wall time: 3 s" in md
+    assert "1 item(s) came from a cache without timings" in md
 
 
 def test_suites_are_sized_as_documented() -> None:

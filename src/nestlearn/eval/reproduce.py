@@ -527,6 +527,12 @@ def cost_section(meta: dict[str, Any]) -> list[str]:
             f"{c['seconds'] / 60:.1f} |"
         )
     md += [f"| **total** | | | {total:,.0f} | {total / 60:.1f} |", ""]
+    untimed = sum(c["items"] - c["timed"] for c in costs.values())
+    if untimed:
+        md += [
+            f"{untimed} item(s) came from a cache without timings, so the total is a lower bound.",
+            "",
+        ]
     return md
 
 
