@@ -102,8 +102,8 @@ SUITES: dict[str, Suite] = {
     ),
     # Budget: 14 families x 3 seeds = 42 runs of 204,800 tokens. Stage costs measured on the
     # 2-core machine (session 4, docs/reproduce.md "Measured cost") for the fuller `medium`
-    # budget: training ~51 min idle, test perplexity ~19, zero-shot ~15, NIAH ~26, MQAR/MAD
-    # ~75 (selective copying alone ~45), formal ~10, context ~3: ~3.3 h. `small` keeps the
+    # budget: training ~51 min idle, test perplexity ~19, zero-shot ~17, NIAH ~25, MQAR/MAD
+    # ~80 (selective copying alone ~52), formal ~16, context ~1: ~3.5 h. `small` keeps the
     # training and trims the evaluations to fit ~2 h: half the validation/test tokens, 4 NIAH
     # samples per cell, MQAR and in-context recall at 200 steps (no selective copying).
     "small": Suite(
