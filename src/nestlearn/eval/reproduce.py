@@ -147,19 +147,18 @@ def _cached(path: Path, fn: Callable[[], Any], cost: dict[str, Any] | None = Non
     ``{"items", "timed", "seconds"}``) accumulates them, cached or not.
     """
     timing = path.with_suffix(".seconds")
+    seconds: float | None = None
     if path.is_file():
         try:
             value = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             logger.warning("ignoring unreadable cache %s", path)
         else:
-            if cost is not None:
-                cost["items"] += 1
-                try:
-                    cost["seconds"] += float(timing.read_text(encoding="utf-8"))
-                    cost["timed"] += 1
-                except (OSError, ValueError):
-                    pass  # computed by a version that kept no timing
+            try:
+                seconds = float(timing.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                pass  # computed by a version that kept no timing
+            _count(cost, seconds)
             return value
     t0 = time.perf_counter()
     value = fn()
@@ -167,11 +166,18 @@ def _cached(path: Path, fn: Callable[[], Any], cost: dict[str, Any] | None = Non
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(value, indent=1, default=float).encode("utf-8"))
     atomic_write_bytes(timing, f"{seconds:.3f}\n".encode())
-    if cost is not None:
-        cost["items"] += 1
+    _count(cost, seconds)
+    return value
+
+
+def _count(cost: dict[str, Any] | None, seconds: float | None) -> None:
+    """One item into a stage's ``{"items", "timed", "seconds"}`` (``None``: untimed)."""
+    if cost is None:
+        return
+    cost["items"] += 1
+    if seconds is not None:
         cost["timed"] += 1
         cost["seconds"] += seconds
-    return value
 
 
 # the suite fields each stage's results depend on (a change gives the stage new cache keys)
@@ -376,12 +382,9 @@ def run_reproduce(
         for r in runs:
             r.result = finished_result(r) or {"model": r.model, "seed": r.seed}
     done = [r for r in runs if "val_loss" in r.result]
-    c = cost("training")
     for r in done:
-        c["items"] += 1
-        if "wall_time_s" in r.result:
-            c["timed"] += 1
-            c["seconds"] += float(r.result["wall_time_s"])
+        wall = r.result.get("wall_time_s")
+        _count(cost("training"), None if wall is None else float(wall))
     for r in runs:
         rec = dict(r.result)
         rec.setdefault("model", r.model)
