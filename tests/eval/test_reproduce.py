@@ -148,7 +148,7 @@ def test_cache_keeps_each_items_compute_time_across_resumes(tmp_path) -> None:
     version without timings are counted as untimed, not as free."""
     import time as _time
 
-    from nestlearn.eval.reproduce import cost_section
+    from nestlearn.eval.reproduce_index import cost_section
 
     def slow() -> dict:
         _time.sleep(0.05)
