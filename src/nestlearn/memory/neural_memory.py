@@ -124,6 +124,8 @@ class NeuralMemory(nn.Module):
         max_lr: float = 0.002,
         momentum_max: float = 0.5,
         conv_size: int = 4,
+        hidden_chunk: bool = False,
+        exact_output: bool = False,
         naive: bool = False,
         init_seed: int = 0,
     ) -> None:
@@ -147,6 +149,8 @@ class NeuralMemory(nn.Module):
         if not 0.0 < momentum_max <= 1.0:
             raise ValueError(f"momentum_max must be in (0, 1], got {momentum_max}; try 0.5")
         self.momentum_max = momentum_max
+        self.hidden_chunk = hidden_chunk
+        self.exact_output = exact_output
         self.max_lr, self.conv_size, self.naive, self.init_seed = (
             max_lr,
             conv_size,
@@ -279,6 +283,8 @@ class NeuralMemory(nn.Module):
             o, inner = op(
                 q, k, v, theta, eta, alpha, inner,
                 chunk_size=self.chunk_size, activation=self.activation, optimizer=self.optimizer,
+                **({"hidden_chunk": True} if self.hidden_chunk else {}),
+                **({"exact_output": True} if self.exact_output else {}),
             )  # fmt: skip
         o = F.rms_norm(o, (F_,)) * self.out_norm_weight.to(o.dtype)  # per head
         o = o.reshape(B, T, self.dim) * torch.sigmoid(self.wg(x))

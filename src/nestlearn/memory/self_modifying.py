@@ -113,6 +113,9 @@ class SelfModifyingTitans(nn.Module):
         max_lr: float = 0.002,
         momentum_max: float = 0.5,
         conv_size: int = 4,
+        exact_output: bool = False,
+        hidden_chunk: bool = False,
+        per_memory_conv: bool = False,
         naive: bool = False,
         init_seed: int = 0,
     ) -> None:
@@ -131,6 +134,7 @@ class SelfModifyingTitans(nn.Module):
         if not 0.0 < momentum_max <= 1.0:
             raise ValueError(f"momentum_max must be in (0, 1], got {momentum_max}; try 0.5")
         self.momentum_max = momentum_max
+        self.exact_output, self.hidden_chunk = exact_output, hidden_chunk
         if optimizer not in ("gd", "dgd"):
             raise ValueError(f"optimizer must be 'gd' or 'dgd', got {optimizer!r}")
         F_ = dim // n_heads
@@ -147,7 +151,13 @@ class SelfModifyingTitans(nn.Module):
         self.memory_frozen = False
         P = dim * (1 + len(self.fixed))
         self.w_in = nn.Linear(dim, P, bias=False)
-        self.conv_weight = nn.Parameter(torch.empty(conv_size, P)) if conv_size > 0 else None
+        # per-memory conv: the memory input is convolved once per projection memory, each with its
+        # own filter, so e.g. M_k can read the previous token and M_v the current one
+        self.n_x = len(self.names) if per_memory_conv else 1
+        if per_memory_conv and conv_size == 0:
+            raise ValueError("per_memory_conv needs conv_size > 0; try conv_size=4")
+        Pc = dim * (self.n_x + len(self.fixed))
+        self.conv_weight = nn.Parameter(torch.empty(conv_size, Pc)) if conv_size > 0 else None
         self.w_mom = nn.Linear(dim, n_heads, bias=False) if momentum else None
         # Biases and readouts live outside nn.Linear: the skeleton's init zeroes Linear biases.
         self.mom_bias = nn.Parameter(torch.empty(n_heads)) if momentum else None
@@ -234,11 +244,13 @@ class SelfModifyingTitans(nn.Module):
         tail = state.conv if state is not None else None
         u = self.w_in(x)
         new_tail = None
+        if self.n_x > 1:  # one copy of the memory input per projection memory's conv
+            u = torch.cat([u[..., :D].repeat(1, 1, self.n_x), u[..., D:]], dim=-1)
         if self.conv_weight is not None:
             u, new_tail = causal_depthwise_conv(u, self.conv_weight, tail)
-        parts = F.silu(u).view(B, T, 1 + len(self.fixed), H, F_).unbind(2)
-        xm = parts[0]
-        fixed = dict(zip(self.fixed, parts[1:]))
+        parts = F.silu(u).view(B, T, self.n_x + len(self.fixed), H, F_)
+        xm = parts[:, :, : self.n_x] if self.n_x > 1 else parts[:, :, 0]
+        fixed = dict(zip(self.fixed, parts[:, :, self.n_x :].unbind(2)))
         wdt = torch.promote_types(x.dtype, torch.float32)
         mom = None
         if self.w_mom is not None and self.mom_bias is not None:
@@ -260,7 +272,8 @@ class SelfModifyingTitans(nn.Module):
             op = naive_selfmod_titans if self.naive else chunk_selfmod_titans
             o, inner = op(
                 xm, inner, momentum=mom, chunk_size=self.chunk_size,
-                proj_chunk_size=self.proj_chunk_size, optimizer=self.optimizer, **kw,
+                proj_chunk_size=self.proj_chunk_size, optimizer=self.optimizer,
+                exact_output=self.exact_output, hidden_chunk=self.hidden_chunk, **kw,
             )  # fmt: skip
         o = F.rms_norm(o, (F_,)) * self.out_norm_weight.to(o.dtype)  # per head
         o = o.reshape(B, T, D) * torch.sigmoid(self.wg(x))

@@ -75,6 +75,12 @@ class HopeOptions:
     """Upper bound of the inner momentum gate (docs/fidelity.md HOPE-4)."""
     conv_size: int = 4
     """Width of the causal depthwise conv on the memory input (§8.3: 4; 0 disables)."""
+    exact_output: bool = False
+    """PROTOTYPE"""
+    hidden_chunk: bool = False
+    """PROTOTYPE"""
+    per_memory_conv: bool = False
+    """PROTOTYPE"""
     naive: bool = False
     """Run the per-token reference op (tests and ``bench --naive`` only)."""
     cms: dict[str, Any] = field(default_factory=dict)
@@ -119,6 +125,9 @@ def build_hope_block(cfg: ModelConfig, layer: int) -> Block:
         max_lr=o.max_lr,
         momentum_max=o.momentum_max,
         conv_size=o.conv_size,
+        exact_output=o.exact_output,
+        hidden_chunk=o.hidden_chunk,
+        per_memory_conv=o.per_memory_conv,
         naive=o.naive,
         init_seed=layer,
     )

@@ -54,6 +54,10 @@ class TitansOptions:
     at outer lr 3e-3 (see nestlearn.memory.neural_memory)."""
     conv_size: int = 4
     """Width of the causal depthwise conv after the q/k/v projection (0 disables it)."""
+    exact_output: bool = False
+    """PROTOTYPE: output layer follows the exact per-token recurrence inside a chunk."""
+    hidden_chunk: bool = False
+    """PROTOTYPE: hidden layers read at the chunk start, updated at its end, rows renormalised."""
     naive: bool = False
     """Run the naive per-chunk reference op (tests and ``bench --naive`` only)."""
 
@@ -89,6 +93,8 @@ def build_neural_memory(cfg: ModelConfig, o: TitansOptions, layer: int) -> Neura
         max_lr=o.max_lr,
         momentum_max=o.momentum_max,
         conv_size=o.conv_size,
+        hidden_chunk=o.hidden_chunk,
+        exact_output=o.exact_output,
         naive=o.naive,
         init_seed=layer,
     )

@@ -46,6 +46,8 @@ def chunk_selfmod_titans(
     max_lr: float = 0.01,
     activation: Activation = "silu",
     optimizer: Optimizer = "dgd",
+    exact_output: bool = False,
+    hidden_chunk: bool = False,
 ) -> tuple[Tensor, SelfModState]:
     """Self-modifying Titans over a sequence, chunk-parallel.
 
@@ -72,7 +74,8 @@ def chunk_selfmod_titans(
     check_selfmod_inputs(
         x, names, q, k, v, momentum, alpha_readout, state, chunk_size, proj_chunk_size
     )
-    B, T, H, Fd = x.shape
+    B, T = x.shape[:2]
+    H, Fd = x.shape[-2:]
     n = len(names)
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     st = prepare_state(state, momentum is not None, cdt)
@@ -108,7 +111,7 @@ def chunk_selfmod_titans(
         _, proj = chunk_titans(
             None, rep(p.k), rep(p.v), rep(p.eta), rep(m), rep(p.alpha), proj,  # type: ignore[arg-type]
             chunk_size=proj_chunk_size, activation=activation, optimizer=optimizer,
-            self_target=True,
+            self_target=True, exact_output=exact_output, hidden_chunk=hidden_chunk,
         )  # fmt: skip
         outs.append(p)
     if len(outs) == 1:
@@ -121,7 +124,7 @@ def chunk_selfmod_titans(
     o, memory = chunk_titans(
         P.q, P.k, P.v, P.eta, mom, P.alpha, st.memory,
         chunk_size=chunk_size, activation=activation, optimizer=optimizer, read="before",
-        self_target=True,
+        self_target=True, exact_output=exact_output, hidden_chunk=hidden_chunk,
     )  # fmt: skip
     assert o is not None
     return o.to(x.dtype), SelfModState(proj, memory)

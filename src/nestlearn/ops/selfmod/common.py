@@ -112,7 +112,8 @@ def project(
 
     Args:
         weights: projection memories ``[B, n * H, o, i]`` (at the segment's gradient point).
-        x: ``[B, c, H, F]`` memory inputs. ``q, k, v``: fixed projections ``[B, c, H, F]`` or
+        x: ``[B, c, H, F]`` memory inputs shared by every projection memory, or ``[B, c, n, H,
+            F]`` one input per memory (in ``names`` order). ``q, k, v``: fixed projections ``[B, c, H, F]`` or
             ``None`` where the projection is adaptive (then its name is in ``names``).
         eta_readout, alpha_readout: ``(r [H, F], b [H])`` of the scalar projections.
 
@@ -120,9 +121,13 @@ def project(
         :class:`Projections` with ``q``, ``k`` and ``v`` l2-normalised, ``eta`` in
         ``(0, max_lr)`` and ``alpha`` (forget) in ``(0, 1)``.
     """
-    B, c, H, Fd = x.shape
     n = len(names)
-    xr = x.transpose(1, 2).repeat(1, n, 1, 1)  # [B, n H, c, F]
+    if x.dim() == 5:  # per-memory inputs [B, c, n, H, F]: memory j of head h at j H + h
+        B, c, _, H, Fd = x.shape
+        xr = x.permute(0, 2, 3, 1, 4).reshape(B, n * H, c, Fd)
+    else:
+        B, c, H, Fd = x.shape
+        xr = x.transpose(1, 2).repeat(1, n, 1, 1)  # [B, n H, c, F]
     out = memory_forward(weights, xr, activation).view(B, n, H, c, Fd).transpose(2, 3)
     got = {name: out[:, j] for j, name in enumerate(names)}  # [B, c, H, F]
     kk = got["k"] if k is None else k
@@ -154,9 +159,16 @@ def check_selfmod_inputs(
     proj_chunk_size: int,
 ) -> None:
     """Validate shapes and the names/fixed-projection pairing; errors name the fix."""
-    if x.dim() != 4:
-        raise ValueError(f"x must be [B, T, H, F], got {tuple(x.shape)}")
-    B, T, H, Fd = x.shape
+    if x.dim() == 5:
+        if x.shape[2] != len(names):
+            raise ValueError(
+                f"per-memory inputs x must be [B, T, n={len(names)}, H, F], got {tuple(x.shape)}"
+            )
+        B, T, _, H, Fd = x.shape
+    elif x.dim() == 4:
+        B, T, H, Fd = x.shape
+    else:
+        raise ValueError(f"x must be [B, T, H, F] or [B, T, n, H, F], got {tuple(x.shape)}")
     order = [p for p in PROJECTIONS if p in names]
     if list(names) != order or len(set(names)) != len(names):
         raise ValueError(f"names must be a subset of {PROJECTIONS} in that order, got {names}")
@@ -168,8 +180,8 @@ def check_selfmod_inputs(
                 f"{name!r} is adaptive iff it is in names and no fixed {name} is given; "
                 f"got names={names} and {name}={'a tensor' if fixed is not None else None}"
             )
-        if fixed is not None and fixed.shape != x.shape:
-            raise ValueError(f"fixed {name} must have x's shape {tuple(x.shape)}")
+        if fixed is not None and fixed.shape != (B, T, H, Fd):
+            raise ValueError(f"fixed {name} must be [B, T, H, F] = {(B, T, H, Fd)}")
     if ("alpha" in names) != (alpha_readout is not None):
         raise ValueError("give alpha_readout exactly when 'alpha' is in names (weight decay on)")
     if momentum is not None and momentum.shape != (B, T, H):

@@ -20,7 +20,7 @@ from torch import Tensor
 from nestlearn.ops.selfmod.common import SelfModState, check_selfmod_inputs, prepare_state, project
 from nestlearn.ops.titans import TitansState, memory_forward
 from nestlearn.ops.titans.common import Activation, Optimizer
-from nestlearn.ops.titans.naive import _step
+from nestlearn.ops.titans.naive import _step, renorm_hidden
 
 __all__ = ["naive_selfmod_titans"]
 
@@ -41,13 +41,16 @@ def naive_selfmod_titans(
     max_lr: float = 0.01,
     activation: Activation = "silu",
     optimizer: Optimizer = "dgd",
+    exact_output: bool = False,
+    hidden_chunk: bool = False,
 ) -> tuple[Tensor, SelfModState]:
     """Per-token reference with :func:`~nestlearn.ops.selfmod.chunk.chunk_selfmod_titans`'s
     signature and contract."""
     check_selfmod_inputs(
         x, names, q, k, v, momentum, alpha_readout, state, chunk_size, proj_chunk_size
     )
-    B, T, H, Fd = x.shape
+    B, T = x.shape[:2]
+    H, Fd = x.shape[-2:]
     n = len(names)
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     st = prepare_state(state, momentum is not None, cdt)
@@ -86,12 +89,19 @@ def naive_selfmod_titans(
         vhat_m = memory_forward(Am, vt, activation)
         Wp, Sp, _ = _step(
             Wp, Sp, Ap, None, rep(kt), vhat_p, rep(et), rep(mt), rep(at),  # type: ignore[arg-type]
-            activation, optimizer, "after",
+            activation, optimizer, "after", False, exact_output, hidden_chunk, proj_chunk_size,
         )  # fmt: skip
-        Wm, Sm, y = _step(Wm, Sm, Am, qt, kt, vhat_m, et, mt, at, activation, optimizer, "before")
+        Wm, Sm, y = _step(
+            Wm, Sm, Am, qt, kt, vhat_m, et, mt, at, activation, optimizer, "before", False,
+            exact_output, hidden_chunk, chunk_size,
+        )  # fmt: skip
         ys.append(y)
         pos_p += 1
         pos_m += 1
+        if hidden_chunk and pos_p % proj_chunk_size == 0:
+            Wp = renorm_hidden(Wp, Ap)
+        if hidden_chunk and pos_m % chunk_size == 0:
+            Wm = renorm_hidden(Wm, Am)
     off_p, off_m = pos_p % proj_chunk_size, pos_m % chunk_size
     proj = TitansState(
         tuple(Wp), None if Sp is None else tuple(Sp), tuple(Ap) if off_p else None, off_p

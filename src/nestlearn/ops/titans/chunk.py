@@ -64,6 +64,8 @@ def chunk_titans(
     optimizer: Optimizer = "gd",
     read: Read = "after",
     self_target: bool = False,
+    exact_output: bool = False,
+    hidden_chunk: bool = False,
 ) -> tuple[Tensor | None, TitansState]:
     """Multi-head Titans neural-memory update and read, chunk-parallel.
 
@@ -134,6 +136,10 @@ def chunk_titans(
             optimizer,
             read,
             self_target,
+            hidden_chunk and off + head == C,
+            hidden_chunk,
+            exact_output,
+            C,
         )
         ys.append(y)
         off = off + head
@@ -153,6 +159,10 @@ def chunk_titans(
             optimizer,
             read,
             self_target,
+            hidden_chunk and rest % C == 0,
+            hidden_chunk,
+            exact_output,
+            C,
         )
         ys.append(y)
         off = rest % C
@@ -184,6 +194,11 @@ def _from_chunks(y: Tensor, B: int, H: int, T: int) -> Tensor:
     """``[N, G, C, D]`` -> ``[B, T, H, D]``."""
     n, _, cl, d = y.shape
     return y.reshape(n, B, H, cl, d).permute(1, 0, 3, 2, 4).reshape(B, n * cl, H, d)[:, :T]
+
+
+def _renorm_rows(w: Tensor, ref: Tensor) -> Tensor:
+    """Rescale each row of ``w [G, o, i]`` to the norm of the same row of ``ref``."""
+    return w * (ref.norm(dim=-1, keepdim=True) / w.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
 
 class _Coefs:
@@ -224,18 +239,25 @@ class _Coefs:
             None if self.gamma is None else self.end(self.gamma.unsqueeze(-1)).squeeze(-1)
         )
 
+    def before(self) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+        """``(beta, gamma, cS, cM)`` of ``W_{t-1}``, the weights before token ``t``'s write.
+
+        Row ``t`` is row ``t - 1`` of the after-write coefficients; row 0 is the chunk-start
+        state (``beta = 1``, ``gamma = 0``, no in-chunk writes), so ``cS`` and ``cM`` become
+        strictly lower triangular.
+        """
+        beta = F.pad(self.beta[..., :-1], (1, 0), value=1.0)
+        gamma = None if self.gamma is None else F.pad(self.gamma[..., :-1], (1, 0), value=0.0)
+        cS = F.pad(self.cS[..., :-1, :], (0, 0, 1, 0), value=0.0)
+        cM = None if self.cM is None else F.pad(self.cM[..., :-1, :], (0, 0, 1, 0), value=0.0)
+        return beta, gamma, cS, cM
+
     def shift_reads(self) -> None:
         """Make ``cS, cM, beta, gamma`` describe ``W_{t-1}`` (read before the token's write).
 
-        Row ``t`` becomes row ``t - 1``; row 0 is the chunk-start state (``beta = 1``,
-        ``gamma = 0``, no in-chunk writes). The ``*_end`` rows, used for the update, are unchanged.
+        The ``*_end`` rows, used for the update, are unchanged.
         """
-        self.beta = F.pad(self.beta[..., :-1], (1, 0), value=1.0)
-        if self.gamma is not None:
-            self.gamma = F.pad(self.gamma[..., :-1], (1, 0), value=0.0)
-        self.cS = F.pad(self.cS[..., :-1, :], (0, 0, 1, 0), value=0.0)
-        if self.cM is not None:
-            self.cM = F.pad(self.cM[..., :-1, :], (0, 0, 1, 0), value=0.0)
+        self.beta, self.gamma, self.cS, self.cM = self.before()
 
     def end(self, x: Tensor) -> Tensor:
         """Row ``C - 1`` of ``x [N, G, C, ...]`` for full chunks and ``last_row`` for the last."""
@@ -259,6 +281,10 @@ def _segment(
     optimizer: Optimizer,
     read: Read,
     self_target: bool = False,
+    complete_last: bool = False,
+    hidden_chunk: bool = False,
+    exact_output: bool = False,
+    chunk_size: int = 0,
 ) -> tuple[Tensor | None, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
     """Run chunks of length ``cl`` over ``ins = [q, k, v, theta, eta, alpha]`` (``[B, T, H, ...]``).
 
@@ -276,16 +302,22 @@ def _segment(
     et = None if eta is None else _to_chunks(eta, n, cl, 1.0)
     al = None if alpha is None else _to_chunks(alpha, n, cl, 0.0)
     co = _Coefs(th, et, al, optimizer == "dgd", last_row=(T - 1) % cl)
+    pre = co.before() if exact_output else None
     if read == "before":
         co.shift_reads()
     G = B * H
     Wg = tuple(w.reshape(G, *w.shape[2:]) for w in W)
     Sg = None if S is None else tuple(s.reshape(G, *s.shape[2:]) for s in S)
     Ag = None if anchor is None else tuple(a.reshape(G, *a.shape[2:]) for a in anchor)
-    if len(W) == 1:
+    if len(W) == 1 and pre is not None:
+        Y, Wn, Sn, Wl = _linear_exact_chunks(Q, K, V, co, pre, Wg, Sg)
+    elif len(W) == 1:
         Y, Wn, Sn, Wl = _linear_chunks(Q, K, V, co, Wg, Sg, Ag, activation)
     else:
-        Y, Wn, Sn, Wl = _mlp_chunks(Q, K, V, co, Wg, Sg, Ag, activation, self_target)
+        Y, Wn, Sn, Wl = _mlp_chunks(
+            Q, K, V, co, Wg, Sg, Ag, activation, self_target, hidden_chunk, complete_last, pre,
+            chunk_size,
+        )
 
     def back(ts: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         return tuple(t.reshape(B, H, *t.shape[1:]) for t in ts)
@@ -383,6 +415,84 @@ def _linear_chunks(
     return Y, (M_end,), S_end, (starts[-1][..., :Dk],)
 
 
+def _linear_exact_chunks(
+    Q: Tensor | None,
+    K: Tensor,
+    V: Tensor,
+    co: _Coefs,
+    pre: tuple[Tensor, Tensor | None, Tensor, Tensor | None],
+    W: tuple[Tensor, ...],
+    S: tuple[Tensor, ...] | None,
+) -> tuple[Tensor | None, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
+    """Linear memory with every gradient at the token's running weights (``exact_output``).
+
+    The chunk solves the per-token recurrence exactly: with ``p_t = W_{t-1} k_t`` and
+    ``W_{t-1} = bb_t W + gg_t S - sum_{j<t} (cSb[t,j] D_j + cMb[t,j] p_j) k_j^T`` and the error
+    ``D_t = 2 (p_t - v_t)``, the predictions satisfy the unit lower-triangular system
+    ``(I + (2 cSb + cMb) * K K^T) P = bb * K W^T + gg * K S^T + 2 (cSb * K K^T) V``. With
+    momentum and forgetting this is the gated, momentum delta rule; without, DeltaNet's rule.
+    """
+    N, C = K.shape[0], K.shape[2]
+    mom = S is not None
+    bb, gg, cSb, cMb = pre
+    kk = K @ K.mT  # [N, G, C, C]
+    nrm = 1.0 / K.pow(2).sum(-1).clamp_min(1.0)  # [N, G, C]: step normalised by key energy
+    A = 2.0 * cSb * nrm.unsqueeze(-2)
+    if cMb is not None:
+        A = A + cMb
+    eye = torch.eye(C, dtype=K.dtype, device=K.device)
+    Mx = (A * kk + eye).unbind(0)
+    R2 = (2.0 * ((cSb * kk) @ (nrm.unsqueeze(-1) * V))).unbind(0)
+    nrms = nrm.unsqueeze(-1).unbind(0)
+    Ks, Vs = K.unbind(0), V.unbind(0)
+    bbs = bb.unsqueeze(-1).unbind(0)
+    ggs = [None] * N if gg is None else list(gg.unsqueeze(-1).unbind(0))
+    cSe = co.cS_end.unsqueeze(-1).unbind(0)
+    cMe = [None] * N if co.cM_end is None else list(co.cM_end.unsqueeze(-1).unbind(0))
+    wSe = [None] * N if co.wS_end is None else list(co.wS_end.unsqueeze(-1).unbind(0))
+    bCs = co.beta_end[..., None, None].unbind(0)
+    gCs = [None] * N if co.gamma_end is None else list(co.gamma_end[..., None, None].unbind(0))
+    hCs = [None] * N if co.H_end is None else list(co.H_end[..., None, None].unbind(0))
+    Wc, Sc = W[0], (S[0] if S is not None else None)
+    Ds, Ps, starts = [], [], []
+    for c in range(N):
+        starts.append((Wc, Sc))
+        Kc, Vc = Ks[c], Vs[c]
+        base = bbs[c] * (Kc @ Wc.mT)
+        if mom:
+            assert Sc is not None
+            base = torch.baddbmm(base, ggs[c] * Kc, Sc.mT)
+        P = torch.linalg.solve_triangular(Mx[c], base + R2[c], upper=False, unitriangular=True)
+        D = nrms[c] * 2.0 * (P - Vc)  # the normalised gradient rows
+        Ds.append(D)
+        Ps.append(P)
+        g = cSe[c] * D
+        if cMe[c] is not None:
+            g = torch.addcmul(g, cMe[c], P)
+        if mom:
+            assert Sc is not None
+            newW = torch.baddbmm(torch.addcmul(bCs[c] * Wc, gCs[c], Sc), g.mT, Kc, alpha=-1.0)
+            Sc = torch.baddbmm(hCs[c] * Sc, (wSe[c] * D).mT, Kc, alpha=-1.0)
+        else:
+            newW = torch.baddbmm(bCs[c] * Wc, g.mT, Kc, alpha=-1.0)
+        Wc = newW
+    S_end = (Sc,) if mom else None
+    last_start = (starts[-1][0],)
+    if Q is None:
+        return None, (Wc,), S_end, last_start
+    qk = Q @ K.mT
+    Dst, Pst = torch.stack(Ds), torch.stack(Ps)
+    W0s = torch.stack([w for w, _ in starts])
+    Y = (co.beta.unsqueeze(-1) * Q) @ W0s.mT - (co.cS * qk) @ Dst
+    if co.cM is not None:
+        Y = Y - (co.cM * qk) @ Pst
+    if mom:
+        assert co.gamma is not None
+        S0s = torch.stack([s for _, s in starts])  # type: ignore[misc]
+        Y = Y + (co.gamma.unsqueeze(-1) * Q) @ S0s.mT
+    return Y, (Wc,), S_end, last_start
+
+
 def _mlp_chunks(
     Q: Tensor | None,
     K: Tensor,
@@ -393,6 +503,10 @@ def _mlp_chunks(
     A: tuple[Tensor, ...] | None,
     activation: Activation,
     self_target: bool = False,
+    hidden_chunk: bool = False,
+    complete_last: bool = False,
+    pre: tuple[Tensor, Tensor | None, Tensor, Tensor | None] | None = None,
+    chunk_size: int = 0,
 ) -> tuple[Tensor | None, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
     """Residual MLP memory, weights ``[G, o, i]``; chunk tensors ``[N, G, C, D]``. README "MLP".
 
@@ -400,6 +514,7 @@ def _mlp_chunks(
     ``M_{W^g}(v_s)`` (NL eq. 83), so the error is ``2 (M(k_s) - M(v_s))`` at the anchor.
     """
     N, L = K.shape[0], len(W)
+    exact_output = pre is not None
     act, act_bwd = activation_fn(activation), activation_backward_fn(activation)
     mom = S is not None
     reads = Q is not None
@@ -430,7 +545,7 @@ def _mlp_chunks(
         qk = Q @ K.mT
         AS1 = co.cS * qk  # layer-0 read/write overlap (its inputs q, k do not depend on weights)
         AM1 = None if co.cM is None else co.cM * qk
-        parts.append(beta * Q)
+        parts.append(Q if hidden_chunk else beta * Q)
         Qg = None if gamma is None else gamma * Q
     n_in = len(parts)
     KQb = torch.cat(parts, dim=-2) if n_in > 1 else K  # [N, G, n_in C, Dk]
@@ -440,6 +555,12 @@ def _mlp_chunks(
     lasts, lastMs, wSs = per_chunk(last), per_chunk(lastM), per_chunk(wS)
     betas, gammas, betaCs, gammaCs, HCs = (per_chunk(x) for x in (beta, gamma, betaC, gammaC, HC))
 
+    bbs = ggs = cSbs = [None] * N
+    eyeC = None
+    if pre is not None:
+        bbs, ggs, cSbs = (per_chunk(x) for x in (pre[0].unsqueeze(-1), None if pre[1] is None
+                                                 else pre[1].unsqueeze(-1), pre[2]))
+        eyeC = torch.eye(C, dtype=K.dtype, device=K.device)
     Wc, Sc = list(W), (list(S) if S is not None else None)
     Wa = list(A) if A is not None else Wc
     ys = []
@@ -465,20 +586,52 @@ def _mlp_chunks(
             if self_target:
                 hv = hw[:, C:]
             if reads:
-                read0 = KQc[:, n_w * C :] @ Wc[0].mT
+                read0 = KQc[:, n_w * C :] @ (Wa[0] if hidden_chunk else Wc[0]).mT
         Z, Hs = [Kc], [h0]
         for li in range(1, L):
             Z.append(act(Hs[-1]))
             Hs.append(Z[-1] @ Wa[li].mT)  # [G, C, o]
         Dl: list[Tensor] = [Kc] * L  # placeholder, every entry is overwritten
-        Dl[L - 1] = torch.add(KV2s[c], Hs[-1], alpha=2.0)  # 2 (M(k) - v), residual memory
+        out_pred = Hs[-1]
+        if exact_output:
+            # the output layer at its running weights W_{t-1} = bb_t W + gg_t S - sum_{j<t} ...
+            zL = Z[L - 1]
+            out_pred = bbs[c] * (zL @ Wc[L - 1].mT)
+            if mom:
+                assert Sc is not None
+                out_pred = torch.baddbmm(out_pred, ggs[c] * zL, Sc[L - 1].mT)
+        Dl[L - 1] = torch.add(KV2s[c], out_pred, alpha=2.0)  # 2 (M(k) - v), residual memory
         if self_target:
             assert hv is not None
             for li in range(1, L):
                 hv = act(hv) @ Wa[li].mT
             Dl[L - 1] = torch.add(Dl[L - 1], hv, alpha=-2.0)  # target M(v) = v + hv
-        for li in range(L - 1, 0, -1):
+        if exact_output:
+            # every earlier write of the chunk has moved the output layer: solve the per-token
+            # recurrence D_t = E_t - 2 sum_{j<t} cSb[t, j] (z_j . z_t) D_j (unit lower triangular)
+            # (the output layer's step is normalised by its input energy, nrm_j = 1 / max(1,
+            # ||z_j||^2), so a write never removes more than 2 theta of the error)
+            nrm = 1.0 / zL.pow(2).sum(-1, keepdim=True).clamp_min(1.0)  # [G, C, 1]
+            Ab = 2.0 * cSbs[c] * (zL @ (nrm * zL).mT)
+            DL = torch.linalg.solve_triangular(
+                Ab + eyeC, Dl[L - 1], upper=False, unitriangular=True
+            )
+            Dn = nrm * DL
+            back = bbs[c] * (DL @ Wc[L - 1])
+            if mom:
+                assert Sc is not None
+                back = torch.baddbmm(back, ggs[c] * DL, Sc[L - 1])
+            back = torch.baddbmm(back, cSbs[c] * (DL @ Dn.mT), zL, alpha=-1.0)
+            Dl[L - 2] = act_bwd(back, Hs[L - 2])
+            Dl[L - 1] = Dn
+            top = L - 2
+        else:
+            top = L - 1
+        for li in range(top, 0, -1):
             Dl[li - 1] = act_bwd(Dl[li] @ Wa[li], Hs[li - 1])
+        if hidden_chunk:
+            # hidden layers take the chunk's mean gradient (mini-batch GD), not the sum
+            Dl[:-1] = [d * (1.0 / chunk_size) for d in Dl[:-1]]
         if reads:
             # 2. read path with per-token weights W_t = beta_t W + gamma_t S - sum_s c_ts delta_s
             # z_s^T (row scalings are applied to the narrow input r; baddbmm fuses each subtraction)
@@ -486,6 +639,12 @@ def _mlp_chunks(
             assert Qc is not None
             r = Qc
             for li in range(L):
+                if hidden_chunk and li < L - 1:
+                    # hidden layers are read at the chunk-start weights
+                    a = read0 if li == 0 else r @ Wa[li].mT
+                    assert a is not None
+                    r = act(a)
+                    continue
                 if li == 0:
                     assert read0 is not None
                     a = read0
@@ -519,6 +678,9 @@ def _mlp_chunks(
                 newS.append(torch.baddbmm(hC * Sc[li], (wSs[c] * Dl[li]).mT, Z[li], alpha=-1.0))
             else:
                 newW.append(torch.baddbmm(bC * Wc[li], g.mT, Z[li], alpha=-1.0))
+        if hidden_chunk and (c < N - 1 or complete_last):
+            # the hidden layers advance once per chunk: keep each row's chunk-start norm
+            newW = [_renorm_rows(w, ref) for w, ref in zip(newW[:-1], Wa[:-1])] + [newW[-1]]
         Wc = newW
         Sc = newS if mom else None
         Wa = Wc

@@ -30,6 +30,7 @@ from nestlearn.ops.titans.common import (
     Optimizer,
     Read,
     TitansState,
+    activation_fn,
     check_inputs,
     memory_forward,
     zeros_state,
@@ -74,16 +75,33 @@ def _step(
     optimizer: Optimizer,
     read: Read,
     self_target: bool = False,
+    exact_output: bool = False,
+    hidden_chunk: bool = False,
+    chunk_size: int = 1,
 ) -> tuple[list[Tensor], list[Tensor] | None, Tensor | None]:
-    """One token. ``q, k, v: [B, H, D]``; gates ``[B, H]``; weights ``[B, H, o, i]``."""
+    """One token. ``q, k, v: [B, H, D]``; gates ``[B, H]``; weights ``[B, H, o, i]``.
+
+    The gradient point is ``Wg``; with ``exact_output`` its output layer is the running
+    ``W[-1]`` instead (the hidden layers stay at ``Wg``).
+    """
     # self-generated value (NL eq. 83): a constant of the inner gradient, differentiable outside
     target = memory_forward(Wg, v, activation) if self_target else v
+    gp = [*Wg[:-1], W[-1]] if exact_output else Wg
 
     def loss(ws: list[Tensor]) -> Tensor:
         # Summing over (B, H) is fine: each per-(b, h) weight slice only affects its own term.
         return (memory_forward(ws, k, activation) - target).pow(2).sum()
 
-    g = grad(loss)(Wg)
+    g = list(grad(loss)(gp))
+    if exact_output:
+        # the output layer's step is normalised by its input energy (at the gradient point)
+        z = k
+        for w in gp[:-1]:
+            z = activation_fn(activation)((w @ z.unsqueeze(-1)).squeeze(-1))
+        nrm = 1.0 / z.pow(2).sum(-1).clamp_min(1.0)
+        g[-1] = g[-1] * nrm[..., None, None]
+    if hidden_chunk:
+        g[:-1] = [gi / chunk_size for gi in g[:-1]]
     th4 = th[..., None, None]
     upd = [-th4 * gi for gi in g]
     if S is not None:
@@ -94,10 +112,22 @@ def _step(
     Wn = [ret * w + u for w, u in zip(W, upd)]
     if optimizer == "dgd":
         # eq. 88: W (alpha I - eta k k^T); the k k^T factor multiplies the gradient-point weights
-        pk = (Wg[0] @ k.unsqueeze(-1)).squeeze(-1)  # [B, H, d_out]
+        pk = (gp[0] @ k.unsqueeze(-1)).squeeze(-1)  # [B, H, d_out]
         Wn[0] = Wn[0] - th4 * pk.unsqueeze(-1) * k.unsqueeze(-2)
-    y = None if q is None else memory_forward(Wn if read == "after" else W, q, activation)
+    Wr = Wn if read == "after" else W
+    if hidden_chunk:
+        Wr = [*Wg[:-1], Wr[-1]]  # hidden layers read at the chunk start
+    y = None if q is None else memory_forward(Wr, q, activation)
     return Wn, S, y
+
+
+def renorm_hidden(W: list[Tensor], Wg: list[Tensor]) -> list[Tensor]:
+    """Chunk end with ``hidden_chunk``: each hidden-layer row back to its chunk-start norm."""
+    out = [
+        w * (g.norm(dim=-1, keepdim=True) / w.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        for w, g in zip(W[:-1], Wg[:-1])
+    ]
+    return [*out, W[-1]]
 
 
 def naive_chunk_titans(
@@ -114,6 +144,8 @@ def naive_chunk_titans(
     optimizer: Optimizer = "gd",
     read: Read = "after",
     self_target: bool = False,
+    exact_output: bool = False,
+    hidden_chunk: bool = False,
 ) -> tuple[Tensor | None, TitansState]:
     """Chunk-wise Titans update as a plain token loop (gradients at each chunk's start weights).
 
@@ -145,10 +177,12 @@ def naive_chunk_titans(
         W, S, y = _step(
             W, S, Wg, None if qc is None else qc[:, t], kc[:, t], vc[:, t], tc[:, t],
             None if ec is None else ec[:, t], None if ac is None else ac[:, t],
-            activation, optimizer, read, self_target,
+            activation, optimizer, read, self_target, exact_output, hidden_chunk, chunk_size,
         )  # fmt: skip
         ys.append(y)
         pos += 1
+        if hidden_chunk and pos % chunk_size == 0:
+            W = renorm_hidden(W, Wg)
     off = pos % chunk_size
     final = TitansState(
         tuple(W), None if S is None else tuple(S), tuple(Wg) if off > 0 else None, off
