@@ -21,6 +21,7 @@ from nestlearn.models import (
     set_memory_frozen,
 )
 from nestlearn.ops.titans import TitansState, chunk_titans
+from nestlearn.ops.titans.common import read_weights
 
 F64 = torch.float64
 D, H, C = 32, 2, 8
@@ -63,11 +64,12 @@ def test_frozen_neural_memory_keeps_its_state_and_reads_it(variant, monkeypatch)
     # the memory part of the state comes back untouched: weights, momentum, anchor, offset
     assert _same(st.inner.weights, inner.weights) and _same(st.inner.momentum, inner.momentum)
     assert _same(st.inner.anchor, inner.anchor) and st.inner.offset == inner.offset
-    # the frozen read is the op's read with theta = 0, no forgetting and no momentum term
+    # the frozen read is the op's read with theta = 0, no forgetting and no momentum term, from
+    # the weights a read sees (mid-chunk, hidden_chunk reads the hidden layers at the anchor)
     seen = {}
 
     def zero_lr_op(q, k, v, theta, eta, alpha, state, **kw):
-        start = TitansState(state.weights)
+        start = TitansState(read_weights(state, m.hidden_chunk))
         y, out = chunk_titans(q, k, v, torch.zeros_like(theta), None, None, start, **kw)
         seen["kept"] = _same(out.weights, start.weights)
         return y, out

@@ -12,30 +12,27 @@ Layer (Titans arXiv 2501.00663 §3 and §4.4; Nested Learning arXiv 2512.24695 �
     o, M      = chunk_titans(q, k, v, theta, eta, alpha; M_0)        (ops/titans, eqs. 12-14)
     y         = W_o (rmsnorm_head(o) * sigmoid(W_g x))       output norm + gate (§4.4)
 
-Why these bounds on the gates:
+Strong writes that stay stable (docs/fidelity.md TITANS-1, measured there):
 
-* ``eta`` and ``alpha`` multiply the previous momentum / weights every token. Outside ``[0, 1]`` the
-  scans grow geometrically or flip sign each token, so both are sigmoids (Titans' "gating" reading;
-  ``1 - alpha`` is the retention). Init: ``eta ~ 0.9`` (the usual heavy-ball value) and
-  ``alpha ~ 0.001`` (a memory half-life of ~700 tokens that the model can lengthen or shorten).
-* ``eta`` is capped at ``momentum_max = 0.5`` (``eta = momentum_max * sigmoid(.)``, 0.45 at
-  init). Inside a chunk every gradient is taken at the same weights, so momentum multiplies the
-  chunk's step by up to ``1 / (1 - eta)`` with no feedback; uncapped (0.9 at init) titans-tiny
-  went to NaN within 4 AdamW steps at lr 3e-3 (measured, 16 x 256 tokens, both with and without
-  a cap of 0.95), while capped at 0.5 or without momentum it trained normally.
-* ``theta`` is the inner step on ``||M(k) - v||^2``. A chunk applies all its ``C`` gradients at
-  once, taken at the same weights (and momentum amplifies them by up to ``1 / (1 - eta)``): for the
-  linear memory the error on the chunk's keys is multiplied by ``I - 2 sum_s theta_s k_s k_s^T``,
-  whose top eigenvalue is about ``2 theta C / F`` for unit-norm keys spread over ``F`` dims, and must
-  stay below 2; deeper memories add curvature ``2 ||z||^2`` per layer. ``max_lr * sigmoid`` keeps
-  ``theta`` in ``(0, max_lr)`` with ``max_lr = 0.002`` by default. Measured: with ``max_lr = 0.1``
-  a D=32, 2-head layer diverged within 128 tokens at chunk size 64, while the per-token recurrence
-  stayed bounded; in titans-tiny (16 x 256 tokens, AdamW lr 3e-3, grad clip 1) the inner loop went
-  to NaN at step 4 with 0.01 (titans-pytorch's ``default_step_transform_max_lr``) and uncapped
-  momentum, at step 14 with 0.01 and momentum capped at 0.5, and trained 25 steps normally with
-  0.002 and the cap (and with 0.01 without momentum). The deep memory's curvature grows with its
-  own first-layer weights, so a fixed step that is safe at init stops being safe as the outer
-  model moves; a smaller bound keeps the margin.
+* ``exact_output=True`` (default): inside a chunk the memory's output layer follows the exact
+  per-token recurrence (its gradient at its running weights, a delta rule over the hidden features
+  solved with one triangular system per chunk), with its step normalised by the features' energy,
+  ``theta / max(1, ||z||^2)``. A key written several times in one chunk is written once, not
+  ``C`` times, so ``theta`` can be large: with ``max_lr = 1`` one write removes up to the whole
+  error on its key (``2 theta`` of it), where the chunk-start rule needed ``theta <= 0.002`` to
+  train and then wrote almost nothing (MQAR 18.8% -> 100%).
+* ``hidden_chunk=True`` (default): the hidden layers are read at the chunk start and updated once
+  per chunk with the mean gradient, each row rescaled to its chunk-start norm (as LaCT). Their
+  in-chunk, chunk-start gradients summed over correlated keys were what diverged (titans-tiny NaN
+  at step 3 with ``max_lr = 0.5``); normalised, they cannot grow or decay over any stream.
+* ``eta`` and ``alpha`` multiply the previous momentum / weights every token, so both are
+  sigmoids (``1 - alpha`` is the retention): ``eta = momentum_max * sigmoid(.)`` (0.45 at init,
+  capped at 0.5) and ``alpha ~ 0.001`` at init. The heavy-ball recurrence of the exact output layer
+  is stable for ``2 theta < 2 (1 + eta)``, which ``theta <= 1`` satisfies.
+* With both options off the op is the plain chunk-start rule (TTT / Titans mini-batch GD): its
+  chunk of ``C`` writes multiplies the error on the chunk's keys by ``I - 2 sum_s theta_s k_s
+  k_s^T``, which diverges unless ``theta`` is about ``1 / C`` or below (``max_lr = 0.002`` was
+  that default, nearly inert).
 
 The memory's initial weights ``M_0`` (per head) are outer-loop parameters: each sequence starts from
 ``M_0`` expanded over the batch and the outer gradient flows back through every unrolled inner update
@@ -58,7 +55,7 @@ from torch import Tensor, nn
 
 from nestlearn.ops.conv import causal_depthwise_conv
 from nestlearn.ops.titans import TitansState, chunk_titans, naive_chunk_titans
-from nestlearn.ops.titans.common import memory_forward
+from nestlearn.ops.titans.common import memory_forward, read_weights
 
 __all__ = ["NeuralMemory", "NeuralMemoryState"]
 
@@ -96,14 +93,20 @@ class NeuralMemory(nn.Module):
         optimizer: ``"gd"`` (Titans) or ``"dgd"`` (Delta GD with weight decay, NL eq. 88).
         momentum: use the momentum gate ``eta`` (Titans' past surprise).
         forget: use the forget gate ``alpha``.
-        chunk_size: chunk of the parallel inner update (gradients at the chunk's start weights).
-        max_lr: upper bound of ``theta``; scale it down for larger chunks (module docstring).
+        chunk_size: chunk of the parallel inner update (hidden-layer gradients at the chunk's start
+            weights; the output layer is exact per token with ``exact_output``).
+        max_lr: upper bound of ``theta`` (``theta = max_lr * sigmoid(.)``, ``max_lr / 2`` at
+            init). Keep it ``<= 1`` with ``exact_output``; without it, about ``1 / chunk_size``.
         momentum_max: upper bound of the momentum gate ``eta`` (``eta = momentum_max *
             sigmoid(.)``); momentum amplifies the inner step by up to ``1 / (1 - eta)``. Default
             0.5: with 1.0 (eta ~ 0.9 at init) titans-tiny diverged (NaN) within 4 AdamW steps
             at lr 3e-3; capped at 0.5, or without momentum, it trained normally (module
             docstring).
         conv_size: width of the causal depthwise conv after the q/k/v projections (0 = none).
+        exact_output: the output layer follows the exact per-token recurrence inside a chunk.
+        hidden_chunk: hidden layers read at the chunk start, updated once per chunk (mean
+            gradient), rows renormalised. It concerns the hidden layers of the MLP memory; a
+            linear memory has none (its single layer is the output layer).
         naive: run the reference op ``naive_chunk_titans`` (tests and benchmarks only).
         init_seed: seed of this layer's own random init (``M_0``, conv), see ``reset_parameters``.
     """
@@ -121,11 +124,11 @@ class NeuralMemory(nn.Module):
         momentum: bool = True,
         forget: bool = True,
         chunk_size: int = 64,
-        max_lr: float = 0.002,
+        max_lr: float = 1.0,
         momentum_max: float = 0.5,
         conv_size: int = 4,
-        hidden_chunk: bool = False,
-        exact_output: bool = False,
+        hidden_chunk: bool = True,
+        exact_output: bool = True,
         naive: bool = False,
         init_seed: int = 0,
     ) -> None:
@@ -139,7 +142,7 @@ class NeuralMemory(nn.Module):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}; try 64")
         if not max_lr > 0:
-            raise ValueError(f"max_lr must be > 0, got {max_lr}; try 0.002")
+            raise ValueError(f"max_lr must be > 0, got {max_lr}; try 1.0")
         if conv_size < 0:
             raise ValueError(f"conv_size must be >= 0, got {conv_size}; try 4")
         F_ = dim // n_heads
@@ -270,7 +273,11 @@ class NeuralMemory(nn.Module):
         alpha = torch.sigmoid(g[:, :, 2]) if self.forget else None
         if self.memory_frozen:
             # read-only: the memory part of the state (None = M_0) is returned as it came
-            weights = inner.weights if inner is not None else self._initial_inner(B).weights
+            weights = (
+                read_weights(inner, self.hidden_chunk)
+                if inner is not None
+                else self._initial_inner(B).weights
+            )
             cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
             o = memory_forward(
                 tuple(w.to(cdt) for w in weights), q.to(cdt).transpose(1, 2), self.activation
@@ -283,8 +290,7 @@ class NeuralMemory(nn.Module):
             o, inner = op(
                 q, k, v, theta, eta, alpha, inner,
                 chunk_size=self.chunk_size, activation=self.activation, optimizer=self.optimizer,
-                **({"hidden_chunk": True} if self.hidden_chunk else {}),
-                **({"exact_output": True} if self.exact_output else {}),
+                exact_output=self.exact_output, hidden_chunk=self.hidden_chunk,
             )  # fmt: skip
         o = F.rms_norm(o, (F_,)) * self.out_norm_weight.to(o.dtype)  # per head
         o = o.reshape(B, T, self.dim) * torch.sigmoid(self.wg(x))

@@ -47,6 +47,7 @@ from nestlearn.ops.selfmod import (
 )
 from nestlearn.ops.selfmod.common import gradient_point
 from nestlearn.ops.titans import TitansState, memory_forward
+from nestlearn.ops.titans.common import read_weights
 
 __all__ = ["SelfModifyingTitans", "SelfModifyingTitansState"]
 
@@ -291,7 +292,7 @@ class SelfModifyingTitans(nn.Module):
             eta_readout=kw["eta_readout"], alpha_readout=kw["alpha_readout"],
             max_lr=kw["max_lr"], activation=kw["activation"], **fixed,
         )  # fmt: skip
-        Wm = tuple(w.to(cdt) for w in inner.memory.weights)
+        Wm = tuple(w.to(cdt) for w in read_weights(inner.memory, self.hidden_chunk))
         o = memory_forward(Wm, p.q.transpose(1, 2), kw["activation"]).transpose(1, 2)
         return o.to(xm.dtype)
 

@@ -46,18 +46,25 @@ class TitansOptions:
     forget: bool = True
     """Forgetting gate (Titans eq. 14); False is the "w/o weight decay" ablation."""
     chunk_size: int = 64
-    """Tokens per chunk; gradients inside a chunk are taken at its starting weights."""
-    max_lr: float = 0.002
-    """Upper bound of the inner learning rate theta = max_lr * sigmoid(.)."""
+    """Tokens per chunk: the hidden layers' update period (and, with ``exact_output=false``, the
+    span whose gradients are all taken at the chunk's starting weights)."""
+    max_lr: float = 1.0
+    """Upper bound of the inner learning rate theta = max_lr * sigmoid(.) (max_lr / 2 at init).
+    With ``exact_output`` one write removes up to ``2 theta`` of its key's error; keep it <= 1.
+    With both ``exact_output`` and ``hidden_chunk`` off use about ``1 / chunk_size`` (0.002 was
+    that rule's default; docs/fidelity.md TITANS-1)."""
     momentum_max: float = 0.5
     """Upper bound of the momentum gate eta = momentum_max * sigmoid(.); 1.0 (uncapped) diverged
     at outer lr 3e-3 (see nestlearn.memory.neural_memory)."""
     conv_size: int = 4
     """Width of the causal depthwise conv after the q/k/v projection (0 disables it)."""
-    exact_output: bool = False
-    """PROTOTYPE: output layer follows the exact per-token recurrence inside a chunk."""
-    hidden_chunk: bool = False
-    """PROTOTYPE: hidden layers read at the chunk start, updated at its end, rows renormalised."""
+    exact_output: bool = True
+    """Inside a chunk the memory's output layer follows the exact per-token recurrence (a delta
+    rule over the hidden features, step normalised by their energy), so strong writes stay
+    stable; False = every gradient at the chunk start (docs/fidelity.md TITANS-1)."""
+    hidden_chunk: bool = True
+    """Hidden layers of the MLP memory are read at the chunk start and updated once per chunk
+    with the mean gradient, each row kept at its norm (a linear memory has no hidden layer)."""
     naive: bool = False
     """Run the naive per-chunk reference op (tests and ``bench --naive`` only)."""
 

@@ -197,8 +197,13 @@ def _from_chunks(y: Tensor, B: int, H: int, T: int) -> Tensor:
 
 
 def _renorm_rows(w: Tensor, ref: Tensor) -> Tensor:
-    """Rescale each row of ``w [G, o, i]`` to the norm of the same row of ``ref``."""
-    return w * (ref.norm(dim=-1, keepdim=True) / w.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    """Rescale each row of ``w [G, o, i]`` to the norm of the same row of ``ref``.
+
+    A row that the update has erased (norm below ``1e-6`` of the reference, e.g. a forget gate
+    saturated at 1 with no write) keeps its reference row: there is no direction to rescale.
+    """
+    n, r = w.norm(dim=-1, keepdim=True), ref.norm(dim=-1, keepdim=True)
+    return torch.where(n > 1e-6 * r, w * (r / n.clamp_min(1e-30)), ref)
 
 
 class _Coefs:

@@ -186,6 +186,15 @@ def memory_forward(
     return out.squeeze(-2) if single else out
 
 
+def read_weights(state: TitansState, hidden_chunk: bool) -> tuple[Tensor, ...]:
+    """The weights a read-only call uses: the state's weights, except that with ``hidden_chunk``
+    a chunk under way (``offset > 0``) still reads its hidden layers at the chunk start (the
+    anchor); their running weights hold the chunk's partial update, applied at its end."""
+    if hidden_chunk and state.offset > 0 and state.anchor is not None:
+        return (*state.anchor[:-1], state.weights[-1])
+    return state.weights
+
+
 def check_inputs(
     q: Tensor | None,
     k: Tensor,

@@ -123,10 +123,10 @@ def _step(
 
 def renorm_hidden(W: list[Tensor], Wg: list[Tensor]) -> list[Tensor]:
     """Chunk end with ``hidden_chunk``: each hidden-layer row back to its chunk-start norm."""
-    out = [
-        w * (g.norm(dim=-1, keepdim=True) / w.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-        for w, g in zip(W[:-1], Wg[:-1])
-    ]
+    out = []
+    for w, g in zip(W[:-1], Wg[:-1]):
+        n, r = w.norm(dim=-1, keepdim=True), g.norm(dim=-1, keepdim=True)
+        out.append(torch.where(n > 1e-6 * r, w * (r / n.clamp_min(1e-30)), g))  # erased: keep g
     return [*out, W[-1]]
 
 
