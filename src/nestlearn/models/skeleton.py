@@ -188,6 +188,18 @@ class LanguageModel(nn.Module):
         """
         if idx.ndim != 2:
             raise ValueError(f"idx must be [batch, time], got shape {tuple(idx.shape)}")
+        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            raise ValueError(f"idx must hold integer token ids, got dtype {idx.dtype}")
+        if idx.device.type == "cpu" and idx.numel() and not torch.compiler.is_compiling():
+            # on the CPU this costs a min and a max; a GPU input is trusted (checking would
+            # wait for the device every call): the trainer and evals check ids on the CPU
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= self.cfg.vocab_size:
+                raise ValueError(
+                    f"token id {lo if lo < 0 else hi} is outside this model's vocabulary "
+                    f"[0, {self.cfg.vocab_size}); encode the text with the tokenizer the model "
+                    "was trained with"
+                )
         x = self.embed(idx)
         if state is None and return_state:
             state = self.init_state(idx.shape[0], device=idx.device)
