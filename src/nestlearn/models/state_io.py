@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -47,6 +48,7 @@ __all__ = [
     "StateFileError",
     "config_hash",
     "load_state",
+    "read_state",
     "read_state_info",
     "save_state",
     "weights_fingerprint",
@@ -156,20 +158,30 @@ def _unflatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if not isinstance(node, dict) or len(node) not in (1, 2):
         raise StateFileError(f"malformed state structure node {str(node)[:80]!r}")
     if "float" in node:
+        if isinstance(node["float"], bool) or not isinstance(node["float"], (int, float)):
+            raise StateFileError(f"malformed float node {str(node)[:80]!r}")
         return float(node["float"])
     if "tensor" in node:
         key = node["tensor"]
-        if key not in tensors:
-            raise StateFileError(f"the state structure refers to a missing tensor {key!r}")
+        if not isinstance(key, str) or key not in tensors:
+            raise StateFileError(
+                f"the state structure refers to a missing tensor {str(key)[:80]!r}"
+            )
         return tensors[key]
-    if "tuple" in node:
-        return tuple(_unflatten(n, tensors) for n in node["tuple"])
-    if "list" in node:
-        return [_unflatten(n, tensors) for n in node["list"]]
+    for kind in ("tuple", "list"):
+        if kind in node:
+            if not isinstance(node[kind], list):
+                raise StateFileError(f"malformed {kind} node {str(node)[:80]!r}")
+            items = [_unflatten(n, tensors) for n in node[kind]]
+            return tuple(items) if kind == "tuple" else items
     if "dict" in node:
+        if not isinstance(node["dict"], dict):
+            raise StateFileError(f"malformed dict node {str(node)[:80]!r}")
         return {k: _unflatten(v, tensors) for k, v in node["dict"].items()}
     for kind in ("namedtuple", "dataclass"):
         if kind in node:
+            if not isinstance(node[kind], str) or not isinstance(node.get("fields", {}), dict):
+                raise StateFileError(f"malformed {kind} node {str(node)[:80]!r}")
             cls = _resolve_class(node[kind], kind)
             saved = node.get("fields", {})
             if kind == "namedtuple":
@@ -280,8 +292,20 @@ def read_state_info(path: str | Path) -> dict[str, Any]:
         info["config"] = json.loads(meta["config"])
         info["batch_size"] = json.loads(meta["batch_size"])
         info["structure"] = json.loads(meta["structure"])
-    except (KeyError, json.JSONDecodeError) as e:
+    except (KeyError, ValueError, RecursionError) as e:
         raise StateFileError(f"{path} has damaged metadata ({e}); re-create it") from None
+    b = info["batch_size"]
+    problems = [
+        "config is not a mapping" if not isinstance(info["config"], dict) else "",
+        "structure is not a tagged mapping" if not isinstance(info["structure"], dict) else "",
+        f"batch_size is {b!r}"
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1)
+        else "",
+        "family is missing" if not isinstance(info.get("family"), str) else "",
+    ]
+    problems = [x for x in problems if x]
+    if problems:
+        raise StateFileError(f"{path} has damaged metadata ({'; '.join(problems)}); re-create it")
     return info
 
 
@@ -319,8 +343,6 @@ def load_state(
         StateFileError: unreadable file, another format or version, another family or config,
             other weights, or a batch-size mismatch; the message names both models.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     info = read_state_info(path)
     here = _describe(model.cfg.family, config_hash(model), name)
@@ -344,12 +366,104 @@ def load_state(
             f"run with batch size {saved_b} or start without the state"
         )
     device = device or model.embed.weight.device
+    state = _read_tree(path, info, device)
+    if len(state.layers) != len(model.blocks):
+        raise StateFileError(f"{path} does not hold a ModelState for {len(model.blocks)} blocks")
+    fresh = model.init_state(saved_b or batch_size or 1, device=torch.device(device))
+    problem = _mismatch(fresh, state, "")
+    if problem:
+        raise StateFileError(
+            f"state file {path} does not fit {here}: {problem}; re-create it with this model "
+            "(--state-out / save_state), or start without it"
+        )
+    if (
+        not isinstance(state.position, int)
+        or isinstance(state.position, bool)
+        or state.position < 0
+    ):
+        raise StateFileError(f"{path} has position {state.position!r}; re-create the state file")
+    return state
+
+
+def read_state(path: str | Path, device: torch.device | str = "cpu") -> ModelState:
+    """The :class:`ModelState` stored in ``path`` as it is, not checked against any model (to
+    inspect a file; :func:`load_state` is what continues a stream)."""
+    return _read_tree(Path(path), read_state_info(path), device)
+
+
+def _read_tree(path: Path, info: dict[str, Any], device: torch.device | str) -> ModelState:
+    from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             tensors = {k: f.get_tensor(k).to(device) for k in f.keys()}  # noqa: SIM118
     except Exception as e:
         raise StateFileError(f"{path} has unreadable tensors ({e}); re-create it") from None
-    state = _unflatten(info["structure"], tensors)
-    if not isinstance(state, ModelState) or len(state.layers) != len(model.blocks):
-        raise StateFileError(f"{path} does not hold a ModelState for {len(model.blocks)} blocks")
+    try:
+        state = _unflatten(info["structure"], tensors)
+    except StateFileError as e:
+        raise StateFileError(f"{path}: {e}; re-create the state file") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as e:
+        raise StateFileError(
+            f"{path} has a malformed state structure ({type(e).__name__}: {str(e)[:120]}); "
+            "re-create the state file"
+        ) from None
+    if not isinstance(state, ModelState):
+        raise StateFileError(f"{path} does not hold a ModelState; re-create the state file")
     return state
+
+
+def _mismatch(fresh: Any, got: Any, path: str) -> str:
+    """Where ``got`` (a loaded state) differs in kind or shape from ``fresh`` (this model's
+    ``init_state``), or holds a non-finite value; ``""`` when it fits. A dimension of size 0 in
+    the fresh state (a KV cache's time axis) may have any size; ``None`` on either side is
+    not compared (optional parts that appear later)."""
+    where = path or "the state"
+    if fresh is None or got is None:
+        return ""
+    if isinstance(fresh, torch.Tensor) or isinstance(got, torch.Tensor):
+        if not (isinstance(fresh, torch.Tensor) and isinstance(got, torch.Tensor)):
+            return f"{where} is a {type(got).__name__}, expected a tensor"
+        ok = got.ndim == fresh.ndim and all(
+            f == 0 or f == g for f, g in zip(fresh.shape, got.shape)
+        )
+        if not ok:
+            want = ["*" if f == 0 else f for f in fresh.shape]
+            return f"tensor {where} has shape {list(got.shape)}, this model needs {want}"
+        if got.is_floating_point() != fresh.is_floating_point():
+            return f"tensor {where} has dtype {got.dtype}, this model needs {fresh.dtype}"
+        if got.is_floating_point() and got.numel() and not bool(torch.isfinite(got).all()):
+            return f"tensor {where} holds non-finite values (inf or nan)"
+        return ""
+    if isinstance(got, float) and not math.isfinite(got):
+        return f"{where} is {got}"
+    sub = f"{path}." if path else ""
+    if _is_namedtuple(fresh) or dataclasses.is_dataclass(fresh):
+        if type(got) is not type(fresh):
+            return f"{where} is a {type(got).__name__}, this model keeps a {type(fresh).__name__}"
+        names = (
+            type(fresh)._fields
+            if _is_namedtuple(fresh)
+            else [f.name for f in dataclasses.fields(fresh) if f.init]
+        )
+        for n in names:
+            problem = _mismatch(getattr(fresh, n), getattr(got, n), sub + n)
+            if problem:
+                return problem
+        return ""
+    if isinstance(fresh, (list, tuple)):
+        if not isinstance(got, (list, tuple)) or len(got) != len(fresh):
+            return f"{where} has {len(got) if isinstance(got, (list, tuple)) else type(got).__name__} entries, this model {len(fresh)}"
+        for i, (f, g) in enumerate(zip(fresh, got)):
+            problem = _mismatch(f, g, f"{sub}{i}")
+            if problem:
+                return problem
+        return ""
+    if isinstance(fresh, dict):
+        if not isinstance(got, dict) or sorted(got) != sorted(fresh):
+            return f"{where} has other keys than this model's state"
+        for k in fresh:
+            problem = _mismatch(fresh[k], got[k], sub + str(k))
+            if problem:
+                return problem
+    return ""

@@ -117,6 +117,8 @@ class RunConfig:
                 raise ValueError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if self.grad_clip < 0:
             raise ValueError(f"train.grad_clip must be >= 0, got {self.grad_clip}")
+        if not 0 <= self.seed < 1 << 40:
+            raise ValueError(f"train.seed must be in [0, 2**40), got {self.seed}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"train.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.parallel not in ("ddp", "fsdp"):
