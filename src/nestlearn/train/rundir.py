@@ -79,6 +79,17 @@ def claim_run_dir(run_dir: str | Path, *, resume: bool, force: bool, write: bool
             (run_dir / name).unlink(missing_ok=True)
 
 
+def tidy_run_dir(run_dir: str | Path) -> None:
+    """Delete temporary files a killed process left (``.config.yaml.tmp-*`` and the like)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    for name in ("config.yaml", "metrics.jsonl"):
+        for tmp in run_dir.glob(f".{name}.tmp-*"):
+            tmp.unlink(missing_ok=True)
+            logger.warning("removed the half-written %s", tmp)
+
+
 def resume_config(
     run_dir: str | Path, overrides: list[str] | None = None
 ) -> tuple[TrainConfig, Checkpoint | None]:

@@ -53,7 +53,12 @@ from nestlearn.train.distributed import (
     resolve_device,
     wrap_model,
 )
-from nestlearn.train.rundir import check_state_shapes, claim_run_dir, truncate_metrics
+from nestlearn.train.rundir import (
+    check_state_shapes,
+    claim_run_dir,
+    tidy_run_dir,
+    truncate_metrics,
+)
 from nestlearn.train.schedule import lr_factor
 from nestlearn.train.sources import open_data
 
@@ -135,8 +140,10 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         claim_run_dir(self.run_dir, resume=resume, force=force, write=self.dist.is_main)
-        if self.dist.is_main and resume:
-            recover(self.ckpt_dir)
+        if self.dist.is_main:
+            tidy_run_dir(self.run_dir)
+            if resume:
+                recover(self.ckpt_dir)
         if self.dist.enabled:
             torch.distributed.barrier()
         self.model: LanguageModel = build_model(cfg.model, device=self.device, seed=cfg.train.seed)
