@@ -677,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from nestlearn.train.checkpoint import CheckpointError, CheckpointWriteError
     from nestlearn.train.config import ConfigError
-    from nestlearn.train.trainer import TrainingStopped
+    from nestlearn.train.guards import TrainingStopped
 
     try:
         return int(args.func(args) or 0)

@@ -37,12 +37,10 @@ from nestlearn.train.batches import TokenSource, batch_starts, make_batch
 from nestlearn.train.checkpoint import (
     Checkpoint,
     CheckpointError,
-    list_checkpoints,
     load_latest,
     recover,
     save_checkpoint,
     set_aside_newer,
-    step_dir_name,
 )
 from nestlearn.train.config import ConfigError, TrainConfig, config_dict, dump_config
 from nestlearn.train.distributed import (
@@ -53,6 +51,7 @@ from nestlearn.train.distributed import (
     resolve_device,
     wrap_model,
 )
+from nestlearn.train.guards import stop_dead, stop_diverged
 from nestlearn.train.rundir import (
     check_state_shapes,
     claim_run_dir,
@@ -78,11 +77,6 @@ class TrainResult:
     params: int = 0
     already_finished: bool = False
     """The run had reached ``train.steps`` before this call: nothing was trained or written."""
-
-
-class TrainingStopped(RuntimeError):
-    """The run diverged (non-finite loss or gradient) or died (zero gradient); the message
-    says at which step, which checkpoint holds the last good weights, and what to change."""
 
 
 class Trainer:
@@ -399,7 +393,7 @@ class Trainer:
                 gnorm_val = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
                 if not (math.isfinite(loss_val) and math.isfinite(gnorm_val)):
                     self.optimizer.zero_grad(set_to_none=True)  # the bad update is never applied
-                    self._stop_diverged(step, loss_val, gnorm_val)
+                    stop_diverged(self, step, loss_val, gnorm_val, zero_grad_since)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 step += 1
@@ -412,7 +406,7 @@ class Trainer:
                         cfg.train.dead_grad_steps
                         and step - zero_grad_since + 1 >= cfg.train.dead_grad_steps
                     ):
-                        self._stop_dead(zero_grad_since, step)
+                        stop_dead(self, zero_grad_since, step)
                 else:
                     zero_grad_since = None
                 if step % cfg.train.log_every == 0 or step == total:
@@ -464,35 +458,6 @@ class Trainer:
         result.steps = step
         result.wall_time_s = time.perf_counter() - t_start
         return result
-
-    def _stop_diverged(self, step: int, loss: float, gnorm: float) -> None:
-        """Step ``step + 1`` gave a non-finite loss or gradient: keep the weights after ``step``
-        (the last good ones) in a checkpoint and stop."""
-        path = self.ckpt_dir / step_dir_name(step)
-        if not path.is_dir():
-            path = self.save(step) or path
-        raise TrainingStopped(
-            f"the run diverged at step {step + 1}: loss {loss}, gradient norm {gnorm}. The "
-            f"update was not applied; the weights of step {step} are in {path}. Lower optim.lr "
-            f"(now {self.cfg.optim.lr:g}) or set train.grad_clip (now "
-            f"{self.cfg.train.grad_clip:g}), then continue with `nestlearn train --resume "
-            f"{self.run_dir} optim.lr=...`"
-        )
-
-    def _stop_dead(self, first: int, step: int) -> None:
-        """The gradient norm has been exactly 0 from step ``first`` to ``step``: stop."""
-        before = [p for p in list_checkpoints(self.ckpt_dir) if int(p.name[5:]) < first]
-        kept = (
-            f"the newest checkpoint from before it is {before[-1]}"
-            if before
-            else "no checkpoint predates it"
-        )
-        raise TrainingStopped(
-            f"the model is dead: the gradient norm has been exactly 0 from step {first} to "
-            f"{step} (train.dead_grad_steps={self.cfg.train.dead_grad_steps}), so nothing "
-            f"learns any more; {kept}. This usually means optim.lr (now "
-            f"{self.cfg.optim.lr:g}) is far too large: start again with a lower one"
-        )
 
     def _install_signal_handlers(self) -> dict:
         import threading
