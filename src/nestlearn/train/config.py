@@ -406,13 +406,16 @@ def load_run_config(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p} is missing; is {p.parent} a run folder made by `nestlearn train`?")
-    data = load_yaml(p)
-    text = p.read_text(encoding="utf-8")
     fix = (
         f"{p} is damaged ({{}}); the run's checkpoints hold a copy of the config, which "
         "`nestlearn train --resume` and `nestlearn eval` use. Without a checkpoint, start the "
         "run again (--force replaces it)"
     )
+    try:
+        data = load_yaml(p)
+    except ConfigError as e:
+        raise ConfigError(fix.format(str(e).replace(f"config file {p} is ", ""))) from None
+    text = p.read_text(encoding="utf-8")
     lines = text.splitlines(keepends=True)
     if lines and lines[-1].startswith(CHECKSUM_PREFIX):
         body = "".join(lines[:-1])
