@@ -120,6 +120,12 @@ class Trainer:
         self.tokenizer, self.train_data, self.val_data = (
             data if data is not None else open_data(cfg)
         )
+        if len(self.val_data) < cfg.data.seq_len + 1:
+            raise ValueError(
+                f"the validation data holds {len(self.val_data)} tokens, fewer than "
+                f"data.seq_len+1={cfg.data.seq_len + 1} (one window); use more data, a larger "
+                "data.val_fraction or a shorter data.seq_len"
+            )
         if cfg.model.vocab_size == 0:
             cfg.model.vocab_size = int(self.tokenizer.vocab_size)
         elif cfg.model.vocab_size < int(self.tokenizer.vocab_size):
@@ -447,9 +453,16 @@ class Trainer:
                 ):
                     self.save(step)
             else:
-                self.save(step)
-                ev = self.evaluate()
+                # the final evaluation is logged before the final checkpoint: a run killed in
+                # between resumes from the previous checkpoint and logs it again (trimmed), so
+                # a run whose final checkpoint exists always has its final evaluation
+                try:
+                    ev = self.evaluate()
+                except BaseException:
+                    self.save(step)
+                    raise
                 self._log({"step": step, **{f"val_{k}": v for k, v in ev.items()}})
+                self.save(step)
                 result.final_eval = ev
         finally:
             if bar is not None:
