@@ -11,13 +11,18 @@ File format (one safetensors file, written to a temporary name and renamed into 
 * metadata (all strings): ``format = "nestlearn-state"``, ``version``, ``family``,
   ``config`` (the model config as JSON), ``config_hash`` (sha256 of that JSON), ``weights``
   (a fingerprint of the parameters), ``batch_size``, ``source`` (a free label, e.g. the
-  checkpoint path) and ``structure``: the state's tree as JSON, whose leaves are ``null``,
+  checkpoint path), ``tensors_sha256`` (of every tensor's name, dtype, shape and bytes: a
+  damaged file is refused; files written before it existed are read without) and
+  ``structure``: the state's tree as JSON, whose leaves are ``null``,
   numbers, booleans, strings or references to tensors, and whose inner nodes are tuples, lists,
   str-keyed dicts, NamedTuples and dataclasses named by ``module:qualname``.
 
 Loading parses JSON and safetensors only. A class named in ``structure`` is looked up among
 modules that are already imported (none is imported on the file's behalf) and must be a
-NamedTuple or dataclass with exactly the recorded fields; nothing else is ever constructed.
+NamedTuple or dataclass of nestlearn's (or of the model's state) with exactly the recorded
+fields; nothing else is ever constructed. The loaded tree must then fit the model: the same
+kinds of nodes as ``model.init_state``, tensors of the same shapes (a KV cache's time axis may
+grow) and only finite values; anything else is refused with the tensor's path and the fix.
 
 A state fits a model when the family and config hash match (the state's shapes follow from
 the config) and, by default, the parameter fingerprint matches too (a state written by another
@@ -27,6 +32,7 @@ the state's tensors; :func:`load_state` checks it when asked.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -86,6 +92,17 @@ def weights_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state file's tensors (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 # ----------------------------------------------------------------------------- flatten
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
@@ -130,7 +147,7 @@ def _flatten(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     )
 
 
-def _resolve_class(name: str, kind: str) -> type:
+def _resolve_class(name: str, kind: str, allowed: frozenset[type]) -> type:
     module_name, _, qual = name.partition(":")
     module = sys.modules.get(module_name)
     if module is None or not qual:
@@ -147,10 +164,14 @@ def _resolve_class(name: str, kind: str) -> type:
         raise StateFileError(f"{name!r} in the state file is not a NamedTuple")
     if kind == "dataclass" and not dataclasses.is_dataclass(obj):
         raise StateFileError(f"{name!r} in the state file is not a dataclass")
+    if obj not in allowed:  # only the state classes of the model at hand are ever constructed
+        raise StateFileError(
+            f"the state file names {kind} {name!r}, which this model's state does not use"
+        )
     return obj
 
 
-def _unflatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def _unflatten(node: Any, tensors: dict[str, torch.Tensor], allowed: frozenset[type]) -> Any:
     if node is None or isinstance(node, (bool, str, int)):
         return node
     if isinstance(node, list):  # never written: containers are tagged dicts
@@ -172,17 +193,17 @@ def _unflatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
         if kind in node:
             if not isinstance(node[kind], list):
                 raise StateFileError(f"malformed {kind} node {str(node)[:80]!r}")
-            items = [_unflatten(n, tensors) for n in node[kind]]
+            items = [_unflatten(n, tensors, allowed) for n in node[kind]]
             return tuple(items) if kind == "tuple" else items
     if "dict" in node:
         if not isinstance(node["dict"], dict):
             raise StateFileError(f"malformed dict node {str(node)[:80]!r}")
-        return {k: _unflatten(v, tensors) for k, v in node["dict"].items()}
+        return {k: _unflatten(v, tensors, allowed) for k, v in node["dict"].items()}
     for kind in ("namedtuple", "dataclass"):
         if kind in node:
             if not isinstance(node[kind], str) or not isinstance(node.get("fields", {}), dict):
                 raise StateFileError(f"malformed {kind} node {str(node)[:80]!r}")
-            cls = _resolve_class(node[kind], kind)
+            cls = _resolve_class(node[kind], kind, allowed)
             saved = node.get("fields", {})
             if kind == "namedtuple":
                 expected = list(cls._fields)  # type: ignore[attr-defined]
@@ -193,7 +214,7 @@ def _unflatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
                     f"{node[kind]} has fields {expected} in this version of the code but "
                     f"{sorted(saved)} in the state file; re-create the state file"
                 )
-            return cls(**{k: _unflatten(v, tensors) for k, v in saved.items()})
+            return cls(**{k: _unflatten(v, tensors, allowed) for k, v in saved.items()})
     raise StateFileError(f"malformed state structure node {str(node)[:80]!r}")
 
 
@@ -245,6 +266,7 @@ def save_state(
         "batch_size": json.dumps(batch_size),
         "source": source,
         "structure": json.dumps(structure, separators=(",", ":")),
+        "tensors_sha256": tensors_digest(tensors),
     }
     blob = save(tensors, metadata=meta)
     path = Path(path)
@@ -366,10 +388,11 @@ def load_state(
             f"run with batch size {saved_b} or start without the state"
         )
     device = device or model.embed.weight.device
-    state = _read_tree(path, info, device)
-    if len(state.layers) != len(model.blocks):
-        raise StateFileError(f"{path} does not hold a ModelState for {len(model.blocks)} blocks")
     fresh = model.init_state(saved_b or batch_size or 1, device=torch.device(device))
+    allowed = _state_classes(fresh) | frozenset(_nestlearn_state_classes())
+    state = _read_tree(path, info, device, allowed)
+    if not isinstance(state.layers, list) or len(state.layers) != len(model.blocks):
+        raise StateFileError(f"{path} does not hold a ModelState for {len(model.blocks)} blocks")
     problem = _mismatch(fresh, state, "")
     if problem:
         raise StateFileError(
@@ -382,25 +405,109 @@ def load_state(
         or state.position < 0
     ):
         raise StateFileError(f"{path} has position {state.position!r}; re-create the state file")
+    _probe(model, state, path, here)
     return state
 
 
-def read_state(path: str | Path, device: torch.device | str = "cpu") -> ModelState:
+@torch.no_grad()
+def _probe(model: LanguageModel, state: ModelState, path: Path, here: str) -> None:
+    """Run one token through ``model`` from (a copy of) ``state``: a state whose optional parts
+    do not fit (wrong shapes the fresh state cannot show) or that yields non-finite logits is
+    refused here rather than failing, or printing garbage, later."""
+    B = next((t.shape[0] for t in _tensor_leaves(state) if t.dim() > 0), 1)
+    idx = torch.zeros(B, 1, dtype=torch.long, device=model.embed.weight.device)
+    was_training = model.training
+    model.eval()
+    try:
+        logits, _ = model(idx, state=copy.deepcopy(state))
+    except (ValueError, RuntimeError, TypeError, IndexError, AttributeError) as e:
+        raise StateFileError(
+            f"state file {path} does not work with {here} ({type(e).__name__}: {str(e)[:160]}); "
+            "re-create it with this model (--state-out / save_state)"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not bool(torch.isfinite(logits).all()):
+        raise StateFileError(
+            f"state file {path} makes {here} predict non-finite values; re-create it"
+        )
+
+
+def _tensor_leaves(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, ModelState):
+        return _tensor_leaves(obj.layers)
+    if _is_namedtuple(obj):
+        return [t for v in obj for t in _tensor_leaves(v)]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [t for f in dataclasses.fields(obj) for t in _tensor_leaves(getattr(obj, f.name))]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensor_leaves(v)]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensor_leaves(v)]
+    return []
+
+
+def read_state(
+    path: str | Path, device: torch.device | str = "cpu", *, classes: tuple[type, ...] = ()
+) -> ModelState:
     """The :class:`ModelState` stored in ``path`` as it is, not checked against any model (to
-    inspect a file; :func:`load_state` is what continues a stream)."""
-    return _read_tree(Path(path), read_state_info(path), device)
+    inspect a file; :func:`load_state` is what continues a stream). Only NamedTuples and
+    dataclasses defined in ``nestlearn`` modules, or listed in ``classes``, are constructed."""
+    allowed = frozenset(classes) | frozenset(_nestlearn_state_classes())
+    return _read_tree(Path(path), read_state_info(path), device, allowed)
 
 
-def _read_tree(path: Path, info: dict[str, Any], device: torch.device | str) -> ModelState:
+def _nestlearn_state_classes() -> list[type]:
+    found = []
+    for name, module in list(sys.modules.items()):
+        if name == "nestlearn" or name.startswith("nestlearn."):
+            for obj in vars(module).values():
+                if isinstance(obj, type) and (
+                    dataclasses.is_dataclass(obj)
+                    or (issubclass(obj, tuple) and hasattr(obj, "_fields"))
+                ):
+                    found.append(obj)
+    return found
+
+
+def _state_classes(obj: Any, found: set[type] | None = None) -> frozenset[type]:
+    """The NamedTuple and dataclass types in a state tree (those a file may name)."""
+    found = set() if found is None else found
+    if _is_namedtuple(obj) or (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
+        found.add(type(obj))
+        for v in (
+            obj if _is_namedtuple(obj) else (getattr(obj, f.name) for f in dataclasses.fields(obj))
+        ):
+            _state_classes(v, found)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _state_classes(v, found)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _state_classes(v, found)
+    return frozenset(found)
+
+
+def _read_tree(
+    path: Path, info: dict[str, Any], device: torch.device | str, allowed: frozenset[type]
+) -> ModelState:
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            tensors = {k: f.get_tensor(k).to(device) for k in f.keys()}  # noqa: SIM118
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as e:
         raise StateFileError(f"{path} has unreadable tensors ({e}); re-create it") from None
+    want = info.get("tensors_sha256")  # absent in files written before it was recorded
+    if want is not None and want != tensors_digest(tensors):
+        raise StateFileError(
+            f"{path} is corrupted (its tensors do not match their sha256); re-create it"
+        )
+    tensors = {k: t.to(device) for k, t in tensors.items()}
     try:
-        state = _unflatten(info["structure"], tensors)
+        state = _unflatten(info["structure"], tensors, allowed | {ModelState})
     except StateFileError as e:
         raise StateFileError(f"{path}: {e}; re-create the state file") from None
     except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as e:
@@ -416,11 +523,13 @@ def _read_tree(path: Path, info: dict[str, Any], device: torch.device | str) -> 
 def _mismatch(fresh: Any, got: Any, path: str) -> str:
     """Where ``got`` (a loaded state) differs in kind or shape from ``fresh`` (this model's
     ``init_state``), or holds a non-finite value; ``""`` when it fits. A dimension of size 0 in
-    the fresh state (a KV cache's time axis) may have any size; ``None`` on either side is
-    not compared (optional parts that appear later)."""
+    the fresh state (a KV cache's time axis) may have any size; where the fresh state holds
+    ``None`` (a part filled in later) anything is accepted here and left to the probe."""
     where = path or "the state"
-    if fresh is None or got is None:
-        return ""
+    if fresh is None:
+        return ""  # an optional part (filled in later): checked by the probe in load_state
+    if got is None:
+        return f"{where} is empty (None), this model keeps a {type(fresh).__name__} there"
     if isinstance(fresh, torch.Tensor) or isinstance(got, torch.Tensor):
         if not (isinstance(fresh, torch.Tensor) and isinstance(got, torch.Tensor)):
             return f"{where} is a {type(got).__name__}, expected a tensor"
