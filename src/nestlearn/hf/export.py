@@ -23,6 +23,7 @@ leaves a half-written folder under the requested name.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -294,9 +295,11 @@ def _check_out(checkpoint: Path, out: Path, force: bool) -> None:
     """Refuse an ``out`` that would overwrite or mix with the run being exported, a file, and
     (even with ``force``) a non-empty folder that is not an earlier export."""
     src = checkpoint.resolve()
-    run = src.parent.parent if (src / "meta.json").is_file() else src
+    is_ckpt = (src / "meta.json").is_file()
+    run = src.parent.parent if is_ckpt else src
     dst = out.resolve()
-    for what, folder in (("the checkpoint", src), ("the run folder", run)):
+    pairs = [("the checkpoint", src)] if is_ckpt else []
+    for what, folder in pairs + [("the run folder", run)]:
         if _inside(dst, folder) or _inside(folder, dst):
             rel = "is" if dst == folder else ("is inside" if _inside(dst, folder) else "holds")
             raise FileExistsError(
@@ -375,10 +378,15 @@ def export_run(
             os.replace(out, old)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not out.exists():
             os.replace(old, out)  # put the previous export back
+        kept = "; the previous export is intact" if out.exists() else ""
+        if isinstance(e, OSError) and not e.filename:
+            raise OSError(e.errno, f"{e.strerror or e}{kept}", str(out)) from e
+        if type(e).__name__ == "SafetensorError":  # safetensors' own I/O errors (disk full)
+            raise OSError(errno.EIO, f"{e}{kept}", str(out)) from e
         raise
     files = sorted(p.name for p in out.iterdir())
     return ExportResult(out, files, run.cfg.model.family, run.step, params, diff)

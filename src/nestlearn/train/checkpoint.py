@@ -210,11 +210,14 @@ def save_checkpoint(
             os.replace(final, aside)  # the old copy stays until the new one is in place
         os.replace(tmp, final)
         _fsync_dir(ckpt_dir)
-    except OSError as e:
+    except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if aside.exists() and not final.exists():
             os.replace(aside, final)
-        raise CheckpointWriteError(_write_error(final, e)) from e
+        # safetensors reports a full disk as its own SafetensorError ("I/O error: ...")
+        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
+            raise CheckpointWriteError(_write_error(final, e)) from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if aside.exists() and not final.exists():
@@ -225,7 +228,12 @@ def save_checkpoint(
     return final
 
 
-def _write_error(final: Path, e: OSError) -> str:
+def _write_error(final: Path, e: Exception) -> str:
+    if not isinstance(e, OSError):
+        return (
+            f"cannot write checkpoint {final}: {e}; earlier checkpoints are intact. Free disk "
+            "space or make the folder writable, then continue with --resume"
+        )
     what = e.strerror or str(e)
     where = e.filename or final
     fix = {
