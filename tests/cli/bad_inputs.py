@@ -355,7 +355,7 @@ CASES: list[Case] = [
     Case("train: disk full during a checkpoint", _train_full_disk, 1, "No space left on device",
          simulate="enospc-checkpoint", real="tmpfs"),
     Case("train --out in a read-only folder", lambda e, c: _train_new(
-        e, c, c["target"] / "run", "train.steps=2"), 1, "read-only", real="ro"),
+        e, c, c["target"] / "run", "train.steps=2"), 1, "choose a writable output folder", real="ro"),
     Case("train optim.lr=1e6 train.grad_clip=0 (diverges)", lambda e, c: _diverge(e, c), 1,
          "the run diverged at step"),
     Case("train --resume of a finished run (a no-op)", lambda e, c: _train_run(e, c), 0,
@@ -369,7 +369,7 @@ CASES: list[Case] = [
     Case("prepare: metadata.json not JSON", _prepare_damaged("metadata.json", "\x00\x01"), 2,
          "metadata.json is damaged"),
     Case("prepare --out in a read-only folder", lambda e, c: ["prepare", str(e.text), "--out",
-         str(c["target"] / "p"), "--no-progress"], 1, "read-only", real="ro"),
+         str(c["target"] / "p"), "--no-progress"], 1, "choose a writable output folder", real="ro"),
     # ---- eval
     Case("eval --text shorter than one window", lambda e, c: _eval_text(e, c, "short text"), 2,
          "no token was scored"),
@@ -425,7 +425,7 @@ CASES: list[Case] = [
     Case("eval --state-out onto a folder", lambda e, c: _eval_state(
         e, c, e.state, "--state-out", str(_mkdir(e.fresh("dir")))), 1, "is a folder"),
     Case("eval --state-out in a read-only folder", lambda e, c: _eval_state(
-        e, c, e.state, "--state-out", str(c["target"] / "s.safetensors")), 1, "read-only",
+        e, c, e.state, "--state-out", str(c["target"] / "s.safetensors")), 1, "choose a writable output folder",
          real="ro"),
     # ---- generate
     Case("generate --temperature nan", lambda e, c: _gen(e, c, "--temperature", "nan"), 2,
@@ -456,6 +456,9 @@ CASES: list[Case] = [
          "is not a nestlearn export", needs=("transformers",)),
     Case("export --out <existing file>", lambda e, c: _export(
         e, c, lambda r: _write_bytes(e.fresh("f"), b"x")), 2, "is a file",
+         needs=("transformers",)),
+    Case("export --out in a read-only folder", lambda e, c: _export(
+        e, c, lambda r: c["target"] / "hf", False), 1, "choose a writable output folder", real="ro",
          needs=("transformers",)),
     Case("export: disk full", _export_full_disk, 1, "No space left on device",
          simulate="enospc-export", real="tmpfs-export", needs=("transformers",)),

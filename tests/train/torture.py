@@ -209,13 +209,17 @@ def torture(
                     rng.uniform(0.05, 1.2 * ref_time) if not during_write else 4 * ref_time + 5
                 )
                 ckpt_dir = run / "checkpoints"
+                skip, seen = rng.randint(0, 6), set()  # kill during the (skip+1)-th write
                 while launcher.poll(pid) is None and time.perf_counter() < deadline:
                     if during_write and ckpt_dir.is_dir():
                         try:
-                            busy = any(e.name.startswith(".tmp-") for e in os.scandir(ckpt_dir))
+                            busy = [
+                                e.name for e in os.scandir(ckpt_dir) if e.name.startswith(".tmp-")
+                            ]
                         except FileNotFoundError:
-                            busy = False
-                        if busy:
+                            busy = []
+                        seen.update(busy)
+                        if busy and len(seen) > skip:
                             time.sleep(rng.uniform(0, 0.003))
                             break
                     time.sleep(0.0002 if during_write else 0.002)
