@@ -246,6 +246,6 @@ def save_state_bytes(tmp_path, tensors, meta):
 
 
 def _leaves(state):
-    from nestlearn.models.state_io import _tensor_leaves
+    from nestlearn.models.state_check import tensor_leaves
 
-    return _tensor_leaves(state)
+    return tensor_leaves(state)
