@@ -276,7 +276,8 @@ def torture(
                 load_file(last / name), load_file(final / name)
             ):
                 problems.append(f"final {name} differs")
-        leftovers = [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+        ck = run / "checkpoints"
+        leftovers = [p.name for p in ck.iterdir() if p.name.startswith(".")] if ck.is_dir() else []
         if leftovers:
             problems.append(f"leftover {leftovers}")
         if problems:
