@@ -213,6 +213,7 @@ def test_a_dead_model_stops_after_dead_grad_steps(tiny_data, tmp_path):
         trainer.fit()
     # no checkpoint of the dead weights was written (steps 4 and 6 fell inside the dead run)
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_00000002"]
+    assert _steps(tmp_path)[0] == [1, 2, 3, 4, 5, 6, 7]  # every step run is logged
 
 
 def test_a_full_disk_during_a_checkpoint_keeps_the_earlier_one(tiny_data, tmp_path, monkeypatch):

@@ -408,11 +408,6 @@ class Trainer:
                 result.losses.append(loss_val)
                 if gnorm_val == 0.0:
                     zero_grad_since = step if zero_grad_since is None else zero_grad_since
-                    if (
-                        cfg.train.dead_grad_steps
-                        and step - zero_grad_since + 1 >= cfg.train.dead_grad_steps
-                    ):
-                        stop_dead(self, zero_grad_since, step)
                 else:
                     zero_grad_since = None
                 if step % cfg.train.log_every == 0 or step == total:
@@ -430,6 +425,9 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{B * T / dt:,.0f}")
+                dead = cfg.train.dead_grad_steps and zero_grad_since is not None
+                if dead and step - zero_grad_since + 1 >= cfg.train.dead_grad_steps:
+                    stop_dead(self, zero_grad_since, step)  # after this step's metrics line
                 if self.on_step_end is not None:
                     self.on_step_end(self, step, loss_val)
                 if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
