@@ -59,26 +59,31 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="continue the run in RUN_DIR from its newest good checkpoint",
     )
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<name>-<time>)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a run already in --out (its config, metrics and checkpoints)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from nestlearn.train import Trainer, resolve_config
-    from nestlearn.train.config import TrainConfig, apply_overrides, from_dict, load_yaml
+    from nestlearn.train.rundir import resume_config
 
+    ckpt = None
     if args.resume:
-        run_dir = Path(args.resume)
-        saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            raise UsageError(
-                f"{saved} not found; --resume needs a run folder made by `nestlearn train`"
-            )
         if args.preset or args.config:
             raise UsageError(
                 "--resume takes the run's saved config; drop --preset/--config (overrides are allowed)"
             )
-        cfg = from_dict(TrainConfig, apply_overrides(load_yaml(saved), args.overrides))
+        if args.force:
+            raise UsageError("--resume continues a run and --force replaces it; give one of them")
+        run_dir = Path(args.resume)
+        if args.out and Path(args.out).resolve() != run_dir.resolve():
+            raise UsageError(f"--out {args.out} and --resume {args.resume} name different folders")
+        cfg, ckpt = resume_config(run_dir, args.overrides)
     else:
         if not args.preset and not args.config:
             raise UsageError(
@@ -89,7 +94,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nestlearn.train.distributed import cleanup_distributed
 
     try:
-        trainer = Trainer(cfg, run_dir=run_dir, resume=bool(args.resume))
+        trainer = Trainer(
+            cfg, run_dir=run_dir, resume=bool(args.resume), force=args.force, checkpoint=ckpt
+        )
+        if trainer.finished:
+            _print(
+                f"{trainer.run_dir} is already finished (step {trainer.start_step} of "
+                f"train.steps={cfg.train.steps}); nothing to do. To train further, raise "
+                f"train.steps, e.g. nestlearn train --resume {trainer.run_dir} "
+                f"train.steps={2 * max(cfg.train.steps, trainer.start_step)}"
+            )
+            return 0
         _print(
             f"run folder: {trainer.run_dir}  ({trainer.params:,} parameters, "
             f"{trainer.dist.world_size} process(es), device {trainer.device})"
@@ -195,6 +210,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from nestlearn.train.run import load_run
 
     stream = args.stream or bool(args.state_in or args.state_out)
+    if args.tokens <= 0:
+        raise UsageError(f"--tokens must be positive, got {args.tokens}")
+    if args.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.seq_len is not None and args.seq_len < 1:
+        raise UsageError(f"--seq-len must be positive, got {args.seq_len}")
     if args.tasks:
         if stream:
             raise UsageError("--stream/--state-in/--state-out apply to perplexity, not --tasks")
@@ -296,8 +317,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from nestlearn.train.run import load_run
 
-    if args.max_new_tokens <= 0:
-        raise UsageError("--max-new-tokens must be positive")
+    _check_sampling_args(args)
     run = load_run(args.checkpoint)
     _freeze(run.model, run.cfg.model.family, args.freeze_memory)
     if args.state_in or args.state_out:
@@ -318,6 +338,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _check_sampling_args(args: argparse.Namespace) -> None:
+    import math
+
+    if args.max_new_tokens <= 0:
+        raise UsageError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    if args.num_samples <= 0:
+        raise UsageError(f"--num-samples must be positive, got {args.num_samples}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UsageError(
+            f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}"
+        )
+    if args.top_k is not None and args.top_k <= 0:
+        raise UsageError(f"--top-k must be positive, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
 
 
 def _stream_text(run, args: argparse.Namespace, torch) -> str:  # noqa: ANN001
@@ -448,6 +485,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preset", default=None, help=argparse.SUPPRESS)  # old single-model flag
     p.add_argument("--out", default=None, help="folder (default runs/demo-<time>)")
+    p.add_argument("--force", action="store_true", help="replace runs already in --out")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     p.set_defaults(func=cmd_demo)
 
@@ -484,7 +522,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rows, runs, trainers = [], {}, {}
     for name in presets:
         run_dir = root / name if len(presets) > 1 else root
-        trainer = Trainer(cfgs[name], run_dir=run_dir)
+        trainer = Trainer(cfgs[name], run_dir=run_dir, force=args.force)
         _print(f"\n[{name}] {trainer.params:,} parameters; run folder: {run_dir}")
         result = trainer.fit()
         if result.interrupted:
@@ -611,6 +649,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error(e: OSError) -> str:
+    """An OSError as one line naming the path and what to do; files written before are kept."""
+    import errno
+
+    where = f" ({e.filename})" if e.filename else ""
+    fix = {
+        errno.ENOSPC: "free disk space and run the command again",
+        errno.EDQUOT: "free disk space (quota) and run the command again",
+        errno.EFBIG: "raise the file-size limit (ulimit -f) and run the command again",
+        errno.EROFS: "the file system is read-only: choose a writable output folder",
+        errno.EACCES: "no permission: choose a writable output folder",
+        errno.EPERM: "no permission: choose a writable output folder",
+        errno.EEXIST: "the path already exists: choose another one",
+        errno.ENOTDIR: "a path component is a file, not a folder: choose another path",
+        errno.EISDIR: "the path is a folder, not a file: choose a file path",
+    }.get(e.errno or 0, "check the path and run the command again")
+    return f"{e.strerror or e}{where}; {fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -618,17 +675,24 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from nestlearn.train.checkpoint import CheckpointError
+    from nestlearn.train.checkpoint import CheckpointError, CheckpointWriteError
     from nestlearn.train.config import ConfigError
+    from nestlearn.train.guards import TrainingStopped
 
     try:
         return int(args.func(args) or 0)
+    except (CheckpointWriteError, TrainingStopped) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (UsageError, ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, read-only folder, permission denied, ...
+        print(f"error: {_os_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -59,5 +59,5 @@ def test_max_tokens_and_bytes():
     )
     assert ev["tokens"] == 20 and state.position == 21
     assert math.isclose(ev["bpb"], ev["loss"] / (2 * math.log(2)), rel_tol=1e-12)
-    with pytest.raises(ValueError, match="at least 2 tokens"):
+    with pytest.raises(ValueError, match="needs at least 2"):
         evaluate_stream(model, ArrayTokens(np.zeros(1, dtype=np.int64)), seq_len=8, max_tokens=9)

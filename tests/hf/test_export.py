@@ -141,9 +141,22 @@ def test_export_refuses_bad_input_with_clear_errors(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(run), "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
     assert (out / "keep.txt").exists()
+    # --force replaces an earlier export only, never another folder
+    assert main(["export", "--checkpoint", str(run), "--out", str(out), "--force"]) == 2
+    assert "is not a nestlearn export" in capsys.readouterr().err
+    assert (out / "keep.txt").exists()
+    (out / "keep.txt").unlink()
+    assert main(["export", "--checkpoint", str(run), "--out", str(out), "--no-verify"]) == 0
+    (out / "README.md").write_text("old")
     assert main(["export", "--checkpoint", str(run), "--out", str(out), "--force"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert (out / "model.safetensors").is_file()
     assert "no evaluation results" in (out / "README.md").read_text()
+    # never onto, into or around the run being exported, even with --force
+    for bad in (run, run / "hf", run / "checkpoints", tmp_path):
+        before = sorted(p.name for p in run.rglob("*"))
+        assert main(["export", "--checkpoint", str(run), "--out", str(bad), "--force"]) == 2
+        assert "would overwrite the run" in capsys.readouterr().err
+        assert sorted(p.name for p in run.rglob("*")) == before
 
 
 def test_a_failed_export_leaves_the_previous_folder(tmp_path, monkeypatch):

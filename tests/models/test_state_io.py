@@ -23,7 +23,7 @@ from nestlearn.models import (
     save_state,
 )
 from nestlearn.models.skeleton import Block
-from nestlearn.models.state_io import read_state_info
+from nestlearn.models.state_io import read_state, read_state_info
 
 F64 = torch.float64
 DECODE_FAMILIES = sorted(n for n, f in FAMILIES.items() if f.supports_decode)
@@ -128,7 +128,12 @@ def test_scalar_types_survive(tmp_path):
     model = _small("titans", n_layers=1)
     t = torch.arange(6.0).view(2, 3)
     state = ModelState([(_Extra(3, 1.0, True, "x", t), [t * 2, (5, 2.5), {"k": t}])], position=7)
-    loaded = load_state(save_state(state, tmp_path / "x.safetensors", model), model, batch_size=2)
+    path = save_state(state, tmp_path / "x.safetensors", model)
+    with pytest.raises(StateFileError, match="which this model's state does not use"):
+        read_state(path)  # only nestlearn's state classes, or those named, are constructed
+    loaded = read_state(path, classes=(_Extra,))  # the format keeps any tree
+    with pytest.raises(StateFileError, match="which this model's state does not use"):
+        load_state(path, model, batch_size=2)
     e, rest = loaded.layers[0]
     assert isinstance(e, _Extra) and isinstance(loaded.layers[0], tuple)
     assert (e.count, e.scale, e.flag, e.name, e.nothing) == (3, 1.0, True, "x", None)

@@ -112,11 +112,13 @@ def test_checkpoint_holds_no_pickle(tiny_data, tmp_path):
     Trainer(_cfg("train.steps=2", "train.eval_every=0"), run_dir=tmp_path, data=tiny_data).fit()
     (ckpt,) = list_checkpoints(tmp_path / "checkpoints")
     assert sorted(p.name for p in ckpt.iterdir()) == [
+        "config.yaml",
         "meta.json",
         "model.safetensors",
         "optim.safetensors",
     ]
-    json.loads((ckpt / "meta.json").read_text())
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert sorted(meta["sha256"]) == ["config.yaml", "model.safetensors", "optim.safetensors"]
 
 
 def test_schedule_warmup_then_cosine():

@@ -59,9 +59,7 @@ class TokenShards:
                 else "prepare it first: nestlearn prepare INPUT... --out DIR --tokenizer NAME"
             )
             raise FileNotFoundError(f"{self.path} has no metadata.json: {hint}")
-        self.metadata: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
-        if self.metadata.get("format") != FORMAT:
-            raise ValueError(f"{meta_path} is not a nestlearn token-shard folder")
+        self.metadata: dict[str, Any] = _read_metadata(meta_path)
         self.dtype = np.dtype(self.metadata["dtype"]).newbyteorder("<")
         self._shards: list[np.ndarray] = []
         for shard in self.metadata["shards"]:
@@ -142,6 +140,47 @@ class TokenShards:
             f"TokenShards({str(self.path)!r}, tokens={len(self)}, documents={self.n_documents}, "
             f"tokenizer={self.tokenizer_name!r})"
         )
+
+
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _read_metadata(meta_path: Path) -> dict[str, Any]:
+    """Parse and check a prepared folder's ``metadata.json``; every problem is a ``ValueError``
+    naming the file. Shard names must be plain file names inside the folder."""
+    damaged = f"; the folder is damaged: prepare it again (nestlearn prepare ... --out {meta_path.parent} --overwrite)"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{meta_path} is unreadable ({e}){damaged}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path} is not a nestlearn token-shard folder")
+    try:
+        dtype = np.dtype(meta.get("dtype"))
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind != "u" or dtype.itemsize not in (1, 2, 4):
+        raise ValueError(f"{meta_path}: dtype {meta.get('dtype')!r} is not uint8/16/32{damaged}")
+    shards = meta.get("shards")
+    if not isinstance(shards, list) or not shards:
+        raise ValueError(f"{meta_path} lists no shards{damaged}")
+    for shard in shards:
+        name = shard.get("file") if isinstance(shard, dict) else None
+        n = shard.get("n_tokens") if isinstance(shard, dict) else None
+        if not isinstance(name, str) or not _SHARD_NAME.match(name):
+            raise ValueError(
+                f"{meta_path} names shard {str(name)[:80]!r}; a shard must be a file name inside "
+                f"the folder (no path){damaged}"
+            )
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"{meta_path}: shard {name} has n_tokens {n!r}{damaged}")
+    tok = meta.get("tokenizer")
+    if not isinstance(tok, dict) or not isinstance(tok.get("name"), str):
+        raise ValueError(f"{meta_path} does not name its tokenizer{damaged}")
+    for key in ("n_bytes", "n_documents"):
+        if isinstance(meta.get(key), bool) or not isinstance(meta.get(key), int):
+            raise ValueError(f"{meta_path}: {key} is {meta.get(key)!r}, not an integer{damaged}")
+    return meta
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:

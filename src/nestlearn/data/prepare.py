@@ -25,19 +25,23 @@ shards and ``metadata.json`` to an uninterrupted run.
 from __future__ import annotations
 
 import argparse
-import codecs
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nestlearn.data.inputs import (  # noqa: F401 - re-exported: inputs lived here before
+    JSONL_SUFFIXES,
+    TEXT_SUFFIXES,
+    Source,
+    collect_sources,
+)
 from nestlearn.data.tokenizers import Tokenizer, get_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -45,10 +49,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "nestlearn-token-shards"
 FORMAT_VERSION = 1
 DEFAULT_SHARD_TOKENS = 1 << 26  # 64 Mi tokens: 128 MiB per uint16 shard
-TEXT_SUFFIXES = (".txt", ".md")
-JSONL_SUFFIXES = (".jsonl",)
 _BATCH_BYTES = 4 << 20  # encode documents in batches of about this much text
-_READ_BLOCK = 8 << 20
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -86,176 +87,6 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def _write_shard(path: Path, ids: np.ndarray) -> None:
     """One shard file (a separate function so tests can interrupt a run here)."""
     atomic_write_bytes(path, memoryview(np.ascontiguousarray(ids)).cast("B"))
-
-
-# ----------------------------------------------------------------------------- sources
-
-
-@dataclass
-class Source:
-    """One input: a text file, a JSONL file, or an in-memory text (the default corpus).
-
-    Attributes:
-        path: recorded in ``metadata.json`` (absolute for files).
-        kind: ``text`` (the whole file is one document) or ``jsonl``.
-        sha256, n_bytes: of the file's bytes (of the UTF-8 text for in-memory sources).
-        text: the document itself for in-memory sources, else ``None`` (read from ``path``).
-    """
-
-    path: str
-    kind: str
-    sha256: str
-    n_bytes: int
-    text: str | None = None
-
-    def documents(self, text_key: str) -> Iterator[str]:
-        """The documents of this source, in order (empty ones included, as ``""``)."""
-        if self.text is not None:
-            yield self.text
-        elif self.kind == "text":
-            yield Path(self.path).read_bytes().decode("utf-8")  # bytes: keep \r\n as they are
-        else:
-            with open(self.path, "rb") as f:
-                for lineno, line in enumerate(f, start=1):
-                    if line.strip():
-                        yield _jsonl_text(json.loads(line), text_key, self.path, lineno)
-                    else:
-                        yield ""
-
-    def fingerprint(self) -> list[Any]:
-        return [self.kind, self.sha256, self.n_bytes]
-
-
-def _jsonl_text(obj: Any, text_key: str, path: str, lineno: int) -> str:
-    if not isinstance(obj, dict) or text_key not in obj:
-        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(
-            f"{path}:{lineno}: no {text_key!r} field (found {keys}); "
-            "pass --text-key NAME with the field that holds the document text"
-        )
-    text = obj[text_key]
-    if not isinstance(text, str):
-        raise ValueError(
-            f"{path}:{lineno}: field {text_key!r} is {type(text).__name__}, not a string"
-        )
-    return text
-
-
-def _scan_text_file(path: Path) -> tuple[str, int]:
-    """sha256 and size of a text file after checking it is non-empty, NUL-free UTF-8."""
-    h = hashlib.sha256()
-    dec = codecs.getincrementaldecoder("utf-8")()
-    offset, nonblank = 0, False
-    with open(path, "rb") as f:
-        while block := f.read(_READ_BLOCK):
-            h.update(block)
-            nul = block.find(b"\0")
-            if nul >= 0:
-                raise ValueError(
-                    f"{path}: byte {offset + nul} is NUL (0x00), so this looks like a binary file, "
-                    "not text; remove it from the inputs"
-                )
-            pending = len(dec.getstate()[0])
-            try:
-                dec.decode(block)
-            except UnicodeDecodeError as e:
-                _raise_not_utf8(path, offset - pending + e.start, e.reason)
-            nonblank = nonblank or bool(block.strip())
-            offset += len(block)
-    try:
-        dec.decode(b"", final=True)
-    except UnicodeDecodeError as e:
-        _raise_not_utf8(path, offset - len(dec.getstate()[0]) + e.start, e.reason)
-    if not nonblank:
-        raise ValueError(f"{path} is empty (no text); remove it from the inputs")
-    return h.hexdigest(), offset
-
-
-def _raise_not_utf8(path: Path, offset: int, reason: str) -> None:
-    raise ValueError(
-        f"{path}: not valid UTF-8 at byte {offset} ({reason}); re-encode it, e.g. "
-        f"`iconv -f latin1 -t utf-8 {path} > fixed.txt`, or remove it from the inputs"
-    )
-
-
-def _scan_jsonl_file(path: Path, text_key: str) -> tuple[str, int]:
-    """sha256 and size of a JSONL file after checking every line (UTF-8, JSON, ``text_key``)."""
-    h = hashlib.sha256()
-    offset, n_docs = 0, 0
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, start=1):
-            h.update(line)
-            nul = line.find(b"\0")
-            if nul >= 0:
-                raise ValueError(
-                    f"{path}: byte {offset + nul} (line {lineno}) is NUL (0x00), so this looks "
-                    "like a binary file, not JSONL; remove it from the inputs"
-                )
-            try:
-                decoded = line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                _raise_not_utf8(path, offset + e.start, e.reason)
-            if decoded.strip():
-                try:
-                    obj = json.loads(decoded)
-                except json.JSONDecodeError as e:
-                    raise ValueError(
-                        f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON "
-                        'object such as {"text": "..."}'
-                    ) from None
-                n_docs += bool(_jsonl_text(obj, text_key, str(path), lineno))
-            offset += len(line)
-    if n_docs == 0:
-        raise ValueError(
-            f"{path} holds no non-empty {text_key!r} documents; remove it from the inputs "
-            "or pass --text-key with the right field"
-        )
-    return h.hexdigest(), offset
-
-
-def collect_sources(inputs: Sequence[str | Path], text_key: str = "text") -> list[Source]:
-    """Expand folders, check every file, and return the inputs as :class:`Source` objects.
-
-    Raises:
-        ValueError: no inputs, a folder with no text files, an empty, binary or non-UTF-8 file,
-            or a malformed JSONL line (the message names the file and the fix).
-        FileNotFoundError: an input does not exist.
-    """
-    if not inputs:
-        raise ValueError("no inputs given; pass text files, JSONL files or folders")
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            found = sorted(
-                q
-                for q in p.rglob("*")
-                if q.is_file() and q.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES
-            )
-            if not found:
-                raise ValueError(
-                    f"folder {p} holds no *.txt, *.md or *.jsonl files; point at the files directly"
-                )
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"input {p} does not exist")
-    sources: list[Source] = []
-    seen: set[Path] = set()
-    for f in files:
-        resolved = f.resolve()
-        if resolved in seen:
-            logger.warning("input %s is listed twice; using it once", f)
-            continue
-        seen.add(resolved)
-        if f.suffix.lower() in JSONL_SUFFIXES:
-            sha, size = _scan_jsonl_file(f, text_key)
-            sources.append(Source(str(resolved), "jsonl", sha, size))
-        else:
-            sha, size = _scan_text_file(f)
-            sources.append(Source(str(resolved), "text", sha, size))
-    return sources
 
 
 # ----------------------------------------------------------------------------- writing shards
@@ -322,6 +153,34 @@ def _fingerprint(tok: Tokenizer, shard_tokens: int, text_key: str, sources: list
     }
 
 
+def _read_json(path: Path, fix: str) -> Any:
+    """A JSON file of the output folder; unreadable ones are a ``ValueError`` naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is damaged ({e}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is damaged (not a JSON object); {fix}")
+    return data
+
+
+def _valid_progress(state: dict[str, Any], n_sources: int) -> bool:
+    def ints(xs: Any, n: int | None = None) -> bool:
+        return (isinstance(xs, list) and (n is None or len(xs) == n)
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in xs))  # fmt: skip
+
+    stats = state.get("stats")
+    shards = state.get("shards")
+    return (
+        ints(state.get("next"), 3)
+        and isinstance(shards, list)
+        and all(isinstance(x, dict) and isinstance(x.get("file"), str) for x in shards)
+        and isinstance(stats, dict)
+        and ints([stats.get(k) for k in ("n_documents", "n_bytes", "n_skipped_empty")])
+        and ints(stats.get("source_documents"), n_sources)
+    )
+
+
 def _fresh_state(fingerprint: dict, n_sources: int) -> dict[str, Any]:
     stats = {
         "n_documents": 0,
@@ -352,12 +211,14 @@ def prepare_sources(
     if not sources:
         raise ValueError("no inputs given; pass text files, JSONL files or folders")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose a folder path")
     out.mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(tokenizer, shard_tokens, text_key, sources)
     meta_path, prog_path = out / "metadata.json", out / "progress.json"
 
     if meta_path.exists():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = _read_json(meta_path, "pass --overwrite to prepare the folder again")
         if meta.get("fingerprint") == fp and not overwrite:
             logger.info("%s is already prepared from these inputs; nothing to do", out)
             return meta
@@ -369,7 +230,12 @@ def prepare_sources(
         meta_path.unlink()
     state = None
     if prog_path.exists() and not overwrite:
-        saved = json.loads(prog_path.read_text(encoding="utf-8"))
+        saved = _read_json(prog_path, "pass --overwrite to start the preparation again")
+        if not _valid_progress(saved, len(sources)):
+            raise ValueError(
+                f"{prog_path} is damaged (not the progress record of an unfinished run); "
+                "pass --overwrite to start the preparation again"
+            )
         if saved.get("fingerprint") != fp:
             raise ValueError(
                 f"{out} holds an unfinished run with other inputs or settings; re-run that "

@@ -187,7 +187,9 @@ def _median_tok_s(run_dir: Path) -> float:
 def _train_one(run: CompareRun, data: tuple | None) -> dict[str, Any]:
     from nestlearn.train import Trainer
 
-    trainer = Trainer(run.cfg, run_dir=run.run_dir, data=data)
+    # the folder holds no finished result for this config (finished_result said so): a stale
+    # or cut-off run there is replaced, never mixed with this one
+    trainer = Trainer(run.cfg, run_dir=run.run_dir, data=data, force=True)
     result = trainer.fit()
     if result.interrupted:
         raise KeyboardInterrupt

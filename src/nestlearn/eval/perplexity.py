@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nestlearn.data.ids import check_ids
+
 
 def token_byte_lengths(tokenizer: Any, vocab_size: int) -> torch.Tensor:
     """UTF-8 byte length of every token id, ``[vocab_size]`` float64 (specials count 0).
@@ -58,7 +60,18 @@ def evaluate_lm(
     ``max_tokens`` targets are scored; rank ``r`` scores windows ``r::world_size`` and
     ``reduce`` (an all-reduce sum) combines the totals.
     Returns ``{"loss", "ppl", "bpb", "tokens"}`` (``bpb`` is NaN without ``token_bytes``).
+
+    Raises:
+        ValueError: a non-positive ``seq_len``, ``batch_size`` or ``max_tokens``; ids outside
+            the model's vocabulary; or no token scored at all (the source is shorter than
+            ``seq_len + 1``): a loss of 0 over nothing is never reported.
     """
+    if seq_len <= 0 or batch_size <= 0 or max_tokens <= 0:
+        raise ValueError(
+            f"seq_len, batch_size and max_tokens must be positive, got {seq_len}, "
+            f"{batch_size}, {max_tokens}"
+        )
+    vocab = getattr(getattr(model, "cfg", None), "vocab_size", None)
     was_training = model.training
     model.eval()
     n_windows = max(1, min(max_tokens // seq_len, (len(source) - 1) // seq_len))
@@ -73,7 +86,10 @@ def evaluate_lm(
         rows = [r for r in rows if len(r) == seq_len + 1]
         if not rows:
             continue
-        t = torch.from_numpy(np.stack(rows)).to(device)
+        batch = np.stack(rows)
+        if vocab is not None:
+            check_ids(batch, vocab, source)
+        t = torch.from_numpy(batch).to(device)
         x, y = t[:, :-1], t[:, 1:]
         with ctx():
             logits, _ = model(x)
@@ -86,6 +102,11 @@ def evaluate_lm(
         totals = reduce(totals)
     if was_training:
         model.train()
-    loss = (totals[0] / totals[1].clamp(min=1)).item()
+    if totals[1] == 0:
+        raise ValueError(
+            f"no token was scored: the data holds {len(source)} tokens, fewer than the "
+            f"{seq_len + 1} of one window (seq_len + 1); use longer data or a shorter seq_len"
+        )
+    loss = (totals[0] / totals[1]).item()
     bpb = (totals[0] / (math.log(2) * totals[2])).item() if totals[2] > 0 else float("nan")
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bpb": bpb, "tokens": int(totals[1])}

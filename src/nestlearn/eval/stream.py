@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nestlearn.data.ids import check_ids
 from nestlearn.models import ModelState
 
 
@@ -55,7 +56,11 @@ def evaluate_stream(
         raise ValueError(f"seq_len and max_tokens must be positive, got {seq_len}, {max_tokens}")
     n = min(max_tokens, len(source) - 1)  # type: ignore[arg-type]
     if n <= 0:
-        raise ValueError("the stream needs at least 2 tokens")
+        raise ValueError(
+            f"no token can be scored: the stream holds {len(source)} token(s) and needs at "  # type: ignore[arg-type]
+            "least 2 (one to read, one to predict); use longer data"
+        )
+    vocab = getattr(getattr(model, "cfg", None), "vocab_size", None)
     was_training = model.training
     model.eval()
     if state is None:
@@ -65,6 +70,8 @@ def evaluate_stream(
         for start in range(0, n, seq_len):
             length = min(seq_len, n - start)
             row = np.asarray(source.get(start, length + 1), dtype=np.int64)  # type: ignore[attr-defined]
+            if vocab is not None:
+                check_ids(row, vocab, source)
             t = torch.from_numpy(row).to(device)[None]
             x, y = t[:, :-1], t[:, 1:]
             logits, state = model(x, state=state)

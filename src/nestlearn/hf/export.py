@@ -23,6 +23,7 @@ leaves a half-written folder under the requested name.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -32,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from nestlearn.data.tokenizers import SPECIAL_TOKENS, ByteTokenizer, Tokenizer, _byte_level_inverse
 from nestlearn.hf.modeling import NestlearnForCausalLM
+from nestlearn.train.config import config_dict
 from nestlearn.train.report import read_metrics
 from nestlearn.train.run import LoadedRun, load_run
 
@@ -283,6 +286,46 @@ def verify_export(folder: Path, model: torch.nn.Module, vocab_size: int) -> floa
     return float((ref.float() - got.float()).abs().max())
 
 
+def _inside(a: Path, b: Path) -> bool:
+    """``a`` is ``b`` or lies inside it (both resolved)."""
+    return a == b or b in a.parents
+
+
+def _check_out(checkpoint: Path, out: Path, force: bool) -> None:
+    """Refuse an ``out`` that would overwrite or mix with the run being exported, a file, and
+    (even with ``force``) a non-empty folder that is not an earlier export."""
+    src = checkpoint.resolve()
+    is_ckpt = (src / "meta.json").is_file()
+    run = src.parent.parent if is_ckpt else src
+    dst = out.resolve()
+    pairs = [("the checkpoint", src)] if is_ckpt else []
+    for what, folder in pairs + [("the run folder", run)]:
+        if _inside(dst, folder) or _inside(folder, dst):
+            rel = "is" if dst == folder else ("is inside" if _inside(dst, folder) else "holds")
+            raise FileExistsError(
+                f"--out {out} {rel} {what} {folder}; exporting there would overwrite the run. "
+                "Choose an --out outside the run folder"
+            )
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; choose a folder path")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise FileExistsError(f"{out} already exists; choose another --out or pass --force")
+        if not _is_export(out):
+            raise FileExistsError(
+                f"{out} is not a nestlearn export (no config.json of a nestlearn-* model), so "
+                "--force will not replace it; choose another --out"
+            )
+
+
+def _is_export(folder: Path) -> bool:
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and str(cfg.get("model_type", "")).startswith("nestlearn-")
+
+
 def export_run(
     checkpoint: str | Path, out: str | Path, *, force: bool = False, verify: bool = True
 ) -> ExportResult:
@@ -294,8 +337,7 @@ def export_run(
         RuntimeError: the reloaded folder's logits differ from the run's model.
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise FileExistsError(f"{out} already exists; choose another --out or pass --force")
+    _check_out(Path(checkpoint), out, force)
     run = load_run(checkpoint)
     model = run.model
     hf_model = NestlearnForCausalLM.from_language_model(
@@ -306,7 +348,7 @@ def export_run(
     )
     tokenizer = hf_tokenizer(run.tokenizer)
     run_dir = _run_dir(run)
-    config_yaml = (run_dir / "config.yaml").read_text(encoding="utf-8")
+    config_yaml = yaml.safe_dump(config_dict(run.cfg), sort_keys=False)
     results = evaluation_results(run_dir)
     params = model.num_params()
 
@@ -336,10 +378,15 @@ def export_run(
             os.replace(out, old)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not out.exists():
             os.replace(old, out)  # put the previous export back
+        kept = "; the previous export is intact" if out.exists() else ""
+        if isinstance(e, OSError) and not e.filename:
+            raise OSError(e.errno, f"{e.strerror or e}{kept}", str(out)) from e
+        if type(e).__name__ == "SafetensorError":  # safetensors' own I/O errors (disk full)
+            raise OSError(errno.EIO, f"{e}{kept}", str(out)) from e
         raise
     files = sorted(p.name for p in out.iterdir())
     return ExportResult(out, files, run.cfg.model.family, run.step, params, diff)

@@ -66,17 +66,22 @@ class ShortConv(nn.Module):
     ``x`` (zeros at the start of a sequence); the returned tail continues the sequence.
     """
 
-    def __init__(self, channels: int, width: int) -> None:
+    def __init__(self, channels: int, width: int, *, init_seed: int = 0) -> None:
         super().__init__()
         if width < 1:
             raise ValueError(f"conv width must be >= 1, got {width}; the standard value is 4")
-        self.channels, self.width = channels, width
+        self.channels, self.width, self.init_seed = channels, width, init_seed
         self.weight = nn.Parameter(torch.empty(channels, 1, width))
 
+    @torch.no_grad()
     def reset_parameters(self) -> None:
-        # nn.Conv1d's default for a depthwise kernel: U(-1/sqrt(W), 1/sqrt(W)).
+        """nn.Conv1d's default for a depthwise kernel: U(-1/sqrt(W), 1/sqrt(W)), drawn from a
+        generator seeded by ``init_seed`` (set from the model's seed by ``init_weights``), never
+        from torch's global generator."""
+        gen = torch.Generator().manual_seed(0xC0471 + self.init_seed)
         bound = 1.0 / math.sqrt(self.width)
-        nn.init.uniform_(self.weight, -bound, bound)
+        u = torch.rand(self.weight.shape, generator=gen, dtype=torch.float64)
+        self.weight.copy_((2 * u - 1) * bound)
 
     def init_tail(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         return torch.zeros(batch_size, self.width - 1, self.channels, device=device, dtype=dtype)
@@ -112,6 +117,8 @@ class DeltaNetMixer(nn.Module):
         naive: run the per-token reference loop instead of the chunked op (benchmarks, debugging).
         backend: ``"auto"`` (flash-linear-attention kernels on CUDA with bf16/fp16 activations when
             the package is installed, else the PyTorch chunked op), ``"torch"`` or ``"fla"``.
+        init_seed: seed of this layer's own random init (``A_log``, ``dt_bias``; the short conv
+            has its own); ``LanguageModel.init_weights`` sets it from the model's seed.
     """
 
     def __init__(
@@ -128,8 +135,10 @@ class DeltaNetMixer(nn.Module):
         norm_eps: float = 1e-6,
         naive: bool = False,
         backend: str = "auto",
+        init_seed: int = 0,
     ) -> None:
         super().__init__()
+        self.init_seed = init_seed
         K = head_dim or dim // n_heads
         V = K * expand_v
         if V != int(V) or V < 1:
@@ -146,7 +155,7 @@ class DeltaNetMixer(nn.Module):
         self.wk = nn.Linear(dim, HK, bias=False)
         self.wv = nn.Linear(dim, HV, bias=False)
         self.wb = nn.Linear(dim, n_heads, bias=False)  # beta logits
-        self.conv = ShortConv(2 * HK + HV, conv_size)
+        self.conv = ShortConv(2 * HK + HV, conv_size, init_seed=init_seed)
         if gated:
             self.wa = nn.Linear(dim, n_heads, bias=False)  # decay-rate logits
             self.A_log = nn.Parameter(torch.empty(n_heads))
@@ -163,12 +172,20 @@ class DeltaNetMixer(nn.Module):
         ``[1e-3, 0.1]``, so ``log alpha = -A * softplus(W_a x + dt_bias)`` starts between about
         -0.001 and -1.6 per token: some heads remember for ~1000 tokens, others for ~1.
         (The lower end is 1 rather than fla's 0, which would put ``log 0`` in ``A_log``.)
+        The draws use a generator seeded by ``init_seed`` (set from the model's seed by
+        ``init_weights``), never torch's global generator.
         """
         if not self.gated:
             return
-        self.A_log.copy_(torch.empty_like(self.A_log).uniform_(1.0, 16.0).log())
+        gen = torch.Generator().manual_seed(0xDE17A + self.init_seed)
+        dev, H = self.A_log.device, self.n_heads
+
+        def rand() -> Tensor:
+            return torch.rand(H, generator=gen, dtype=torch.float64).to(dev)
+
+        self.A_log.copy_((1.0 + 15.0 * rand()).log())
         lo, hi = math.log(1e-3), math.log(0.1)
-        dt = torch.exp(torch.rand_like(self.dt_bias) * (hi - lo) + lo).clamp_min(1e-4)
+        dt = torch.exp(rand() * (hi - lo) + lo).clamp_min(1e-4)
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
     def init_state(

@@ -6,6 +6,8 @@ prompt once and then feed one token at a time; others recompute the whole contex
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from nestlearn.models.skeleton import LanguageModel, ModelState
@@ -24,8 +26,10 @@ def sample_next(
     ``temperature == 0`` is greedy. ``top_k`` keeps the k most likely tokens; ``top_p``
     keeps the smallest set whose probability mass reaches p (nucleus sampling).
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(
+            f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}"
+        )
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k <= 0:
@@ -69,6 +73,12 @@ def generate(
     state=state)`` continues the same sequences. Generation stops early when
     every sequence has produced ``eos_id``.
     """
+    if idx.ndim != 2 or idx.shape[0] == 0 or idx.shape[1] == 0:
+        raise ValueError(
+            f"idx must be [batch >= 1, time >= 1] token ids, got shape {tuple(idx.shape)}"
+        )
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     was_training = model.training
     model.eval()
     gen = None

@@ -81,6 +81,22 @@ class Block(nn.Module):
         return (make(self.mixer), make(self.ffn))
 
 
+MAX_SEED = 1 << 40
+_LAYER_STRIDE = 1 << 16
+
+
+def layer_seed(seed: int, layer: int) -> int:
+    """The ``init_seed`` of the modules of block ``layer`` in a model built with ``seed``:
+    ``seed * 65536 + layer``, distinct for every (seed, layer) pair with ``layer < 65536``.
+    Seed 0 gives ``layer``, the fixed per-layer seeds models used before seeds reached
+    these modules, so seed-0 models keep their weights."""
+    if not 0 <= seed < MAX_SEED:
+        raise ValueError(f"seed must be in [0, 2**40), got {seed}")
+    if not 0 <= layer < _LAYER_STRIDE:
+        raise ValueError(f"layer index must be in [0, 65536), got {layer}")
+    return seed * _LAYER_STRIDE + layer
+
+
 class LanguageModel(nn.Module):
     """Causal language model over token ids.
 
@@ -138,12 +154,25 @@ class LanguageModel(nn.Module):
         the step-0 loss is within ~0.05 nats of ln(V) for every preset (checked by a test).
         Non-persistent buffers (RoPE frequencies) are recomputed, so a model built on the
         meta device and moved with ``to_empty`` is fully initialised by this call.
+
+        Seeds: the matrices above draw from one generator seeded by ``seed``. A module with
+        its own random init (memories, convolutions, decay rates, persistent tokens) draws
+        from its own generator seeded by its ``init_seed``, which this call sets to
+        :func:`layer_seed` ``(seed, layer)``: every draw follows ``seed`` (the same seed gives
+        the same weights in any process; another seed changes the memories' initial weights
+        too), and no draw touches torch's global generator. ``seed=None`` keeps the modules'
+        own ``init_seed`` and draws the matrices from the global generator.
         """
         cfg = self.cfg
         self.tie_weights()
         gen = None
         if seed is not None:
             gen = torch.Generator(device=self.embed.weight.device).manual_seed(seed)
+            for name, module in self.named_modules():
+                if isinstance(getattr(module, "init_seed", None), int):
+                    parts = name.split(".")
+                    layer = int(parts[1]) if parts[0] == "blocks" and len(parts) > 1 else 0
+                    module.init_seed = layer_seed(seed, layer)
         std = cfg.init_std
         s_head = min(std, 0.3 / math.sqrt(cfg.dim))
         out_std = std / math.sqrt(2 * cfg.n_layers)
@@ -188,6 +217,18 @@ class LanguageModel(nn.Module):
         """
         if idx.ndim != 2:
             raise ValueError(f"idx must be [batch, time], got shape {tuple(idx.shape)}")
+        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            raise ValueError(f"idx must hold integer token ids, got dtype {idx.dtype}")
+        if idx.device.type == "cpu" and idx.numel() and not torch.compiler.is_compiling():
+            # on the CPU this costs a min and a max; a GPU input is trusted (checking would
+            # wait for the device every call): the trainer and evals check ids on the CPU
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= self.cfg.vocab_size:
+                raise ValueError(
+                    f"token id {lo if lo < 0 else hi} is outside this model's vocabulary "
+                    f"[0, {self.cfg.vocab_size}); encode the text with the tokenizer the model "
+                    "was trained with"
+                )
         x = self.embed(idx)
         if state is None and return_state:
             state = self.init_state(idx.shape[0], device=idx.device)

@@ -11,13 +11,18 @@ File format (one safetensors file, written to a temporary name and renamed into 
 * metadata (all strings): ``format = "nestlearn-state"``, ``version``, ``family``,
   ``config`` (the model config as JSON), ``config_hash`` (sha256 of that JSON), ``weights``
   (a fingerprint of the parameters), ``batch_size``, ``source`` (a free label, e.g. the
-  checkpoint path) and ``structure``: the state's tree as JSON, whose leaves are ``null``,
+  checkpoint path), ``tensors_sha256`` (of every tensor's name, dtype, shape and bytes: a
+  damaged file is refused; files written before it existed are read without) and
+  ``structure``: the state's tree as JSON, whose leaves are ``null``,
   numbers, booleans, strings or references to tensors, and whose inner nodes are tuples, lists,
   str-keyed dicts, NamedTuples and dataclasses named by ``module:qualname``.
 
 Loading parses JSON and safetensors only. A class named in ``structure`` is looked up among
 modules that are already imported (none is imported on the file's behalf) and must be a
-NamedTuple or dataclass with exactly the recorded fields; nothing else is ever constructed.
+NamedTuple or dataclass of nestlearn's (or of the model's state) with exactly the recorded
+fields; nothing else is ever constructed. The loaded tree must then fit the model: the same
+kinds of nodes as ``model.init_state``, tensors of the same shapes (a KV cache's time axis may
+grow) and only finite values; anything else is refused with the tensor's path and the fix.
 
 A state fits a model when the family and config hash match (the state's shapes follow from
 the config) and, by default, the parameter fingerprint matches too (a state written by another
@@ -28,6 +33,7 @@ the state's tensors; :func:`load_state` checks it when asked.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -40,6 +46,14 @@ import torch
 from torch import nn
 
 from nestlearn.models.skeleton import LanguageModel, ModelState
+from nestlearn.models.state_check import (
+    StateFileError,
+    is_namedtuple,
+    mismatch,
+    nestlearn_state_classes,
+    probe,
+    state_classes,
+)
 
 __all__ = [
     "FORMAT",
@@ -47,6 +61,7 @@ __all__ = [
     "StateFileError",
     "config_hash",
     "load_state",
+    "read_state",
     "read_state_info",
     "save_state",
     "weights_fingerprint",
@@ -54,10 +69,6 @@ __all__ = [
 
 FORMAT = "nestlearn-state"
 FORMAT_VERSION = 1
-
-
-class StateFileError(ValueError):
-    """A state file is unreadable, of another format, or does not fit the model."""
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -84,13 +95,20 @@ def weights_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state file's tensors (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 # ----------------------------------------------------------------------------- flatten
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _is_namedtuple(obj: Any) -> bool:
-    return isinstance(obj, tuple) and hasattr(type(obj), "_fields")
 
 
 def _flatten(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -107,7 +125,7 @@ def _flatten(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
         tensors[key] = obj.detach().to("cpu").contiguous().clone()
         return {"tensor": key}
     sub = f"{path}." if path else ""
-    if _is_namedtuple(obj):
+    if is_namedtuple(obj):
         fields = {f: _flatten(getattr(obj, f), sub + f, tensors) for f in type(obj)._fields}
         return {"namedtuple": _qualname(type(obj)), "fields": fields}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -128,7 +146,7 @@ def _flatten(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     )
 
 
-def _resolve_class(name: str, kind: str) -> type:
+def _resolve_class(name: str, kind: str, allowed: frozenset[type]) -> type:
     module_name, _, qual = name.partition(":")
     module = sys.modules.get(module_name)
     if module is None or not qual:
@@ -145,10 +163,14 @@ def _resolve_class(name: str, kind: str) -> type:
         raise StateFileError(f"{name!r} in the state file is not a NamedTuple")
     if kind == "dataclass" and not dataclasses.is_dataclass(obj):
         raise StateFileError(f"{name!r} in the state file is not a dataclass")
+    if obj not in allowed:  # only the state classes of the model at hand are ever constructed
+        raise StateFileError(
+            f"the state file names {kind} {name!r}, which this model's state does not use"
+        )
     return obj
 
 
-def _unflatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def _unflatten(node: Any, tensors: dict[str, torch.Tensor], allowed: frozenset[type]) -> Any:
     if node is None or isinstance(node, (bool, str, int)):
         return node
     if isinstance(node, list):  # never written: containers are tagged dicts
@@ -156,21 +178,31 @@ def _unflatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if not isinstance(node, dict) or len(node) not in (1, 2):
         raise StateFileError(f"malformed state structure node {str(node)[:80]!r}")
     if "float" in node:
+        if isinstance(node["float"], bool) or not isinstance(node["float"], (int, float)):
+            raise StateFileError(f"malformed float node {str(node)[:80]!r}")
         return float(node["float"])
     if "tensor" in node:
         key = node["tensor"]
-        if key not in tensors:
-            raise StateFileError(f"the state structure refers to a missing tensor {key!r}")
+        if not isinstance(key, str) or key not in tensors:
+            raise StateFileError(
+                f"the state structure refers to a missing tensor {str(key)[:80]!r}"
+            )
         return tensors[key]
-    if "tuple" in node:
-        return tuple(_unflatten(n, tensors) for n in node["tuple"])
-    if "list" in node:
-        return [_unflatten(n, tensors) for n in node["list"]]
+    for kind in ("tuple", "list"):
+        if kind in node:
+            if not isinstance(node[kind], list):
+                raise StateFileError(f"malformed {kind} node {str(node)[:80]!r}")
+            items = [_unflatten(n, tensors, allowed) for n in node[kind]]
+            return tuple(items) if kind == "tuple" else items
     if "dict" in node:
-        return {k: _unflatten(v, tensors) for k, v in node["dict"].items()}
+        if not isinstance(node["dict"], dict):
+            raise StateFileError(f"malformed dict node {str(node)[:80]!r}")
+        return {k: _unflatten(v, tensors, allowed) for k, v in node["dict"].items()}
     for kind in ("namedtuple", "dataclass"):
         if kind in node:
-            cls = _resolve_class(node[kind], kind)
+            if not isinstance(node[kind], str) or not isinstance(node.get("fields", {}), dict):
+                raise StateFileError(f"malformed {kind} node {str(node)[:80]!r}")
+            cls = _resolve_class(node[kind], kind, allowed)
             saved = node.get("fields", {})
             if kind == "namedtuple":
                 expected = list(cls._fields)  # type: ignore[attr-defined]
@@ -181,7 +213,7 @@ def _unflatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
                     f"{node[kind]} has fields {expected} in this version of the code but "
                     f"{sorted(saved)} in the state file; re-create the state file"
                 )
-            return cls(**{k: _unflatten(v, tensors) for k, v in saved.items()})
+            return cls(**{k: _unflatten(v, tensors, allowed) for k, v in saved.items()})
     raise StateFileError(f"malformed state structure node {str(node)[:80]!r}")
 
 
@@ -233,19 +265,28 @@ def save_state(
         "batch_size": json.dumps(batch_size),
         "source": source,
         "structure": json.dumps(structure, separators=(",", ":")),
+        "tensors_sha256": tensors_digest(tensors),
     }
     blob = save(tensors, metadata=meta)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # name the file asked for, not the temporary one
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
@@ -280,8 +321,20 @@ def read_state_info(path: str | Path) -> dict[str, Any]:
         info["config"] = json.loads(meta["config"])
         info["batch_size"] = json.loads(meta["batch_size"])
         info["structure"] = json.loads(meta["structure"])
-    except (KeyError, json.JSONDecodeError) as e:
+    except (KeyError, ValueError, RecursionError) as e:
         raise StateFileError(f"{path} has damaged metadata ({e}); re-create it") from None
+    b = info["batch_size"]
+    problems = [
+        "config is not a mapping" if not isinstance(info["config"], dict) else "",
+        "structure is not a tagged mapping" if not isinstance(info["structure"], dict) else "",
+        f"batch_size is {b!r}"
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1)
+        else "",
+        "family is missing" if not isinstance(info.get("family"), str) else "",
+    ]
+    problems = [x for x in problems if x]
+    if problems:
+        raise StateFileError(f"{path} has damaged metadata ({'; '.join(problems)}); re-create it")
     return info
 
 
@@ -319,8 +372,6 @@ def load_state(
         StateFileError: unreadable file, another format or version, another family or config,
             other weights, or a batch-size mismatch; the message names both models.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     info = read_state_info(path)
     here = _describe(model.cfg.family, config_hash(model), name)
@@ -344,12 +395,62 @@ def load_state(
             f"run with batch size {saved_b} or start without the state"
         )
     device = device or model.embed.weight.device
+    fresh = model.init_state(saved_b or batch_size or 1, device=torch.device(device))
+    allowed = state_classes(fresh) | frozenset(nestlearn_state_classes())
+    state = _read_tree(path, info, device, allowed)
+    if not isinstance(state.layers, list) or len(state.layers) != len(model.blocks):
+        raise StateFileError(f"{path} does not hold a ModelState for {len(model.blocks)} blocks")
+    problem = mismatch(fresh, state, "")
+    if problem:
+        raise StateFileError(
+            f"state file {path} does not fit {here}: {problem}; re-create it with this model "
+            "(--state-out / save_state), or start without it"
+        )
+    if (
+        not isinstance(state.position, int)
+        or isinstance(state.position, bool)
+        or state.position < 0
+    ):
+        raise StateFileError(f"{path} has position {state.position!r}; re-create the state file")
+    probe(model, state, path, here)
+    return state
+
+
+def read_state(
+    path: str | Path, device: torch.device | str = "cpu", *, classes: tuple[type, ...] = ()
+) -> ModelState:
+    """The :class:`ModelState` stored in ``path`` as it is, not checked against any model (to
+    inspect a file; :func:`load_state` is what continues a stream). Only NamedTuples and
+    dataclasses defined in ``nestlearn`` modules, or listed in ``classes``, are constructed."""
+    allowed = frozenset(classes) | frozenset(nestlearn_state_classes())
+    return _read_tree(Path(path), read_state_info(path), device, allowed)
+
+
+def _read_tree(
+    path: Path, info: dict[str, Any], device: torch.device | str, allowed: frozenset[type]
+) -> ModelState:
+    from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            tensors = {k: f.get_tensor(k).to(device) for k in f.keys()}  # noqa: SIM118
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as e:
         raise StateFileError(f"{path} has unreadable tensors ({e}); re-create it") from None
-    state = _unflatten(info["structure"], tensors)
-    if not isinstance(state, ModelState) or len(state.layers) != len(model.blocks):
-        raise StateFileError(f"{path} does not hold a ModelState for {len(model.blocks)} blocks")
+    want = info.get("tensors_sha256")  # absent in files written before it was recorded
+    if want is not None and want != tensors_digest(tensors):
+        raise StateFileError(
+            f"{path} is corrupted (its tensors do not match their sha256); re-create it"
+        )
+    tensors = {k: t.to(device) for k, t in tensors.items()}
+    try:
+        state = _unflatten(info["structure"], tensors, allowed | {ModelState})
+    except StateFileError as e:
+        raise StateFileError(f"{path}: {e}; re-create the state file") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as e:
+        raise StateFileError(
+            f"{path} has a malformed state structure ({type(e).__name__}: {str(e)[:120]}); "
+            "re-create the state file"
+        ) from None
+    if not isinstance(state, ModelState):
+        raise StateFileError(f"{path} does not hold a ModelState; re-create the state file")
     return state

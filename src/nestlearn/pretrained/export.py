@@ -30,6 +30,7 @@ from nestlearn.train.config import (
     RunConfig,
     ScheduleConfig,
     TrainConfig,
+    config_dict,
     dump_config,
 )
 
@@ -105,6 +106,7 @@ def write_run(
         None,
         {"tokens_seen": 0, "params": model.num_params(), "pretrained": provenance.get("name")},
         keep_last=2,
+        config=config_dict(cfg),
     )
     (out / "pretrained.json").write_text(
         json.dumps(provenance, indent=2, default=str) + "\n", encoding="utf-8"

@@ -13,6 +13,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from nestlearn.data.ids import check_ids
+
 
 class TokenSource(Protocol):
     """Anything that serves a long token stream: a prepared folder, the corpus, an array."""
@@ -65,9 +67,15 @@ def batch_starts(n_tokens: int, seq_len: int, batch_size: int, seed: int, step: 
 
 
 def make_batch(
-    source: TokenSource, starts: np.ndarray, seq_len: int
+    source: TokenSource, starts: np.ndarray, seq_len: int, vocab_size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and next-token targets, both ``[len(starts), seq_len]`` int64."""
+    """Inputs and next-token targets, both ``[len(starts), seq_len]`` int64.
+
+    With ``vocab_size`` every id is checked to lie in ``[0, vocab_size)`` (on the CPU, before
+    the batch reaches the model); see :func:`check_ids`.
+    """
     rows = np.stack([np.asarray(source.get(int(s), seq_len + 1), dtype=np.int64) for s in starts])
+    if vocab_size is not None:
+        check_ids(rows, vocab_size, source)
     t = torch.from_numpy(rows)
     return t[:, :-1].contiguous(), t[:, 1:].contiguous()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -101,16 +103,22 @@ class RunConfig:
     """Run name (defaults to the preset or the family)."""
     progress: bool = True
     """Show a tqdm progress bar on rank 0."""
+    dead_grad_steps: int = 10
+    """Stop the run when the gradient norm is exactly 0 this many steps in a row (a dead
+    model, e.g. after a far too large learning rate); 0 never stops. A non-finite loss or
+    gradient norm always stops the run, keeping a checkpoint of the last good step."""
 
     def __post_init__(self) -> None:
         for key in ("steps", "grad_accum", "log_every", "keep_last"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
-        for key in ("eval_every", "ckpt_every", "eval_tokens", "threads"):
+        for key in ("eval_every", "ckpt_every", "eval_tokens", "threads", "dead_grad_steps"):
             if getattr(self, key) < 0:
                 raise ValueError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if self.grad_clip < 0:
             raise ValueError(f"train.grad_clip must be >= 0, got {self.grad_clip}")
+        if not 0 <= self.seed < 1 << 40:
+            raise ValueError(f"train.seed must be in [0, 2**40), got {self.seed}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"train.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.parallel not in ("ddp", "fsdp"):
@@ -283,11 +291,32 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML config file into a mapping (an empty file gives ``{}``).
+
+    Raises:
+        ConfigError: the file is missing, not UTF-8 text, not YAML, or not a mapping; the
+            message names the file.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config file {p} is unreadable ({e.strerror})") from None
+    if b"\0" in raw:
+        raise ConfigError(
+            f"config file {p} holds NUL bytes: it is a binary file, not a YAML recipe; "
+            "pass a .yaml file such as configs/*.yaml"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {p} is not UTF-8 text (byte {e.start}); pass a YAML recipe"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
     if data is None:
@@ -330,7 +359,77 @@ def _deep_update(dst: dict, src: dict) -> None:
             dst[k] = v
 
 
-def dump_config(cfg: TrainConfig, path: str | Path) -> None:
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg`` as plain YAML-safe data (tuples become lists)."""
     data = cfg.to_dict()
     data["optim"]["betas"] = list(data["optim"]["betas"])
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return data
+
+
+CHECKSUM_PREFIX = "# nestlearn-config-sha256: "
+SECTIONS = ("model", "optim", "data", "schedule", "train")
+
+
+def config_text(cfg: TrainConfig) -> str:
+    """The text of a run's ``config.yaml``: the YAML, then a checksum line over it.
+
+    The checksum (a YAML comment) lets a damaged or truncated file be told from a complete
+    one: :func:`load_run_config` refuses a file whose checksum line is present but differs.
+    """
+    body = yaml.safe_dump(config_dict(cfg), sort_keys=False)
+    return body + CHECKSUM_PREFIX + hashlib.sha256(body.encode("utf-8")).hexdigest() + "\n"
+
+
+def dump_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write ``cfg`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(config_text(cfg))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_run_config(path: str | Path) -> dict[str, Any]:
+    """The mapping stored in a run's ``config.yaml``, checked for damage.
+
+    A file written by :func:`dump_config` ends with a checksum line; when that line is present
+    the YAML above it must match it. A file without one (older runs) must hold every section
+    and the ``preset`` key that every version wrote last. Anything else raises
+    :class:`ConfigError` naming the file: a damaged config is never replaced by defaults.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p} is missing; is {p.parent} a run folder made by `nestlearn train`?")
+    fix = (
+        f"{p} is damaged ({{}}); the run's checkpoints hold a copy of the config, which "
+        "`nestlearn train --resume` and `nestlearn eval` use. Without a checkpoint, start the "
+        "run again (--force replaces it)"
+    )
+    try:
+        data = load_yaml(p)
+    except ConfigError as e:
+        raise ConfigError(fix.format(str(e).replace(f"config file {p} is ", ""))) from None
+    text = p.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    if lines and lines[-1].startswith(CHECKSUM_PREFIX):
+        body = "".join(lines[:-1])
+        got = hashlib.sha256(body.encode("utf-8")).hexdigest()
+        if lines[-1][len(CHECKSUM_PREFIX) :].strip() != got:
+            raise ConfigError(
+                fix.format("its content does not match its checksum line: truncated or edited; "
+                           "pass changes as overrides to --resume instead of editing the file")
+            )  # fmt: skip
+    elif not data:
+        raise ConfigError(fix.format("it is empty"))
+    elif "preset" not in data:  # written last by every dump_config: a cut-off file lacks it
+        raise ConfigError(fix.format("it ends early: no checksum line and no final preset key"))
+    missing = [s for s in SECTIONS if not isinstance(data.get(s), dict)]
+    if missing:
+        raise ConfigError(fix.format(f"no {', '.join(missing)} section"))
+    return data

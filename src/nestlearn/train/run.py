@@ -10,7 +10,8 @@ import torch
 
 from nestlearn.models import LanguageModel, build_model
 from nestlearn.train.checkpoint import CheckpointError, load_checkpoint, load_latest
-from nestlearn.train.config import ConfigError, TrainConfig, from_dict, load_yaml
+from nestlearn.train.config import TrainConfig, from_dict, load_run_config
+from nestlearn.train.rundir import check_state_shapes
 
 
 @dataclass
@@ -23,7 +24,12 @@ class LoadedRun:
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
-    """Load a run folder (newest good checkpoint) or one checkpoint folder inside it."""
+    """Load a run folder (newest good checkpoint) or one checkpoint folder inside it.
+
+    The config is the one stored in the checkpoint (the run's ``config.yaml`` only for
+    checkpoints written before they stored one); a checkpoint that does not fit its config is
+    refused with the tensors that differ.
+    """
     from nestlearn.data import get_tokenizer
 
     path = Path(path)
@@ -38,15 +44,17 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
         if ckpt is None:
             raise CheckpointError(f"{path} holds no checkpoint (looked in {path / 'checkpoints'})")
     cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise ConfigError(f"{cfg_path} is missing; is {run_dir} a nestlearn run folder?")
-    cfg = from_dict(TrainConfig, load_yaml(cfg_path))
+    if ckpt.config is not None:
+        cfg, source = from_dict(TrainConfig, ckpt.config), ckpt.path / "config.yaml"
+    else:
+        cfg, source = from_dict(TrainConfig, load_run_config(cfg_path)), cfg_path
     model = build_model(cfg.model, device=device)
+    check_state_shapes(model.state_dict(), ckpt, f"Was {source} changed after training?")
     missing, unexpected = model.load_state_dict(ckpt.model, strict=False)
     missing = [k for k in missing if not (k == "head.weight" and cfg.model.tie_embeddings)]
     if missing or unexpected:
         raise CheckpointError(
-            f"{ckpt.path} does not match {cfg_path} (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            f"{ckpt.path} does not match {source} (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     model.eval()
     return LoadedRun(cfg, model, get_tokenizer(cfg.data.tokenizer), ckpt.step, ckpt.path)

@@ -6,6 +6,11 @@ micro-batches (DDP syncs only on the last); clip; step. Every step writes a JSON
 (loss, lr, tokens/s, grad norm); validation loss and bits-per-byte at intervals;
 checkpoints at intervals, at the end and on SIGINT/SIGTERM. ``resume=True`` continues from
 the newest good checkpoint and reproduces the uninterrupted run's losses bit for bit on CPU.
+
+Guards: a folder that holds another run is refused unless resumed or replaced (``force``); a
+non-finite loss or gradient norm stops the run before the bad update, keeping a checkpoint of
+the last good step; a gradient norm of exactly 0 for ``train.dead_grad_steps`` steps in a row
+stops a dead run. Both raise :class:`TrainingStopped`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -29,9 +33,16 @@ from torch import nn
 from nestlearn.eval.perplexity import evaluate_lm, token_byte_lengths
 from nestlearn.models import LanguageModel, build_model
 from nestlearn.optim import build_optimizer
-from nestlearn.train.batches import SliceTokens, TokenSource, batch_starts, make_batch
-from nestlearn.train.checkpoint import load_latest, save_checkpoint
-from nestlearn.train.config import TrainConfig, dump_config
+from nestlearn.train.batches import TokenSource, batch_starts, make_batch
+from nestlearn.train.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_latest,
+    recover,
+    save_checkpoint,
+    set_aside_newer,
+)
+from nestlearn.train.config import ConfigError, TrainConfig, config_dict, dump_config
 from nestlearn.train.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -40,7 +51,15 @@ from nestlearn.train.distributed import (
     resolve_device,
     wrap_model,
 )
+from nestlearn.train.guards import stop_dead, stop_diverged
+from nestlearn.train.rundir import (
+    check_state_shapes,
+    claim_run_dir,
+    tidy_run_dir,
+    truncate_metrics,
+)
 from nestlearn.train.schedule import lr_factor
+from nestlearn.train.sources import open_data
 
 logger = logging.getLogger(__name__)
 
@@ -56,46 +75,8 @@ class TrainResult:
     final_eval: dict[str, float] = field(default_factory=dict)
     wall_time_s: float = 0.0
     params: int = 0
-
-
-def open_data(cfg: TrainConfig) -> tuple[Any, TokenSource, TokenSource]:
-    """Tokenizer, training and validation token sources named by ``cfg.data``."""
-    from nestlearn.data import TokenShards, default_corpus, get_tokenizer
-
-    tok = get_tokenizer(cfg.data.tokenizer)
-    if cfg.data.train == "corpus":
-        train = default_corpus(cfg.data.tokenizer, "train")
-        val = default_corpus(cfg.data.tokenizer, "validation") if cfg.data.val is None else None
-    else:
-        path = Path(cfg.data.train)
-        if not path.is_dir():
-            raise ValueError(
-                f"data.train={cfg.data.train!r} is neither 'corpus' nor a folder; make one with "
-                "`nestlearn prepare FILES --out DIR`"
-            )
-        train = TokenShards(path)
-        _check_tokenizer(train, cfg.data.tokenizer, path)
-        val = None
-        if cfg.data.val is None:
-            n = len(train)
-            cut = int(n * (1 - cfg.data.val_fraction))
-            train, val = SliceTokens(train, 0, cut), SliceTokens(train, cut, n)
-    if val is None:
-        val = TokenShards(Path(cfg.data.val))
-        _check_tokenizer(val, cfg.data.tokenizer, Path(cfg.data.val))
-    return tok, train, val
-
-
-def _check_tokenizer(shards: Any, name: str, path: Path) -> None:
-    meta = getattr(shards, "metadata", {}) or {}
-    got = meta.get("tokenizer") if isinstance(meta, dict) else None
-    if isinstance(got, dict):
-        got = got.get("name")
-    if got and got != name:
-        raise ValueError(
-            f"{path} was prepared with tokenizer {got!r} but data.tokenizer={name!r}; "
-            f"set data.tokenizer={got} or prepare the data again"
-        )
+    already_finished: bool = False
+    """The run had reached ``train.steps`` before this call: nothing was trained or written."""
 
 
 class Trainer:
@@ -105,6 +86,10 @@ class Trainer:
         cfg: the run configuration.
         run_dir: run folder (default ``cfg.train.out_dir`` or ``runs/<name>-<time>``).
         resume: continue from the newest good checkpoint in ``run_dir``.
+        force: replace a run already in ``run_dir`` (its config, metrics and checkpoints);
+            without ``resume`` or ``force`` such a folder is refused.
+        checkpoint: with ``resume``, the checkpoint to continue from, already loaded (the
+            CLI loads it to read its config); default: the newest good one in ``run_dir``.
         data: optional ``(tokenizer, train, val)`` to use instead of ``cfg.data``.
         on_step_end: optional callback ``(trainer, step, loss)`` after each step.
     """
@@ -115,6 +100,8 @@ class Trainer:
         *,
         run_dir: str | Path | None = None,
         resume: bool = False,
+        force: bool = False,
+        checkpoint: Checkpoint | None = None,
         data: tuple[Any, TokenSource, TokenSource] | None = None,
         on_step_end: Callable[[Trainer, int, float], None] | None = None,
     ) -> None:
@@ -127,9 +114,18 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         self.dist: DistInfo = init_distributed(self.device)
         cfg.check(self.dist.world_size)
+        # The model's init has its own generators (build_model's seed); this seeds torch's
+        # global ones (CPU and every GPU) for anything else that draws. A resume restores them.
+        torch.manual_seed(cfg.train.seed)
         self.tokenizer, self.train_data, self.val_data = (
             data if data is not None else open_data(cfg)
         )
+        if len(self.val_data) < cfg.data.seq_len + 1:
+            raise ValueError(
+                f"the validation data holds {len(self.val_data)} tokens, fewer than "
+                f"data.seq_len+1={cfg.data.seq_len + 1} (one window); use more data, a larger "
+                "data.val_fraction or a shorter data.seq_len"
+            )
         if cfg.model.vocab_size == 0:
             cfg.model.vocab_size = int(self.tokenizer.vocab_size)
         elif cfg.model.vocab_size < int(self.tokenizer.vocab_size):
@@ -143,11 +139,19 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        claim_run_dir(self.run_dir, resume=resume, force=force, write=self.dist.is_main)
+        if self.dist.is_main:
+            tidy_run_dir(self.run_dir)
+            if resume:
+                recover(self.ckpt_dir)
+        if self.dist.enabled:
+            torch.distributed.barrier()
         self.model: LanguageModel = build_model(cfg.model, device=self.device, seed=cfg.train.seed)
         self.params = self.model.num_params()
         self.start_step = 0
         self.tokens_seen = 0
-        ckpt = self._load_model() if resume else None
+        ckpt = self._load_model(checkpoint) if resume else None
+        self.finished = self.start_step >= cfg.train.steps
         self.model.set_activation_checkpointing(cfg.train.activation_checkpointing)
         if cfg.train.compile:
             for block in self.model.blocks:
@@ -158,10 +162,10 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g.setdefault("initial_lr", g["lr"])
         if ckpt is not None and ckpt.optimizer is not None:
-            self._load_optimizer(ckpt.optimizer)
+            self._load_optimizer(ckpt.optimizer, ckpt.path)
         self.token_bytes = token_byte_lengths(self.tokenizer, cfg.model.vocab_size)
         self.autocast = self._autocast_factory()
-        if self.dist.is_main:
+        if self.dist.is_main and not self.finished:  # a finished run's --resume writes nothing
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
 
@@ -180,54 +184,74 @@ class Trainer:
     def _fsdp(self) -> bool:
         return self.cfg.train.parallel == "fsdp" and self.dist.enabled
 
-    def _load_model(self) -> Any:
-        """Load the newest good checkpoint's weights (before wrapping); return the checkpoint."""
-        ckpt = load_latest(self.ckpt_dir, map_location="cpu")
+    def _load_model(self, ckpt: Checkpoint | None) -> Checkpoint | None:
+        """Load the checkpoint's weights (before wrapping) and RNG state; return it.
+
+        Every resume cuts ``metrics.jsonl`` back to the checkpoint's step (to 0 without one),
+        and sets aside checkpoints newer than it (they failed verification)."""
+        if ckpt is None:
+            ckpt = load_latest(self.ckpt_dir, map_location="cpu")
         if ckpt is None:
             logger.info("no checkpoint in %s: starting from step 0", self.ckpt_dir)
+            if self.dist.is_main:
+                truncate_metrics(self.metrics_path, 0)
             return None
+        check_state_shapes(
+            self.model.state_dict(),
+            ckpt,
+            "model.* overrides cannot change the shape of a run being resumed; drop them, or "
+            "start a new run in another --out",
+        )
         missing, unexpected = self.model.load_state_dict(ckpt.model, strict=False)
         missing = [k for k in missing if not (k == "head.weight" and self.cfg.model.tie_embeddings)]
         if missing or unexpected:
-            raise ValueError(
+            raise ConfigError(
                 f"checkpoint {ckpt.path} does not fit this model (missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}); was the config changed?"
+                f"unexpected {unexpected[:5]}); was model.* changed? Resume without it"
             )
         if "torch_cpu" in ckpt.rng:
             torch.set_rng_state(ckpt.rng["torch_cpu"])
+        if "torch_cuda" in ckpt.rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt.rng["torch_cuda"], self.device)
         self.start_step = ckpt.step
         self.tokens_seen = int(ckpt.trainer.get("tokens_seen", 0))
+        if self.start_step >= self.cfg.train.steps:
+            logger.info("%s is at step %d of train.steps=%d", ckpt.path, ckpt.step,
+                        self.cfg.train.steps)  # fmt: skip
+            return ckpt
         logger.info("resumed from %s (step %d)", ckpt.path, ckpt.step)
-        if self.dist.is_main and self.metrics_path.exists():
-            self._truncate_metrics(ckpt.step)
+        if self.dist.is_main:
+            set_aside_newer(self.ckpt_dir, ckpt.step)
+            truncate_metrics(self.metrics_path, ckpt.step)
         return ckpt
 
-    def _load_optimizer(self, state: dict[str, Any]) -> None:
-        if self._fsdp():
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                set_optimizer_state_dict,
-            )
+    def _load_optimizer(self, state: dict[str, Any], where: Path) -> None:
+        # The config is the truth for hyper-parameters (an optim.lr override on --resume must
+        # act): keep the freshly built groups' settings, take only the state from the file.
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        try:
+            if self._fsdp():
+                from torch.distributed.checkpoint.state_dict import (
+                    StateDictOptions,
+                    set_optimizer_state_dict,
+                )
 
-            set_optimizer_state_dict(
-                self.model, self.optimizer, state, options=StateDictOptions(full_state_dict=True)
-            )
-        else:
-            self.optimizer.load_state_dict(state)
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop log lines of steps after the checkpoint (they will be run again)."""
-        keep = []
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("step", 0) <= step:
-                keep.append(line)
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-        os.replace(tmp, self.metrics_path)
+                set_optimizer_state_dict(
+                    self.model,
+                    self.optimizer,
+                    state,
+                    options=StateDictOptions(full_state_dict=True),
+                )
+            else:
+                self.optimizer.load_state_dict(state)
+        except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as e:
+            raise CheckpointError(
+                f"the optimizer state in {where} does not fit optim.name="
+                f"{self.cfg.optim.name} ({str(e)[:200]}); was optim.name changed? Resume with "
+                "the run's optimizer, or start a new run"
+            ) from None
+        for g, f in zip(self.optimizer.param_groups, fresh):
+            g.update(f)
 
     # ------------------------------------------------------------ checkpoint
     def save(self, step: int) -> Path | None:
@@ -247,14 +271,18 @@ class Trainer:
             optim_sd = self.optimizer.state_dict()
         path = None
         if self.dist.is_main:
+            rng = {"torch_cpu": torch.get_rng_state()}
+            if self.device.type == "cuda":
+                rng["torch_cuda"] = torch.cuda.get_rng_state(self.device)
             path = save_checkpoint(
                 self.ckpt_dir,
                 step,
                 model_sd,
                 optim_sd,
                 {"tokens_seen": self.tokens_seen, "params": self.params},
-                {"torch_cpu": torch.get_rng_state()},
+                rng,
                 keep_last=self.cfg.train.keep_last,
+                config=config_dict(self.cfg),
             )
         if self.dist.enabled:
             torch.distributed.barrier()
@@ -315,7 +343,13 @@ class Trainer:
         micro = per_rank // A
         n_train = len(self.train_data)
         result = TrainResult(self.run_dir, self.start_step, False, params=self.params)
+        if self.start_step >= total:
+            logger.info("%s is already finished (step %d of %d): nothing to do", self.run_dir,
+                        self.start_step, total)  # fmt: skip
+            result.already_finished = True
+            return result
         t_start = time.perf_counter()
+        zero_grad_since: int | None = None  # first step of the current run of zero gradients
         handlers = self._install_signal_handlers()
         bar = None
         if self.dist.is_main and cfg.train.progress:
@@ -341,7 +375,12 @@ class Trainer:
                 starts = batch_starts(n_train, T, B, cfg.train.seed, step)[self.dist.rank :: W]
                 loss_sum = torch.zeros((), device=self.device)
                 for j in range(A):
-                    x, y = make_batch(self.train_data, starts[j * micro : (j + 1) * micro], T)
+                    x, y = make_batch(
+                        self.train_data,
+                        starts[j * micro : (j + 1) * micro],
+                        T,
+                        cfg.model.vocab_size,
+                    )
                     x, y = x.to(self.device), y.to(self.device)
                     sync = j == A - 1 or not self.dist.enabled or cfg.train.parallel != "ddp"
                     ctx = contextlib.nullcontext() if sync else self.wrapped.no_sync()
@@ -356,18 +395,21 @@ class Trainer:
                     )
                 else:
                     gnorm = _grad_norm(self.model)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
                 loss_val = float(all_reduce_mean(loss_sum.detach(), self.dist).item())
                 gnorm_val = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
+                if not (math.isfinite(loss_val) and math.isfinite(gnorm_val)):
+                    self.optimizer.zero_grad(set_to_none=True)  # the bad update is never applied
+                    stop_diverged(self, step, loss_val, gnorm_val, zero_grad_since)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
                 step += 1
                 self.tokens_seen += B * T
                 dt = time.perf_counter() - t0
                 result.losses.append(loss_val)
-                if not math.isfinite(loss_val):
-                    raise FloatingPointError(
-                        f"loss is {loss_val} at step {step}; lower optim.lr or enable train.grad_clip"
-                    )
+                if gnorm_val == 0.0:
+                    zero_grad_since = step if zero_grad_since is None else zero_grad_since
+                else:
+                    zero_grad_since = None
                 if step % cfg.train.log_every == 0 or step == total:
                     self._log(
                         {
@@ -383,6 +425,9 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{B * T / dt:,.0f}")
+                dead = cfg.train.dead_grad_steps and zero_grad_since is not None
+                if dead and step - zero_grad_since + 1 >= cfg.train.dead_grad_steps:
+                    stop_dead(self, zero_grad_since, step)  # after this step's metrics line
                 if self.on_step_end is not None:
                     self.on_step_end(self, step, loss_val)
                 if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
@@ -398,12 +443,24 @@ class Trainer:
                         "stopped at step %d; checkpoint written, resume with --resume", step
                     )
                     break
-                if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0 and step < total:
+                if (
+                    cfg.train.ckpt_every
+                    and step % cfg.train.ckpt_every == 0
+                    and step < total
+                    and zero_grad_since is None  # keep the checkpoints from before it died
+                ):
                     self.save(step)
             else:
-                self.save(step)
-                ev = self.evaluate()
+                # the final evaluation is logged before the final checkpoint: a run killed in
+                # between resumes from the previous checkpoint and logs it again (trimmed), so
+                # a run whose final checkpoint exists always has its final evaluation
+                try:
+                    ev = self.evaluate()
+                except BaseException:
+                    self.save(step)
+                    raise
                 self._log({"step": step, **{f"val_{k}": v for k, v in ev.items()}})
+                self.save(step)
                 result.final_eval = ev
         finally:
             if bar is not None:
