@@ -5,8 +5,10 @@ width, H heads, F = D / H head dim.
 
 Layer::
 
-    u           = silu(causal_dwconv_4(W_in x))           memory input x_m [+ fixed q, k, v] (§8.3)
-    k, v, eta, alpha (and q if adaptive) = M_box(x_m)     projection memories (eqs. 84-85)
+    u           = silu(causal_dwconv_4(W_in x))           memory input x_m [+ fixed q, k, v] (§8.3);
+                                                          with per_memory_conv one conv (own
+                                                          filters) per projection memory: x_box
+    k, v, eta, alpha (and q if adaptive) = M_box(x_box)   projection memories (eqs. 84-85)
     q           = x_m-independent fixed projection W_q x  (the default, §8.1 "the only
                                                            non-adaptive projection")
     m_t         = momentum_max sigmoid(w_m x_t + b_m)     momentum gate (Table 6 implies one;
@@ -19,9 +21,11 @@ Every memory is a residual 2-layer MLP per head ``M(z) = z + W_1 s(W_0 z)`` (eq.
 initial weights are outer-loop parameters, expanded over the batch so that each sequence starts
 from them and the outer gradient flows through every unrolled inner update (meta-learned initial
 states, §8.1). ``q`` and ``k`` are l2-normalised inside the op (§8.3). The inner learning rate is
-``eta_t = max_lr * sigmoid(.)`` (bounded for the same reason as Titans' theta: a chunk applies all
-its gradients at once, docs/fidelity.md HOPE-4); the retention is ``1 - alpha_t`` with
-``alpha_t = sigmoid(.)`` near 0.001 at init.
+``eta_t = max_lr * sigmoid(.)``; with the default strong-write rule (``exact_output``: each
+memory's output layer is an exact, normalised per-token delta rule inside its chunk;
+``hidden_chunk``: hidden layers advance once per chunk, rows kept at their norms) ``max_lr = 0.5``
+trains stably and writes hard enough for recall (docs/fidelity.md HOPE-4); the retention is
+``1 - alpha_t`` with ``alpha_t = sigmoid(.)`` near 0.001 at init.
 
 Ablations of Table 6 are constructor switches (``optimizer="gd"``, ``momentum=False``,
 ``weight_decay=False``, ``adaptive_k=False``, ``adaptive_v=False``, ``adaptive_q=True``); each one
@@ -92,6 +96,12 @@ class SelfModifyingTitans(nn.Module):
         max_lr: upper bound of the inner learning rate.
         momentum_max: upper bound of the momentum gate (``m_t = momentum_max * sigmoid(.)``).
         conv_size: width of the causal depthwise conv (§8.3: 4; 0 disables it).
+        exact_output: every memory's output layer follows the exact per-token recurrence inside
+            its chunk (normalised delta rule over the hidden features; ``ops/titans`` README).
+        hidden_chunk: every memory's hidden layer is read at its chunk start and advanced once
+            per chunk with the mean gradient, rows kept at their norms.
+        per_memory_conv: each projection memory reads the memory input through its own causal
+            conv (needs ``conv_size > 0``), so ``M_k`` and ``M_v`` see different inputs.
         naive: run the per-token reference op (tests and ``bench --naive``).
         init_seed: seed of this layer's own init (the layer index).
     """
@@ -111,12 +121,12 @@ class SelfModifyingTitans(nn.Module):
         adaptive_q: bool = False,
         chunk_size: int = 32,
         proj_chunk_size: int = 64,
-        max_lr: float = 0.002,
+        max_lr: float = 0.5,
         momentum_max: float = 0.5,
         conv_size: int = 4,
-        exact_output: bool = False,
-        hidden_chunk: bool = False,
-        per_memory_conv: bool = False,
+        exact_output: bool = True,
+        hidden_chunk: bool = True,
+        per_memory_conv: bool = True,
         naive: bool = False,
         init_seed: int = 0,
     ) -> None:
@@ -129,7 +139,7 @@ class SelfModifyingTitans(nn.Module):
                 f"{proj_chunk_size}; try 32 and 64"
             )
         if not max_lr > 0:
-            raise ValueError(f"max_lr must be > 0, got {max_lr}; try 0.002")
+            raise ValueError(f"max_lr must be > 0, got {max_lr}; try 0.5")
         if conv_size < 0:
             raise ValueError(f"conv_size must be >= 0, got {conv_size}; try 4")
         if not 0.0 < momentum_max <= 1.0:

@@ -68,19 +68,25 @@ class HopeOptions:
     """Chunk of the main memory M_memory (gradients at the previous chunk's final state)."""
     proj_chunk_size: int = 64
     """Chunk of the projection memories M_k, M_v, M_eta, M_alpha (and M_q)."""
-    max_lr: float = 0.002
-    """Upper bound of the inner learning rate eta_t = max_lr * sigmoid(.); 0.01 diverged
-    (docs/fidelity.md HOPE-4)."""
+    max_lr: float = 0.5
+    """Upper bound of the inner learning rate eta_t = max_lr * sigmoid(.) (max_lr / 2 at init).
+    With ``exact_output`` a write removes up to ``2 eta`` of its key's error; with both
+    ``exact_output`` and ``hidden_chunk`` off use about 0.002 (docs/fidelity.md HOPE-4)."""
     momentum_max: float = 0.5
     """Upper bound of the inner momentum gate (docs/fidelity.md HOPE-4)."""
     conv_size: int = 4
     """Width of the causal depthwise conv on the memory input (§8.3: 4; 0 disables)."""
-    exact_output: bool = False
-    """PROTOTYPE"""
-    hidden_chunk: bool = False
-    """PROTOTYPE"""
-    per_memory_conv: bool = False
-    """PROTOTYPE"""
+    exact_output: bool = True
+    """Every memory's output layer follows the exact per-token recurrence inside its chunk (a
+    normalised delta rule over the hidden features): strong writes that stay stable
+    (docs/fidelity.md HOPE-4, TITANS-1)."""
+    hidden_chunk: bool = True
+    """Every memory's hidden layer is read at its chunk start and updated once per chunk (mean
+    gradient), each row kept at its norm."""
+    per_memory_conv: bool = True
+    """Each projection memory reads the memory input through its own causal conv, so M_k and
+    M_v see different inputs (e.g. the previous and the current token); False shares one conv,
+    which leaves k and v nearly equal at init and MQAR at 30% (docs/fidelity.md HOPE-11)."""
     naive: bool = False
     """Run the per-token reference op (tests and ``bench --naive`` only)."""
     cms: dict[str, Any] = field(default_factory=dict)
