@@ -298,7 +298,7 @@ class HopeLearner(Learner):
 
     def _read(self, part: list[tuple[int, int]]) -> None:
         """One ``ntp_forward`` call; the attention cache is emptied every ``window`` tokens."""
-        from nestlearn.memory.cms import ntp_forward
+        from nestlearn.models.ntp import ntp_forward
 
         dev = self.model.embed.weight.device
         idx = torch.tensor([[t for t, _ in part]], device=dev)
