@@ -216,7 +216,9 @@ def ntp_forward(
                                             allow_unused=True)  # fmt: skip
                 state = _deposit(model, state, grads)
             if derived and e == T and active:
-                pending = NTPPending(logits[:, -1], tuple(_fast_weights(model, state)), state.position)
+                pending = NTPPending(
+                    logits[:, -1], tuple(_fast_weights(model, state)), state.position
+                )
             logits_all.append(logits if keep_graph else logits.detach())
             total = total + (loss if keep_graph else loss.detach())
             s0 = e
