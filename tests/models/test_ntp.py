@@ -23,27 +23,7 @@ from nestlearn.models.skeleton import Block, LanguageModel
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _float64_norm_and_rope(monkeypatch):
-    """RMSNorm and RoPE compute in float32 by design; exact comparisons need float64."""
-    import nestlearn.layers.attention as attention
-    from nestlearn.layers.norm import RMSNorm
-
-    def norm(self, x):
-        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return y * self.weight.to(x.dtype)
-
-    rope32 = attention.apply_rope
-
-    def rope(x, cos, sin, interleaved=False):
-        if x.dtype != F64 or interleaved:
-            return rope32(x, cos, sin, interleaved)
-        c, s = cos.to(F64)[None, :, None, :], sin.to(F64)[None, :, None, :]
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
-
-    monkeypatch.setattr(RMSNorm, "forward", norm)
-    monkeypatch.setattr(attention, "apply_rope", rope)
+pytestmark = pytest.mark.usefixtures("float64_norm_rope")
 
 
 def _lm(n_layers: int = 2, dtype: torch.dtype = F64, **cms) -> LanguageModel:
