@@ -151,3 +151,19 @@ def test_every_training_loop_attaches_the_outer_schedule():
     assert len(found) >= 5, found  # trainer, recall.fit, domains, EWC, bench
     missing = [f"{f}:{fn}" for f, fn, ok in found if not ok]
     assert not missing, f"these build an optimizer without attach_outer_schedule: {missing}"
+
+
+def test_nested_overrides_leave_the_preset_untouched():
+    """``model.mixer.cms.objective=ntp`` on a preset with a ``mixer`` mapping once edited the
+    registered preset, so every later config of that preset in the process inherited it."""
+    from nestlearn.models import PRESETS
+
+    before = repr(PRESETS["hope-tiny"])
+    assert (
+        resolve_config("hope-tiny", None, ["model.mixer.cms.objective=ntp"]).model.mixer["cms"][
+            "objective"
+        ]
+        == "ntp"
+    )
+    assert repr(PRESETS["hope-tiny"]) == before
+    assert "objective" not in resolve_config("hope-tiny", None, []).model.mixer["cms"]
