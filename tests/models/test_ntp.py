@@ -175,3 +175,27 @@ def test_a_pending_state_cannot_be_continued_at_another_position():
     st.position = 5
     with pytest.raises(ValueError, match="pending next-token term is for position 4"):
         model(idx[:, 4:], state=st)
+
+
+@pytest.mark.parametrize("family", ["hope", "transformer-cms"])
+def test_each_cms_family_runs_the_driver_in_streamed_calls(family):
+    """Hope (self-modifying Titans + CMS) and transformer-cms, float32: calls == one call."""
+    from nestlearn.models import build_model, preset_config
+
+    cms = {"objective": "ntp", "periods": [2, 4], "lr": 0.5, "learn_lr": False}
+    preset = "hope-tiny" if family == "hope" else "hope-attention-tiny"
+    mixer = {"cms": cms, "chunk_size": 4} if family == "hope" else {"cms": cms}
+    cfg = preset_config(preset, family=family, vocab_size=32, dim=32, n_layers=2, n_heads=2,
+                        max_seq_len=32, mixer=mixer)  # fmt: skip
+    model = build_model(cfg, seed=0)
+    idx = torch.randint(0, 32, (2, 15))
+    with torch.no_grad():
+        ref, _ = model(idx)
+        with frozen_cms(model):
+            frozen, _ = model(idx)
+        st, outs = None, []
+        for a, b in [(0, 5), (5, 6), (6, 13), (13, 15)]:
+            out, st = model(idx[:, a:b], state=st, return_state=True)
+            outs.append(out)
+    assert (ref - frozen).abs().max() > 1e-3
+    torch.testing.assert_close(torch.cat(outs, 1), ref, atol=1e-5, rtol=1e-5)
