@@ -68,11 +68,16 @@ def test_rate_zero_equals_the_frozen_model():
     _close(logits, frozen)
 
 
-@pytest.mark.parametrize("cuts", [[5, 13], [4, 8, 12, 13], list(range(1, 14))], ids=str)
-def test_calls_without_gradients_equal_one_call(cuts):
-    """Evaluation, streaming and prefill + token-by-token decoding (the last cut list)."""
+@pytest.mark.parametrize(
+    "cuts,variant",
+    [([5, 13], "sequential"), ([4, 8, 12, 13], "sequential"), (list(range(1, 14)), "sequential"),
+     ([3, 5, 13], "nested"), ([3, 5, 13], "independent")],
+    ids=str,
+)  # fmt: skip
+def test_calls_without_gradients_equal_one_call(cuts, variant):
+    """Evaluation, streaming and prefill + token-by-token decoding (the third cut list)."""
     torch.manual_seed(1)
-    model = _lm()
+    model = _lm(variant=variant)
     idx = torch.randint(0, 32, (2, 13))
     with torch.no_grad():
         ref, _ = model(idx)
@@ -199,3 +204,12 @@ def test_each_cms_family_runs_the_driver_in_streamed_calls(family):
             outs.append(out)
     assert (ref - frozen).abs().max() > 1e-3
     torch.testing.assert_close(torch.cat(outs, 1), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_an_ntp_module_called_alone_refuses_instead_of_never_updating():
+    cms = ContinuumMemory(16, CMSConfig(objective="ntp", periods=(2,)))
+    x = torch.randn(1, 5, 16)
+    with pytest.raises(ValueError, match="call the LanguageModel"):
+        cms(x)
+    cms.frozen = True
+    assert cms(x)[0].shape == x.shape  # frozen: a plain read, as documented

@@ -397,6 +397,15 @@ class ContinuumMemory(nn.Module):
             return self._chain(
                 x, lambda i, n: level_forward(n, *self.levels[i].weights(), (), act)[0]
             ), state
+        if self.ntp_active and (state is None or state.levels[0].delta is None):
+            # only the language model's driver supplies the gradients (and the state it passes
+            # always holds explicit fast weights); a direct call would silently never update
+            raise ValueError(
+                "a CMS with objective='ntp' learns from the language model's next-token "
+                "gradient: call the LanguageModel (it runs the exact driver, "
+                "nestlearn.models.ntp), freeze this module (set_cms_frozen), or use "
+                "objective='next' for a module that learns on its own"
+            )
         keep = state is not None
         old = state.levels if keep else (None,) * len(self.levels)
         new: list[CMSLevelState | None] = [None] * len(self.levels)
