@@ -17,6 +17,7 @@ import argparse
 import json
 import statistics
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -62,8 +63,10 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as d:
                 tr = Trainer(cfg, run_dir=d, data=data)
                 times: list[float] = []
-                tr.on_step_end = lambda t, step, loss: times.append(__import__("time").perf_counter())
-                t0 = __import__("time").perf_counter()
+                tr.on_step_end = lambda t, step, loss, times=times: times.append(
+                    time.perf_counter()
+                )
+                t0 = time.perf_counter()
                 tr.fit()
                 dts = np.diff([t0, *times])[1:]  # drop the first step (warm-up)
                 rates[name] += [a.batch * a.seq / dt for dt in dts]

@@ -8,8 +8,8 @@ names the key and the fix (STYLE example 6).
 
 from __future__ import annotations
 
-import dataclasses
 import copy
+import dataclasses
 import difflib
 import types
 import typing
