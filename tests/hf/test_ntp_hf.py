@@ -46,8 +46,16 @@ def test_forward_and_generate_run_the_exact_driver():
 def test_beam_search_is_refused_with_the_alternatives():
     hf = H.NestlearnForCausalLM.from_language_model(_tiny(objective="ntp", periods=[2, 4]))
     idx = torch.randint(0, V, (1, 5), generator=torch.Generator().manual_seed(2))
-    with pytest.raises(ValueError, match="num_beams=1"):
+    with pytest.raises(ValueError, match="num_beams=2: .* Use greedy or sampled"):
         hf.generate(idx, max_new_tokens=4, do_sample=False, num_beams=2)
+    # the cache refuses any other regrouping of a pending state too
+    with torch.no_grad():
+        cache = hf(idx).cache
+    with pytest.raises(ValueError, match="num_beams=1"):
+        cache.reorder_cache(torch.tensor([0]))
+    # several samples per prompt expand the prompt before the first forward: allowed
+    out = hf.generate(idx, max_new_tokens=3, do_sample=True, num_return_sequences=2)
+    assert out.shape == (2, 8)
 
 
 def test_outer_mode_is_a_static_forward():
