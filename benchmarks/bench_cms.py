@@ -93,8 +93,8 @@ def fwd_bwd(mod: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
 def model_rows(a: argparse.Namespace) -> list[dict]:
     """Transformer++ vs attention + CMS language models (Hope-Attention shape), fwd+bwd."""
     from nestlearn.layers.attention import CausalSelfAttention
-    from nestlearn.memory.cms import ntp_forward
     from nestlearn.models.config import ModelConfig
+    from nestlearn.models.ntp import ntp_forward
     from nestlearn.models.skeleton import Block, LanguageModel
 
     cfg = ModelConfig(vocab_size=256, dim=a.D, n_layers=4, n_heads=4)

@@ -22,6 +22,33 @@ def _torch_defaults():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def float64_norm_rope(monkeypatch):
+    """The shared RMSNorm and RoPE compute in float32 by design; exact float64 comparisons of
+    whole models (e.g. a stream in calls against one call) patch both to the input dtype."""
+    import nestlearn.layers.attention as attention
+    from nestlearn.layers.norm import RMSNorm
+
+    f64 = torch.float64
+
+    def norm(self, x):
+        xf = x if x.dtype == f64 else x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.to(xf.dtype)).to(x.dtype)
+
+    rope32 = attention.apply_rope
+
+    def rope(x, cos, sin, interleaved=False):
+        if x.dtype != f64 or interleaved:
+            return rope32(x, cos, sin, interleaved)
+        c, s = cos.to(f64)[None, :, None, :], sin.to(f64)[None, :, None, :]
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
+
+    monkeypatch.setattr(RMSNorm, "forward", norm)
+    monkeypatch.setattr(attention, "apply_rope", rope)
+
+
 class ByteTok:
     """A minimal stand-in tokenizer for trainer tests (bytes, no specials)."""
 

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nestlearn.memory.cms import attach_outer_schedule
 from nestlearn.models import FAMILIES, PRESETS, ModelConfig, build_model
 from nestlearn.optim.build import build_optimizer
 from nestlearn.optim.config import OptimConfig
@@ -265,6 +266,7 @@ def _train_and_fwd_times(
     decoding is measured.
     """
     opt = build_optimizer(run, OptimConfig())
+    attach_outer_schedule(run, opt)  # cms.mode=outer: time the step a run takes
 
     def train_step() -> None:
         logits, _ = run(idx)

@@ -192,6 +192,18 @@ def _load_state_arg(args: argparse.Namespace, run) -> object:  # noqa: ANN001
     return load_state(args.state_in, run.model, batch_size=1, name=str(run.checkpoint))
 
 
+def _check_state_out(args: argparse.Namespace, model) -> None:  # noqa: ANN001
+    """Refuse --state-out before any work when the state could not be saved at the end."""
+    from nestlearn.models import uses_ntp
+
+    if args.state_out and uses_ntp(model):
+        raise UsageError(
+            "--state-out cannot save the state of a model with cms.objective=ntp: its last "
+            "token's next-token gradient waits for the token that follows (docs/cms.md); add "
+            "--freeze-memory, or train with model.mixer.cms.objective=next"
+        )
+
+
 def _save_state_arg(args: argparse.Namespace, run, state) -> None:  # noqa: ANN001
     from nestlearn.models import save_state
 
@@ -245,6 +257,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         source, what = default_corpus(run.cfg.data.tokenizer, args.split), f"corpus/{args.split}"
     seq = args.seq_len or run.cfg.data.seq_len
     _freeze(run.model, run.cfg.model.family, args.freeze_memory)
+    _check_state_out(args, run.model)
     if stream:
         from nestlearn.eval.stream import evaluate_stream
 
@@ -320,6 +333,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _check_sampling_args(args)
     run = load_run(args.checkpoint)
     _freeze(run.model, run.cfg.model.family, args.freeze_memory)
+    _check_state_out(args, run.model)
     if args.state_in or args.state_out:
         print(_stream_text(run, args, torch))
         return 0

@@ -21,9 +21,9 @@ from nestlearn.memory.cms import (
     ContinuumMemory,
     attach_outer_schedule,
     frozen_cms,
-    ntp_forward,
 )
 from nestlearn.models.config import ModelConfig
+from nestlearn.models.ntp import ntp_forward
 from nestlearn.models.skeleton import Block, LanguageModel
 from nestlearn.ops.cms import CMSLevelState, chunk_cms_level, fold_pending, naive_cms_level
 
@@ -319,7 +319,11 @@ def test_without_cms_is_one_static_mlp_of_the_same_size():
         ({"variant": "stacked"}, "variant"),
         ({"lr": 0.0}, "learn_lr=false"),
         ({"lr": (0.1, 0.1)}, "one or 3"),
-        ({"outer_every": (1, 2)}, "3 positive"),
+        ({"mode": "outer", "outer_every": (1, 2)}, "3 positive"),
+        ({"outer_every": (1, 2, 4)}, "only applies to cms.mode='outer'"),
+        ({"mode": "outer", "objective": "ntp"}, "set cms.mode=in_context"),
+        ({"mode": "static", "objective": "ntp"}, "set cms.mode=in_context"),
+        ({"enabled": False, "objective": "ntp"}, "no effect with cms.enabled=false"),
     ],
 )
 def test_config_errors_name_the_fix(over, match):

@@ -48,6 +48,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nestlearn.memory.cms import attach_outer_schedule
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -298,7 +300,7 @@ class HopeLearner(Learner):
 
     def _read(self, part: list[tuple[int, int]]) -> None:
         """One ``ntp_forward`` call; the attention cache is emptied every ``window`` tokens."""
-        from nestlearn.memory.cms import ntp_forward
+        from nestlearn.models.ntp import ntp_forward
 
         dev = self.model.embed.weight.device
         idx = torch.tensor([[t for t, _ in part]], device=dev)
@@ -373,6 +375,7 @@ class EWCLearner(Learner):
         super().__init__(model, window)
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         self.opt = torch.optim.AdamW(self.params.values(), lr=lr, weight_decay=0.0)
+        attach_outer_schedule(self.model, self.opt)  # cms.mode=outer (docs/cms.md)
         self.epochs, self.batch_size, self.lam = epochs, batch_size, ewc_lambda
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from nestlearn.data.corpus import corpus_documents, split_documents
 from nestlearn.data.tokenizers import get_tokenizer
 from nestlearn.eval.perplexity import evaluate_lm, token_byte_lengths
+from nestlearn.memory.cms import attach_outer_schedule
 from nestlearn.models import PRESETS, ModelConfig, build_model, preset_config
 from nestlearn.optim import build_optimizer
 from nestlearn.optim.config import OptimConfig
@@ -215,6 +216,7 @@ def _train_model(
     torch.manual_seed(seed)
     model = build_model(cfg, seed=seed)
     opt = build_optimizer(model, OptimConfig(name="adamw", lr=lr))
+    attach_outer_schedule(model, opt)  # cms.mode=outer (docs/cms.md)
     total = steps_per_phase * len(domains)
     warm = warmup_steps(total)
     ev_kw = {"seq_len": seq_len, "batch_size": batch_size, "token_bytes": token_bytes}

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nestlearn.data.synthetic.common import IGNORE_INDEX, TokenSegment, TokenTask
+from nestlearn.memory.cms import attach_outer_schedule
 from nestlearn.models import LanguageModel, ModelConfig, build_model
 from nestlearn.optim import OptimConfig, build_optimizer
 from nestlearn.train.schedule import lr_factor
@@ -220,6 +221,7 @@ def fit(
     Returns the per-step losses and ``(step, score)`` of periodic evaluations.
     """
     opt = make_optimizer(module, cfg)
+    attach_outer_schedule(module, opt)  # cms.mode=outer (docs/cms.md)
     for g in opt.param_groups:  # the schedule scales each group's own peak rate
         g["initial_lr"] = g["lr"]
     losses: list[float] = []

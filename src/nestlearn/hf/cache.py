@@ -33,8 +33,8 @@ def map_state_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> A
         return None
     if isinstance(obj, torch.Tensor):
         return fn(obj)
-    if isinstance(obj, ModelState):
-        return ModelState([map_state_tensors(s, fn) for s in obj.layers], obj.position)
+    if isinstance(obj, ModelState):  # an NTPState's pending term is kept as it is
+        return dataclasses.replace(obj, layers=[map_state_tensors(s, fn) for s in obj.layers])
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # NamedTuple
         return type(obj)(*(map_state_tensors(v, fn) for v in obj))
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -135,7 +135,18 @@ class NestlearnCache(Cache):
     def reset(self) -> None:
         self.state = None
 
+    def _refuse_pending(self, what: str) -> None:
+        if getattr(self.state, "pending", None) is not None:
+            raise ValueError(
+                f"{what} regroups the sequences of a model whose CMS learns from its next-token "
+                "gradient (cms.objective=ntp); the last token's term is still pending and belongs "
+                "to its own sequence. Use greedy or sampled decoding with num_beams=1 and one "
+                "sequence per prompt, freeze the memory (nestlearn.models.set_memory_frozen), or "
+                "use cms.objective=next"
+            )
+
     def _index(self, idx: torch.Tensor) -> None:
+        self._refuse_pending("beam search / batch selection")
         self.state = map_state_tensors(self.state, lambda t: t.index_select(0, idx.to(t.device)))
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -143,6 +154,7 @@ class NestlearnCache(Cache):
         self._index(beam_idx)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
+        self._refuse_pending("repeating the batch")
         self.state = map_state_tensors(self.state, lambda t: t.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:

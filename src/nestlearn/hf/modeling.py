@@ -228,6 +228,23 @@ class NestlearnForCausalLM(PreTrainedModel, GenerationMixin):
         return out
 
     # ----------------------------------------------------------- generation
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """``GenerationMixin.generate``; beam search is refused up front for a CMS with
+        ``objective=ntp`` (its pending next-token term belongs to one sequence, docs/cms.md)."""
+        from nestlearn.models import uses_ntp
+
+        if uses_ntp(self.model):
+            gc = kwargs.get("generation_config") or self.generation_config
+            beams = kwargs.get("num_beams", getattr(gc, "num_beams", 1)) or 1
+            if beams > 1:
+                raise ValueError(
+                    f"num_beams={beams}: beam search regroups the sequences of a model whose CMS "
+                    "learns from its next-token gradient (cms.objective=ntp). Use greedy or "
+                    "sampled decoding with num_beams=1, freeze the memory "
+                    "(nestlearn.models.set_memory_frozen), or use cms.objective=next"
+                )
+        return super().generate(*args, **kwargs)
+
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,

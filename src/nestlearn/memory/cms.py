@@ -30,12 +30,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nestlearn.ops.cms import CMSLevelState, chunk_cms_level, level_forward
-from nestlearn.ops.cms.common import add
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +40,9 @@ __all__ = [
     "CMSConfig",
     "CMSState",
     "ContinuumMemory",
-    "NTPOutput",
     "apply_outer_schedule",
     "attach_outer_schedule",
     "frozen_cms",
-    "ntp_forward",
     "set_cms_frozen",
 ]
 
@@ -90,7 +85,9 @@ class CMSConfig:
     objective: str = "next"
     """In-context error signal: ``"next"`` = gradient of the local next-input regression
     ``1/2 ||MLP(x_t) - x_{t+1}||^2`` (default, chunk-parallel); ``"ntp"`` = gradient of the
-    model's next-token loss (exact eq. 71; needs :func:`ntp_forward`)."""
+    model's next-token loss (exact eq. 71): every call of the language model then runs through
+    the driver ``nestlearn.models.ntp`` (docs/cms.md, cost included). Needs
+    ``mode="in_context"``."""
     lr: float | tuple[float, ...] = 0.001
     """Initial per-token inner learning rate of each level (one value or one per level). The
     step of eq. 71 is ``eta^(l) = lr / C^(l)`` times the chunk's *sum* of gradients. Measured on a
@@ -147,6 +144,21 @@ class CMSConfig:
             )
         if self.hidden_mult is not None and self.hidden_mult <= 0:
             raise ValueError(f"cms.hidden_mult must be positive or null, got {self.hidden_mult}")
+        if self.objective == "ntp" and not self.enabled:
+            raise ValueError(
+                "cms.objective='ntp' has no effect with cms.enabled=false (one static MLP); "
+                "drop cms.objective or enable the CMS"
+            )
+        if self.objective == "ntp" and self.mode != "in_context":
+            raise ValueError(
+                f"cms.objective='ntp' is an in-context error signal, but cms.mode={self.mode!r} "
+                "has no in-context updates; set cms.mode=in_context or drop cms.objective"
+            )
+        if self.outer_every is not None and self.mode != "outer":
+            raise ValueError(
+                f"cms.outer_every={tuple(self.outer_every)} only applies to cms.mode='outer' "
+                f"(got {self.mode!r}); set cms.mode=outer or drop cms.outer_every"
+            )
         if self.outer_every is not None:
             self.outer_every = tuple(int(k) for k in self.outer_every)
             if len(self.outer_every) != K or any(k < 1 for k in self.outer_every):
@@ -361,6 +373,13 @@ class ContinuumMemory(nn.Module):
     def in_context(self) -> bool:
         return self.mode == "in_context"
 
+    @property
+    def ntp_active(self) -> bool:
+        """In-context levels that learn from the model's next-token gradient and are not frozen:
+        the language model must then run through the exact driver (``nestlearn.models.ntp``),
+        which supplies the gradients this module cannot compute on its own."""
+        return self.mode == "in_context" and self.cfg.objective == "ntp" and not self.frozen
+
     def init_state(
         self, batch_size: int, device: torch.device, dtype: torch.dtype
     ) -> CMSState | None:
@@ -378,6 +397,15 @@ class ContinuumMemory(nn.Module):
             return self._chain(
                 x, lambda i, n: level_forward(n, *self.levels[i].weights(), (), act)[0]
             ), state
+        if self.ntp_active and (state is None or state.levels[0].delta is None):
+            # only the language model's driver supplies the gradients (and the state it passes
+            # always holds explicit fast weights); a direct call would silently never update
+            raise ValueError(
+                "a CMS with objective='ntp' learns from the language model's next-token "
+                "gradient: call the LanguageModel (it runs the exact driver, "
+                "nestlearn.models.ntp), freeze this module (set_cms_frozen), or use "
+                "objective='next' for a module that learns on its own"
+            )
         keep = state is not None
         old = state.levels if keep else (None,) * len(self.levels)
         new: list[CMSLevelState | None] = [None] * len(self.levels)
@@ -507,152 +535,29 @@ def apply_outer_schedule(model: nn.Module) -> None:
 def attach_outer_schedule(model: nn.Module, optimizer: torch.optim.Optimizer) -> Any:
     """Apply the outer schedule automatically at the start of every ``optimizer.step()``.
 
-    Wiring in the trainer (one line after the optimizer is built)::
+    Every training loop of nestlearn calls this once, right after building its optimizer (the
+    trainer, ``nestlearn.eval.recall.fit``, the continual-learning loops, ``bench``), so
+    ``cms.mode=outer`` acts wherever a model is trained. A loop of your own does the same::
 
-        attach_outer_schedule(trainer.model, trainer.optimizer)
+        opt = torch.optim.AdamW(model.parameters())
+        attach_outer_schedule(model, opt)
 
-    Returns the hook handle (``.remove()`` detaches it).
+    Returns the hook handle (``.remove()`` detaches it), or ``None`` when ``model`` has no
+    outer-mode CMS (nothing to do). Attaching the same modules to the same optimizer again
+    returns the first handle: the schedule must advance once per step.
     """
-    return optimizer.register_step_pre_hook(lambda *_: apply_outer_schedule(model))
-
-
-# ---------------------------------------------------------------- exact NTP driver
-class NTPOutput(NamedTuple):
-    logits: Tensor
-    """``[B, T, V]``."""
-    loss: Tensor
-    """Mean next-token cross-entropy over the tokens that have a target."""
-    state: Any
-    """The model state after the call (continue the sequence with it)."""
-
-
-def ntp_forward(
-    model: nn.Module,
-    idx: Tensor,
-    targets: Tensor | None = None,
-    *,
-    state: Any = None,
-    first_order: bool | None = None,
-) -> NTPOutput:
-    """Run a LanguageModel whose CMS levels use ``objective="ntp"``: exact eq. 71.
-
-    The sequence is processed in segments at the finest CMS boundary grid (the gcd of all
-    periods). After each segment the summed next-token loss of its tokens is differentiated
-    with ``torch.autograd.grad`` w.r.t. every CMS level's current fast weights (the chunk-start
-    weights of eq. 71) and deposited in the state; each level applies ``eta * sum`` at its next
-    boundary. The derivative runs through this call's whole computation, so it includes the
-    paths through earlier tokens of the same chunk (attention, memory states).
-
-    With ``first_order=True`` the inner gradients are constants for the outer loss. With
-    ``False`` they keep their graph (``create_graph``): ``loss.backward()`` is then the exact
-    meta-gradient of the initial states and learning rates (checked against finite
-    differences), and a slower level's inner gradient also counts its influence through the
-    faster levels' updates inside its chunk (the total derivative of the unrolled computation).
-    ``None`` follows the modules' ``meta_grad``. Under ``torch.no_grad()`` the graph is built
-    anyway (inner gradients need it) and dropped at the end of the call; a chunk split across
-    calls then misses the paths through the previous call's tokens, so align streamed calls to
-    the finest period for exact streaming.
-
-    Args:
-        model: a ``LanguageModel`` (``blocks[i].mixer`` / ``.ffn``, ``init_state``).
-        idx: ``[B, T]`` token ids.
-        targets: ``[B, T]`` next tokens (``-100`` = none); ``None`` uses ``idx[:, 1:]`` and gives
-            the last token no target.
-        state: a ``ModelState`` to continue, or ``None`` for a fresh sequence.
-
-    Returns:
-        :class:`NTPOutput` ``(logits [B, T, V], loss, state)``.
-    """
-    mods = [m for m in _cms_modules(model) if m.in_context and m.cfg.objective == "ntp"]
+    mods = [m for m in _cms_modules(model) if m.mode == "outer"]
     if not mods:
-        raise ValueError("ntp_forward needs CMS modules with mode='in_context', objective='ntp'")
-    if first_order is None:
-        first_order = all(m.cfg.meta_grad == "first_order" for m in mods)
-    B, T = idx.shape
-    if targets is None:
-        targets = torch.cat([idx[:, 1:], idx.new_full((B, 1), -100)], dim=1)
-    S = math.gcd(*[p for m in mods for p in m.periods])
-    keep_graph = torch.is_grad_enabled()
-    if state is None:
-        state = model.init_state(B, device=idx.device)
-    logits_all: list[Tensor] = []
-    total: Tensor | float = 0.0
-    # fused attention kernels have no double backward; the math kernel does (create_graph)
-    kernels = contextlib.nullcontext() if first_order else sdpa_kernel([SDPBackend.MATH])
-    with torch.enable_grad(), kernels:
-        s0 = 0
-        while s0 < T:
-            p = state.position
-            e = min(T, s0 + S - p % S)
-            state = _map_cms(model, state, lambda m, st: _materialize(m, st, B, idx.device))
-            logits, state = model(idx[:, s0:e], state=state)
-            tgt = targets[:, s0:e]
-            lf = logits if logits.dtype == torch.float64 else logits.float()
-            loss = F.cross_entropy(
-                lf.flatten(0, 1), tgt.flatten(), reduction="sum", ignore_index=-100
-            )
-            slots = list(_cms_slots(model, state))
-            flat = [t for *_, st in slots for ls in st.levels for t in ls.delta]
-            grads = torch.autograd.grad(loss, flat, create_graph=not first_order,
-                                        retain_graph=True, allow_unused=True)  # fmt: skip
-            deposits = dict(zip(flat, grads))
-            state = _deposit(model, state, deposits)
-            logits_all.append(logits)
-            total = total + loss
-            s0 = e
-    n = (targets != -100).sum().clamp_min(1)
-    out = NTPOutput(torch.cat(logits_all, dim=1), total / n, state)
-    if not keep_graph:  # the graph was only needed for the inner gradients of this call
-        out = NTPOutput(out.logits.detach(), out.loss.detach(), out.state.detach())
-    return out
+        return None
+    hooks = optimizer.__dict__.setdefault("_nestlearn_outer_hooks", {})
+    key = frozenset(id(m) for m in mods)
+    old = hooks.get(key)
+    if old is not None and old.id in optimizer._optimizer_step_pre_hooks:
+        return old
 
+    def hook(*_: Any) -> None:
+        for m in mods:
+            m.outer_step()
 
-def _cms_slots(
-    model: nn.Module, state: Any
-) -> Iterator[tuple[int, int, ContinuumMemory, CMSState]]:
-    """``(block index, 0 = mixer / 1 = ffn, module, its CMSState)`` for each CMS of the model."""
-    for bi, block in enumerate(model.blocks):
-        for slot, mod in enumerate((block.mixer, block.ffn)):
-            st = state.layers[bi][slot]
-            if isinstance(mod, ContinuumMemory) and isinstance(st, CMSState):
-                yield bi, slot, mod, st
-
-
-def _map_cms(model: nn.Module, state: Any, fn) -> Any:  # noqa: ANN001 - (module, CMSState) -> CMSState
-    layers = [list(pair) for pair in state.layers]
-    for bi, slot, mod, st in _cms_slots(model, state):
-        layers[bi][slot] = fn(mod, st)
-    return type(state)([tuple(pair) for pair in layers], state.position)
-
-
-def _materialize(mod: ContinuumMemory, st: CMSState, B: int, device: torch.device) -> CMSState:
-    """Give every level an explicit ``delta`` that autograd can differentiate against."""
-    levels = []
-    for level, ls in zip(mod.levels, st.levels):
-        if ls.delta is None:
-            w_in, w_out = level.weights()
-            cdt = torch.float64 if w_in.dtype == torch.float64 else torch.float32
-            z = (torch.zeros((B, *w_in.shape), device=device, dtype=cdt, requires_grad=True),
-                 torch.zeros((B, *w_out.shape), device=device, dtype=cdt, requires_grad=True))  # fmt: skip
-            ls = ls._replace(delta=z)
-        elif not ls.delta[0].requires_grad:
-            ls = ls._replace(delta=tuple(t.detach().requires_grad_() for t in ls.delta))
-        levels.append(ls)
-    return CMSState(tuple(levels))
-
-
-def _deposit(model: nn.Module, state: Any, deposits: dict) -> Any:
-    """Add each level's gradient (keyed by the fast-weight tensor it was taken against)."""
-
-    def fn(mod: ContinuumMemory, st: CMSState) -> CMSState:
-        levels = []
-        for ls in st.levels:
-            g = tuple(deposits.get(t) for t in ls.delta)
-            if all(t is None for t in g):
-                levels.append(ls)
-                continue
-            g = tuple(torch.zeros_like(d) if t is None else t for t, d in zip(g, ls.delta))
-            levels.append(ls._replace(grad=add(ls.grad, g)))
-        return CMSState(tuple(levels))
-
-    return _map_cms(model, state, fn)
+    hooks[key] = handle = optimizer.register_step_pre_hook(hook)
+    return handle

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nestlearn.layers.norm import RMSNorm
+from nestlearn.memory.cms import ContinuumMemory
 from nestlearn.models.config import ModelConfig
 
 
@@ -125,7 +126,17 @@ class LanguageModel(nn.Module):
         in-context CMS at the paper's widths this is what decides whether a batch fits
         (``docs/training.md``).
         """
+        if on and any(m.in_context and m.cfg.objective == "ntp" for m in self._cms()):
+            raise ValueError(
+                "train.activation_checkpointing=true does not apply to cms.objective=ntp: the "
+                "exact next-token driver runs the model in stateful segments and needs their "
+                "graph for the inner gradients; set train.activation_checkpointing=false, or "
+                "cms.objective=next"
+            )
         self.activation_checkpointing = bool(on)
+
+    def _cms(self) -> list[ContinuumMemory]:
+        return [m for b in self.blocks for m in (b.mixer, b.ffn) if isinstance(m, ContinuumMemory)]
 
     def tie_weights(self) -> None:
         """Share the embedding with the head when configured (again after ``to_empty``)."""
@@ -214,6 +225,10 @@ class LanguageModel(nn.Module):
             return_state: start a fresh state when ``state`` is None and return it.
         Returns:
             ``(logits [B, T, V], state or None)``.
+
+        With a CMS level of ``objective="ntp"`` the call runs through the exact next-token
+        driver (:mod:`nestlearn.models.ntp`): the levels update by the model's own next-token
+        gradient, and a returned state holds the last token's term until the next call.
         """
         if idx.ndim != 2:
             raise ValueError(f"idx must be [batch, time], got shape {tuple(idx.shape)}")
@@ -229,6 +244,10 @@ class LanguageModel(nn.Module):
                     f"[0, {self.cfg.vocab_size}); encode the text with the tokenizer the model "
                     "was trained with"
                 )
+        if self._ntp_driven(state):
+            from nestlearn.models.ntp import driven_forward
+
+            return driven_forward(self, idx, state=state, return_state=return_state)
         x = self.embed(idx)
         if state is None and return_state:
             state = self.init_state(idx.shape[0], device=idx.device)
@@ -245,6 +264,17 @@ class LanguageModel(nn.Module):
         if state is None:
             return logits, None
         return logits, ModelState(new_layers, state.position + idx.shape[1])
+
+    def _ntp_driven(self, state: ModelState | None) -> bool:
+        """Whether this call must run through the exact next-token driver: a CMS level learns
+        from the model's next-token gradient (``cms.objective=ntp``, not frozen), or the state
+        holds such a term still waiting for this call's first token. The driver's own calls
+        are plain (``_ntp_driving``, set by ``nestlearn.models.ntp``)."""
+        if self.__dict__.get("_ntp_driving", False):
+            return False
+        if getattr(state, "pending", None) is not None:
+            return True
+        return any(m.ntp_active for m in self._cms())
 
     def init_state(self, batch_size: int, device: torch.device | None = None) -> ModelState:
         """A fresh per-sequence state for ``batch_size`` sequences."""

@@ -251,6 +251,13 @@ def save_state(
 
     if not isinstance(state, ModelState):
         raise TypeError(f"save_state expects a ModelState, got {type(state).__name__}")
+    if getattr(state, "pending", None) is not None:
+        raise ValueError(
+            "this state holds the next-token term of its last token (cms.objective=ntp), which "
+            "needs the token that follows and the autograd graph of its window, so it cannot be "
+            "saved; continue the stream in the same process, or freeze the memory "
+            "(--freeze-memory, set_memory_frozen) or use cms.objective=next to save states"
+        )
     tensors: dict[str, torch.Tensor] = {}
     structure = _flatten(state, "", tensors)
     if batch_size is None:

@@ -64,8 +64,8 @@ def stacked_config(
         lr_max: bound of a learned rate.
         meta_grad: ``first_order`` or ``full`` (see :class:`~nestlearn.memory.cms.CMSConfig`).
         objective: the levels' in-context error signal: ``next`` (local next-input regression;
-            plain forward calls update) or ``ntp`` (the model's next-token gradient; only
-            :func:`~nestlearn.memory.cms.ntp_forward` updates). See docs/fidelity.md.
+            cheap) or ``ntp`` (the model's next-token gradient: every call of the model then runs
+            the exact driver :func:`~nestlearn.models.ntp.ntp_forward`). See docs/fidelity.md.
     """
     if cfg.family != "transformer":
         raise ValueError(

@@ -8,6 +8,7 @@ names the key and the fix (STYLE example 6).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -344,7 +345,8 @@ def resolve_config(
             close = difflib.get_close_matches(preset, list(PRESETS), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise ConfigError(f"unknown preset {preset!r}{hint} (`nestlearn list` shows them all)")
-        data = {"model": dict(PRESETS[preset]), "preset": preset}
+        # a deep copy: nested overrides (model.mixer.cms.x=...) must not edit the preset itself
+        data = {"model": copy.deepcopy(PRESETS[preset]), "preset": preset}
         data["data"] = {"seq_len": PRESETS[preset].get("max_seq_len", 256)}
     _deep_update(data, file_data)
     apply_overrides(data, list(overrides or []))

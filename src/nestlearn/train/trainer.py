@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nestlearn.eval.perplexity import evaluate_lm, token_byte_lengths
+from nestlearn.memory.cms import attach_outer_schedule
 from nestlearn.models import LanguageModel, build_model
 from nestlearn.optim import build_optimizer
 from nestlearn.train.batches import TokenSource, batch_starts, make_batch
@@ -159,6 +160,7 @@ class Trainer:
         # wrap before building the optimizer: FSDP2 replaces parameters by sharded DTensors
         self.wrapped: nn.Module = wrap_model(self.model, self.dist, self.device, cfg.train.parallel)
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        attach_outer_schedule(self.model, self.optimizer)  # cms.mode=outer (docs/cms.md)
         for g in self.optimizer.param_groups:
             g.setdefault("initial_lr", g["lr"])
         if ckpt is not None and ckpt.optimizer is not None:

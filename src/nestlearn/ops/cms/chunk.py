@@ -16,7 +16,7 @@ and, for a nested level (eq. 72), every ``reset_period`` tokens::
     A <- A - reset_lr * (sum of the level's gradients since its last reset);   Delta <- A
 
 With the ``"external"`` objective the op computes no gradient itself: a driver deposits the
-gradient of the true next-token loss into ``state.grad`` (``nestlearn.memory.cms.ntp_forward``).
+gradient of the true next-token loss into ``state.grad`` (``nestlearn.models.ntp.ntp_forward``).
 
 Equivalence: equal to ``naive_cms_level`` (a per-token loop that takes the gradients with
 autograd) up to rounding, at any chunk size, for any split of the tokens into calls. Because the
