@@ -44,6 +44,7 @@ from nestlearn.ops.titans.common import (
     activation_backward_fn,
     activation_fn,
     check_inputs,
+    check_prior,
     zeros_state,
 )
 
@@ -66,6 +67,7 @@ def chunk_titans(
     self_target: bool = False,
     exact_output: bool = False,
     hidden_chunk: bool = False,
+    hidden_prior: tuple[Tensor, ...] | None = None,
 ) -> tuple[Tensor | None, TitansState]:
     """Multi-head Titans neural-memory update and read, chunk-parallel.
 
@@ -109,8 +111,12 @@ def chunk_titans(
     check_inputs(
         q, k, v, theta, eta, alpha, initial_state, chunk_size, optimizer, read, self_target
     )
+    check_prior(hidden_prior, hidden_chunk, initial_state)
     B, T, H, Dk = k.shape
     cdt = torch.float64 if k.dtype == torch.float64 else torch.float32
+    prior = None if hidden_prior is None else tuple(
+        p.to(cdt).reshape(B * H, *p.shape[2:]) for p in hidden_prior[:-1]
+    )
     if initial_state is None:
         initial_state = zeros_state(
             B, H, [(v.shape[-1], Dk)], momentum=False, dtype=cdt, device=k.device
@@ -140,6 +146,7 @@ def chunk_titans(
             hidden_chunk,
             exact_output,
             C,
+            prior,
         )
         ys.append(y)
         off = off + head
@@ -163,6 +170,7 @@ def chunk_titans(
             hidden_chunk,
             exact_output,
             C,
+            prior,
         )
         ys.append(y)
         off = rest % C
@@ -290,6 +298,7 @@ def _segment(
     hidden_chunk: bool = False,
     exact_output: bool = False,
     chunk_size: int = 0,
+    prior: tuple[Tensor, ...] | None = None,
 ) -> tuple[Tensor | None, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
     """Run chunks of length ``cl`` over ``ins = [q, k, v, theta, eta, alpha]`` (``[B, T, H, ...]``).
 
@@ -321,7 +330,7 @@ def _segment(
     else:
         Y, Wn, Sn, Wl = _mlp_chunks(
             Q, K, V, co, Wg, Sg, Ag, activation, self_target, hidden_chunk, complete_last, pre,
-            chunk_size,
+            chunk_size, prior,
         )
 
     def back(ts: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -512,6 +521,7 @@ def _mlp_chunks(
     complete_last: bool = False,
     pre: tuple[Tensor, Tensor | None, Tensor, Tensor | None] | None = None,
     chunk_size: int = 0,
+    prior: tuple[Tensor, ...] | None = None,
 ) -> tuple[Tensor | None, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
     """Residual MLP memory, weights ``[G, o, i]``; chunk tensors ``[N, G, C, D]``. README "MLP".
 
@@ -683,6 +693,9 @@ def _mlp_chunks(
                 newS.append(torch.baddbmm(hC * Sc[li], (wSs[c] * Dl[li]).mT, Z[li], alpha=-1.0))
             else:
                 newW.append(torch.baddbmm(bC * Wc[li], g.mT, Z[li], alpha=-1.0))
+            if prior is not None and li < L - 1:
+                # retention pulls a hidden layer toward its prior (sum_r DM[C, r] (1 - a_r) = 1 - b)
+                newW[li] = torch.addcmul(newW[li], 1.0 - bC, prior[li])
         if hidden_chunk and (c < N - 1 or complete_last):
             # the hidden layers advance once per chunk: keep each row's chunk-start norm
             newW = [_renorm_rows(w, ref) for w, ref in zip(newW[:-1], Wa[:-1])] + [newW[-1]]

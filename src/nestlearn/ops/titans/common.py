@@ -195,6 +195,24 @@ def read_weights(state: TitansState, hidden_chunk: bool) -> tuple[Tensor, ...]:
     return state.weights
 
 
+def check_prior(
+    prior: tuple[Tensor, ...] | None, hidden_chunk: bool, state: TitansState | None
+) -> None:
+    """``hidden_prior`` needs chunk-level hidden layers and must be shaped like the weights."""
+    if prior is None:
+        return
+    if not hidden_chunk:
+        raise ValueError("hidden_prior acts on chunk-level hidden layers; pass hidden_chunk=True")
+    ws = None if state is None else state.weights
+    if ws is None or len(ws) < 2:
+        raise ValueError("hidden_prior needs an MLP memory (initial_state with >= 2 weights)")
+    if len(prior) != len(ws) or any(p.shape != w.shape for p, w in zip(prior, ws)):
+        raise ValueError(
+            "hidden_prior must hold one tensor per memory layer, shaped like "
+            f"initial_state.weights {[tuple(w.shape) for w in ws]}"
+        )
+
+
 def check_inputs(
     q: Tensor | None,
     k: Tensor,

@@ -32,6 +32,7 @@ from nestlearn.ops.titans.common import (
     TitansState,
     activation_fn,
     check_inputs,
+    check_prior,
     memory_forward,
     zeros_state,
 )
@@ -78,6 +79,7 @@ def _step(
     exact_output: bool = False,
     hidden_chunk: bool = False,
     chunk_size: int = 1,
+    prior: list[Tensor] | None = None,
 ) -> tuple[list[Tensor], list[Tensor] | None, Tensor | None]:
     """One token. ``q, k, v: [B, H, D]``; gates ``[B, H]``; weights ``[B, H, o, i]``.
 
@@ -110,6 +112,8 @@ def _step(
         upd = S
     ret = 1.0 if al is None else (1.0 - al)[..., None, None]
     Wn = [ret * w + u for w, u in zip(W, upd)]
+    if prior is not None:  # hidden layers retain toward their prior, not toward zero
+        Wn[:-1] = [w + (1.0 - ret) * p for w, p in zip(Wn[:-1], prior[:-1])]
     if optimizer == "dgd":
         # eq. 88: W (alpha I - eta k k^T); the k k^T factor multiplies the gradient-point weights
         pk = (gp[0] @ k.unsqueeze(-1)).squeeze(-1)  # [B, H, d_out]
@@ -146,6 +150,7 @@ def naive_chunk_titans(
     self_target: bool = False,
     exact_output: bool = False,
     hidden_chunk: bool = False,
+    hidden_prior: tuple[Tensor, ...] | None = None,
 ) -> tuple[Tensor | None, TitansState]:
     """Chunk-wise Titans update as a plain token loop (gradients at each chunk's start weights).
 
@@ -165,7 +170,9 @@ def naive_chunk_titans(
     check_inputs(
         q, k, v, theta, eta, alpha, initial_state, chunk_size, optimizer, read, self_target
     )
+    check_prior(hidden_prior, hidden_chunk, initial_state)
     cdt, (qc, kc, vc, tc, ec, ac), state = _prepare(q, k, v, theta, eta, alpha, initial_state)
+    prior = None if hidden_prior is None else [p.to(cdt) for p in hidden_prior]
     W = list(state.weights)
     S = None if state.momentum is None else list(state.momentum)
     Wg = list(state.anchor) if state.offset > 0 else W
@@ -178,6 +185,7 @@ def naive_chunk_titans(
             W, S, Wg, None if qc is None else qc[:, t], kc[:, t], vc[:, t], tc[:, t],
             None if ec is None else ec[:, t], None if ac is None else ac[:, t],
             activation, optimizer, read, self_target, exact_output, hidden_chunk, chunk_size,
+            prior,
         )  # fmt: skip
         ys.append(y)
         pos += 1
