@@ -142,6 +142,8 @@ def _summary(v: object) -> object:
         return "tensor"
     if isinstance(v, tuple) and v and isinstance(v[0], torch.Tensor):
         return "readout"
+    if isinstance(v, tuple) and v and isinstance(v[0], tuple):
+        return "prior"
     return v
 
 

@@ -107,6 +107,9 @@ class NeuralMemory(nn.Module):
         hidden_chunk: hidden layers read at the chunk start, updated once per chunk (mean
             gradient), rows renormalised. It concerns the hidden layers of the MLP memory; a
             linear memory has none (its single layer is the output layer).
+        retain_to_init: the retention ``1 - alpha`` of the hidden layers pulls them toward the
+            meta-learned ``M_0`` instead of toward zero (needs ``hidden_chunk``), so over a long
+            stream they stay near the weights training saw (docs/fidelity.md TITANS-2).
         naive: run the reference op ``naive_chunk_titans`` (tests and benchmarks only).
         init_seed: seed of this layer's own random init (``M_0``, conv), see ``reset_parameters``.
     """
@@ -129,6 +132,7 @@ class NeuralMemory(nn.Module):
         conv_size: int = 4,
         hidden_chunk: bool = True,
         exact_output: bool = True,
+        retain_to_init: bool = True,
         naive: bool = False,
         init_seed: int = 0,
     ) -> None:
@@ -153,6 +157,12 @@ class NeuralMemory(nn.Module):
             raise ValueError(f"momentum_max must be in (0, 1], got {momentum_max}; try 0.5")
         self.momentum_max = momentum_max
         self.hidden_chunk = hidden_chunk
+        if retain_to_init and not hidden_chunk:
+            raise ValueError(
+                "retain_to_init acts on chunk-level hidden layers; set hidden_chunk=True or "
+                "retain_to_init=False"
+            )
+        self.retain_to_init = retain_to_init
         self.exact_output = exact_output
         self.max_lr, self.conv_size, self.naive, self.init_seed = (
             max_lr,
@@ -247,6 +257,12 @@ class NeuralMemory(nn.Module):
         w = tuple(p.expand(batch, *p.shape) for p in self.mem_init)
         return TitansState(w, None)
 
+    def _prior(self, batch: int) -> tuple[Tensor, ...] | None:
+        """The hidden layers' retention target: the meta-learned ``M_0`` (``retain_to_init``)."""
+        if not self.retain_to_init or len(self.mem_init) < 2:
+            return None
+        return self._initial_inner(batch).weights
+
     # --------------------------------------------------------------- forward
     def _conv(self, u: Tensor, tail: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Causal depthwise conv over time. ``u: [B, T, P]``; returns output and the new tail."""
@@ -291,6 +307,7 @@ class NeuralMemory(nn.Module):
                 q, k, v, theta, eta, alpha, inner,
                 chunk_size=self.chunk_size, activation=self.activation, optimizer=self.optimizer,
                 exact_output=self.exact_output, hidden_chunk=self.hidden_chunk,
+                hidden_prior=self._prior(B),
             )  # fmt: skip
         o = F.rms_norm(o, (F_,)) * self.out_norm_weight.to(o.dtype)  # per head
         o = o.reshape(B, T, self.dim) * torch.sigmoid(self.wg(x))

@@ -102,6 +102,8 @@ class SelfModifyingTitans(nn.Module):
             per chunk with the mean gradient, rows kept at their norms.
         per_memory_conv: each projection memory reads the memory input through its own causal
             conv (needs ``conv_size > 0``), so ``M_k`` and ``M_v`` see different inputs.
+        retain_to_init: every memory's hidden layer retains toward its meta-learned initial
+            weights instead of toward zero (needs ``hidden_chunk``; docs/fidelity.md TITANS-2).
         naive: run the per-token reference op (tests and ``bench --naive``).
         init_seed: seed of this layer's own init (the layer index).
     """
@@ -127,6 +129,7 @@ class SelfModifyingTitans(nn.Module):
         exact_output: bool = True,
         hidden_chunk: bool = True,
         per_memory_conv: bool = True,
+        retain_to_init: bool = True,
         naive: bool = False,
         init_seed: int = 0,
     ) -> None:
@@ -146,6 +149,12 @@ class SelfModifyingTitans(nn.Module):
             raise ValueError(f"momentum_max must be in (0, 1], got {momentum_max}; try 0.5")
         self.momentum_max = momentum_max
         self.exact_output, self.hidden_chunk = exact_output, hidden_chunk
+        if retain_to_init and not hidden_chunk:
+            raise ValueError(
+                "retain_to_init acts on chunk-level hidden layers; set hidden_chunk=True or "
+                "retain_to_init=False"
+            )
+        self.retain_to_init = retain_to_init
         if optimizer not in ("gd", "dgd"):
             raise ValueError(f"optimizer must be 'gd' or 'dgd', got {optimizer!r}")
         F_ = dim // n_heads
@@ -244,6 +253,13 @@ class SelfModifyingTitans(nn.Module):
 
         return SelfModState(st(self.proj_init), st(self.mem_init))
 
+    def _prior(self, batch: int) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]] | None:
+        """What the hidden layers retain toward: the meta-learned memories (``retain_to_init``)."""
+        if not self.retain_to_init:
+            return None
+        init = self._initial_inner(batch)
+        return init.proj.weights, init.memory.weights
+
     # --------------------------------------------------------------- forward
     def forward(
         self, x: Tensor, *, state: SelfModifyingTitansState | None = None
@@ -284,7 +300,8 @@ class SelfModifyingTitans(nn.Module):
             o, inner = op(
                 xm, inner, momentum=mom, chunk_size=self.chunk_size,
                 proj_chunk_size=self.proj_chunk_size, optimizer=self.optimizer,
-                exact_output=self.exact_output, hidden_chunk=self.hidden_chunk, **kw,
+                exact_output=self.exact_output, hidden_chunk=self.hidden_chunk,
+                hidden_prior=self._prior(B), **kw,
             )  # fmt: skip
         o = F.rms_norm(o, (F_,)) * self.out_norm_weight.to(o.dtype)  # per head
         o = o.reshape(B, T, D) * torch.sigmoid(self.wg(x))

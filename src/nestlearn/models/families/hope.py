@@ -83,6 +83,10 @@ class HopeOptions:
     hidden_chunk: bool = True
     """Every memory's hidden layer is read at its chunk start and updated once per chunk (mean
     gradient), each row kept at its norm."""
+    retain_to_init: bool = True
+    """Every memory's hidden layer retains toward its meta-learned initial weights instead of
+    toward zero (needs ``hidden_chunk``), so a long stream cannot drift it (docs/fidelity.md
+    TITANS-2)."""
     per_memory_conv: bool = True
     """Each projection memory reads the memory input through its own causal conv, so M_k and
     M_v see different inputs (e.g. the previous and the current token); False shares one conv,
@@ -97,6 +101,11 @@ class HopeOptions:
         out = _from_mapping(cls, "hope", opts)
         if out.optimizer not in ("gd", "dgd"):
             raise ValueError(f"model.mixer.optimizer must be gd or dgd, got {out.optimizer!r}")
+        if out.retain_to_init and not out.hidden_chunk:
+            raise ValueError(
+                "model.mixer.retain_to_init acts on chunk-level hidden layers; with "
+                "hidden_chunk=false also set retain_to_init=false"
+            )
         return out
 
 
@@ -134,6 +143,7 @@ def build_hope_block(cfg: ModelConfig, layer: int) -> Block:
         exact_output=o.exact_output,
         hidden_chunk=o.hidden_chunk,
         per_memory_conv=o.per_memory_conv,
+        retain_to_init=o.retain_to_init,
         naive=o.naive,
         init_seed=layer,
     )

@@ -65,6 +65,10 @@ class TitansOptions:
     hidden_chunk: bool = True
     """Hidden layers of the MLP memory are read at the chunk start and updated once per chunk
     with the mean gradient, each row kept at its norm (a linear memory has no hidden layer)."""
+    retain_to_init: bool = True
+    """The hidden layers' retention pulls them toward the meta-learned initial weights M_0
+    instead of toward zero (needs ``hidden_chunk``): a long stream cannot drift them away from
+    what training saw (docs/fidelity.md TITANS-2)."""
     naive: bool = False
     """Run the naive per-chunk reference op (tests and ``bench --naive`` only)."""
 
@@ -81,6 +85,11 @@ class TitansOptions:
             raise ValueError(f"model.mixer.memory must be mlp or linear, got {out.memory!r}")
         if out.optimizer not in ("gd", "dgd"):
             raise ValueError(f"model.mixer.optimizer must be gd or dgd, got {out.optimizer!r}")
+        if out.retain_to_init and not out.hidden_chunk:
+            raise ValueError(
+                "model.mixer.retain_to_init acts on chunk-level hidden layers; with "
+                "hidden_chunk=false also set retain_to_init=false"
+            )
         return out
 
 
@@ -102,6 +111,7 @@ def build_neural_memory(cfg: ModelConfig, o: TitansOptions, layer: int) -> Neura
         conv_size=o.conv_size,
         hidden_chunk=o.hidden_chunk,
         exact_output=o.exact_output,
+        retain_to_init=o.retain_to_init,
         naive=o.naive,
         init_seed=layer,
     )

@@ -48,6 +48,7 @@ def chunk_selfmod_titans(
     optimizer: Optimizer = "dgd",
     exact_output: bool = False,
     hidden_chunk: bool = False,
+    hidden_prior: tuple[tuple[Tensor, ...], tuple[Tensor, ...]] | None = None,
 ) -> tuple[Tensor, SelfModState]:
     """Self-modifying Titans over a sequence, chunk-parallel.
 
@@ -66,6 +67,9 @@ def chunk_selfmod_titans(
         max_lr: bound of the inner learning rate ``eta_t``.
         activation: the memories' nonlinearity ``s``.
         optimizer: ``"dgd"`` (Delta GD, eq. 88) or ``"gd"`` (Table 6 "w/o DGD").
+        exact_output, hidden_chunk: the strong-write rule of every memory (``chunk_titans``).
+        hidden_prior: ``(proj weights, memory weights)`` the hidden layers retain toward (the
+            meta-learned initial memories), or ``None`` (toward zero); needs ``hidden_chunk``.
 
     Returns:
         ``(o [B, T, H, F], final_state)``; ``o_t = M_{memory, t-1}(q_t)`` in ``x.dtype``. Threading
@@ -112,6 +116,7 @@ def chunk_selfmod_titans(
             None, rep(p.k), rep(p.v), rep(p.eta), rep(m), rep(p.alpha), proj,  # type: ignore[arg-type]
             chunk_size=proj_chunk_size, activation=activation, optimizer=optimizer,
             self_target=True, exact_output=exact_output, hidden_chunk=hidden_chunk,
+            hidden_prior=None if hidden_prior is None else hidden_prior[0],
         )  # fmt: skip
         outs.append(p)
     if len(outs) == 1:
@@ -125,6 +130,7 @@ def chunk_selfmod_titans(
         P.q, P.k, P.v, P.eta, mom, P.alpha, st.memory,
         chunk_size=chunk_size, activation=activation, optimizer=optimizer, read="before",
         self_target=True, exact_output=exact_output, hidden_chunk=hidden_chunk,
+        hidden_prior=None if hidden_prior is None else hidden_prior[1],
     )  # fmt: skip
     assert o is not None
     return o.to(x.dtype), SelfModState(proj, memory)

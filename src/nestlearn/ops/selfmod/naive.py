@@ -19,7 +19,7 @@ from torch import Tensor
 
 from nestlearn.ops.selfmod.common import SelfModState, check_selfmod_inputs, prepare_state, project
 from nestlearn.ops.titans import TitansState, memory_forward
-from nestlearn.ops.titans.common import Activation, Optimizer
+from nestlearn.ops.titans.common import Activation, Optimizer, check_prior
 from nestlearn.ops.titans.naive import _step, renorm_hidden
 
 __all__ = ["naive_selfmod_titans"]
@@ -43,12 +43,16 @@ def naive_selfmod_titans(
     optimizer: Optimizer = "dgd",
     exact_output: bool = False,
     hidden_chunk: bool = False,
+    hidden_prior: tuple[tuple[Tensor, ...], tuple[Tensor, ...]] | None = None,
 ) -> tuple[Tensor, SelfModState]:
     """Per-token reference with :func:`~nestlearn.ops.selfmod.chunk.chunk_selfmod_titans`'s
     signature and contract."""
     check_selfmod_inputs(
         x, names, q, k, v, momentum, alpha_readout, state, chunk_size, proj_chunk_size
     )
+    if hidden_prior is not None:
+        check_prior(hidden_prior[0], hidden_chunk, state.proj)
+        check_prior(hidden_prior[1], hidden_chunk, state.memory)
     B, T = x.shape[:2]
     H, Fd = x.shape[-2:]
     n = len(names)
@@ -57,6 +61,9 @@ def naive_selfmod_titans(
     xs, qs, ks, vs = (None if t is None else t.to(cdt) for t in (x, q, k, v))
     assert xs is not None
     mom = None if momentum is None else momentum.to(cdt)
+    pp = pm = None
+    if hidden_prior is not None:
+        pp, pm = ([p.to(cdt) for p in ps] for ps in hidden_prior)
 
     def rep(t: Tensor | None) -> Tensor | None:  # [B, H, ...] -> [B, n H, ...]
         return None if t is None else t.repeat(1, n, *([1] * (t.dim() - 2)))
@@ -90,10 +97,11 @@ def naive_selfmod_titans(
         Wp, Sp, _ = _step(
             Wp, Sp, Ap, None, rep(kt), vhat_p, rep(et), rep(mt), rep(at),  # type: ignore[arg-type]
             activation, optimizer, "after", False, exact_output, hidden_chunk, proj_chunk_size,
+            pp,
         )  # fmt: skip
         Wm, Sm, y = _step(
             Wm, Sm, Am, qt, kt, vhat_m, et, mt, at, activation, optimizer, "before", False,
-            exact_output, hidden_chunk, chunk_size,
+            exact_output, hidden_chunk, chunk_size, pm,
         )  # fmt: skip
         ys.append(y)
         pos_p += 1
