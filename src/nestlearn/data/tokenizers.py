@@ -210,8 +210,10 @@ class HFTokenizer(Tokenizer):
     def encode_arrays(
         self, texts: Sequence[str], dtype: np.dtype | type = np.int64
     ) -> list[np.ndarray]:
-        """One array per text from :meth:`encode_batch`."""
-        encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        """One array per text from the batched encoder (``encode_batch_fast`` where the
+        installed ``tokenizers`` has it: the same ids, without computing character offsets)."""
+        fast = getattr(self._tok, "encode_batch_fast", None) or self._tok.encode_batch
+        encs = fast(list(texts), add_special_tokens=False)
         return [np.asarray(e.ids, dtype=dtype) for e in encs]
 
     def token_bytes(self) -> list[bytes]:
