@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 TABLE_SUFFIXES = (".parquet",)
-PAYLOAD_BYTES = 2 << 20  # hand documents to the tokenizer in payloads of about this much text
+PAYLOAD_BYTES = 1 << 20  # hand documents to the tokenizer in payloads of about this much text
 _READ_BLOCK = 8 << 20
 _SPLIT_WORDS = {
     "train": "train",
@@ -342,18 +342,22 @@ def _record_batches(path: Path, kind: str, text_key: str) -> Iterator[Any]:
     """Record batches of the ``text_key`` column of a parquet or arrow file, streamed."""
     pa = _pyarrow()
     if kind == "parquet":
-        pf = pa.parquet.ParquetFile(str(path), memory_map=True)
+        # No memory map (mapped pages count as this process's memory and grow with the file)
+        # and no pre-buffering (it reads ahead every row group asked for: the whole file).
+        pf = pa.parquet.ParquetFile(str(path), memory_map=False, pre_buffer=False)
         names = pf.schema_arrow.names
         if text_key not in names:
             _raise_no_column(path, text_key, names)
-        yield from pf.iter_batches(batch_size=4096, columns=[text_key], use_threads=False)
+        for rg in range(pf.metadata.num_row_groups):  # one row group at a time: bounded memory
+            yield from pf.iter_batches(
+                batch_size=1024, row_groups=[rg], columns=[text_key], use_threads=False
+            )
         return
-    source = pa.memory_map(str(path), "r")
     try:
-        reader: Any = pa.ipc.open_stream(source)  # what `datasets` writes
+        reader: Any = pa.ipc.open_stream(pa.input_stream(str(path)))  # what `datasets` writes
     except pa.ArrowInvalid:
-        reader = pa.ipc.open_file(source)
-        reader = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        file_reader = pa.ipc.open_file(pa.OSFile(str(path)))
+        reader = (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
     first = True
     for batch in reader:
         if first and text_key not in batch.schema.names:
