@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,7 +30,8 @@ from torch import nn
 from nestlearn.eval.perplexity import evaluate_lm, token_byte_lengths
 from nestlearn.models import LanguageModel, build_model
 from nestlearn.optim import build_optimizer
-from nestlearn.train.batches import SliceTokens, TokenSource, batch_starts, make_batch
+from nestlearn.data.mixture import Mixture, MixtureValidation, parse_mixture
+from nestlearn.train.batches import IGNORE_INDEX, BatchSampler, SliceTokens, TokenSource
 from nestlearn.train.checkpoint import load_latest, save_checkpoint
 from nestlearn.train.config import TrainConfig, dump_config
 from nestlearn.train.distributed import (
@@ -40,7 +42,9 @@ from nestlearn.train.distributed import (
     resolve_device,
     wrap_model,
 )
+from nestlearn.train.memory_stats import memory_stats
 from nestlearn.train.schedule import lr_factor
+from nestlearn.train.tracking import Trackers, check_available, parse_log_to
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,9 @@ def open_data(cfg: TrainConfig) -> tuple[Any, TokenSource, TokenSource]:
     from nestlearn.data import TokenShards, default_corpus, get_tokenizer
 
     tok = get_tokenizer(cfg.data.tokenizer)
+    entries = parse_mixture(cfg.data.train)
+    if len(entries) > 1 or entries[0].weight is not None:
+        return open_mixture(cfg, tok, entries)
     if cfg.data.train == "corpus":
         train = default_corpus(cfg.data.tokenizer, "train")
         val = default_corpus(cfg.data.tokenizer, "validation") if cfg.data.val is None else None
@@ -83,6 +90,43 @@ def open_data(cfg: TrainConfig) -> tuple[Any, TokenSource, TokenSource]:
     if val is None:
         val = TokenShards(Path(cfg.data.val))
         _check_tokenizer(val, cfg.data.tokenizer, Path(cfg.data.val))
+    return tok, train, val
+
+
+def _open_source(cfg: TrainConfig, path: str) -> tuple[TokenSource, TokenSource | None]:
+    """Training tokens of one mixture part and its held-out tail (``None`` if data.val is set)."""
+    from nestlearn.data import TokenShards, default_corpus
+
+    if path == "corpus":
+        val = default_corpus(cfg.data.tokenizer, "validation") if cfg.data.val is None else None
+        return default_corpus(cfg.data.tokenizer, "train"), val
+    if not Path(path).is_dir():
+        raise ValueError(
+            f"mixture source {path!r} in data.train is neither 'corpus' nor a folder; make one "
+            "with `nestlearn prepare FILES --out DIR`"
+        )
+    shards = TokenShards(path)
+    _check_tokenizer(shards, cfg.data.tokenizer, Path(path))
+    if cfg.data.val is not None:
+        return shards, None
+    cut = int(len(shards) * (1 - cfg.data.val_fraction))
+    return SliceTokens(shards, 0, cut), SliceTokens(shards, cut, len(shards))
+
+
+def open_mixture(cfg: TrainConfig, tok: Any, entries: list) -> tuple[Any, Mixture, Any]:
+    """Tokenizer, a :class:`Mixture` of ``entries`` and its validation (per source, or data.val)."""
+    from nestlearn.data import TokenShards
+
+    parts = [_open_source(cfg, e.path) for e in entries]
+    weights = None if entries[0].weight is None else [e.weight for e in entries]
+    names = [e.name for e in entries]
+    train = Mixture([t for t, _ in parts], weights, names)
+    logger.info("training mixture: %s", train.describe())
+    if cfg.data.val is not None:
+        val: Any = TokenShards(Path(cfg.data.val))
+        _check_tokenizer(val, cfg.data.tokenizer, Path(cfg.data.val))
+    else:
+        val = MixtureValidation([v for _, v in parts], train.probs, names)
     return tok, train, val
 
 
@@ -127,6 +171,9 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         self.dist: DistInfo = init_distributed(self.device)
         cfg.check(self.dist.world_size)
+        self.log_targets = parse_log_to(cfg.train.log_to)
+        if self.dist.is_main:
+            check_available(self.log_targets)  # before any work
         self.tokenizer, self.train_data, self.val_data = (
             data if data is not None else open_data(cfg)
         )
@@ -161,9 +208,28 @@ class Trainer:
             self._load_optimizer(ckpt.optimizer)
         self.token_bytes = token_byte_lengths(self.tokenizer, cfg.model.vocab_size)
         self.autocast = self._autocast_factory()
+        self.sampler = BatchSampler(
+            self.train_data,
+            cfg.data.seq_len,
+            cfg.data.batch_size,
+            cfg.train.seed,
+            cfg.data.doc_boundary,
+            eos_id=getattr(self.tokenizer, "eos_id", None),
+            pad_id=getattr(self.tokenizer, "pad_id", None),
+        )
+        self.trackers: Trackers | None = None
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
+            self.trackers = Trackers(
+                self.log_targets,
+                self.run_dir,
+                name=name,
+                config=cfg.to_dict(),
+                start_step=self.start_step,
+                wandb_project=cfg.train.wandb_project,
+                wandb_mode=cfg.train.wandb_mode,
+            )
 
     # ----------------------------------------------------------------- set-up
     def _autocast_factory(self) -> Callable[[], contextlib.AbstractContextManager]:
@@ -273,6 +339,8 @@ class Trainer:
     def evaluate(self, source: TokenSource | None = None) -> dict[str, float]:
         """Loss, perplexity and bits-per-byte on ``source`` (default: the validation data)."""
         cfg = self.cfg
+        if source is None and isinstance(self.val_data, MixtureValidation):
+            return self.val_data.evaluate(self.evaluate)
         per_rank = cfg.data.batch_size // (self.dist.world_size * cfg.train.grad_accum)
 
         def reduce(t: torch.Tensor) -> torch.Tensor:
@@ -305,6 +373,28 @@ class Trainer:
             return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        if self.trackers is not None:
+            self.trackers.log(record)
+
+    def _eval_record(self, step: int, ev: dict[str, float]) -> dict[str, Any]:
+        """The validation line of ``step``, with memory statistics when configured."""
+        record: dict[str, Any] = {"step": step, **{f"val_{k}": v for k, v in ev.items()}}
+        if self.cfg.train.memory_stats:
+            record.update(self.memory_stats())
+        return record
+
+    def memory_stats(self) -> dict[str, float]:
+        """``mem/...`` statistics of the memory modules on the first validation window."""
+        val = self.val_data
+        if isinstance(val, MixtureValidation):
+            val = val.sources[0]
+        T = min(self.cfg.data.seq_len, len(val))
+        if T < 2:
+            return {}
+        ids = np.asarray(val.get(0, T), dtype=np.int64)
+        x = torch.from_numpy(ids).unsqueeze(0).to(self.device)
+        model = self.wrapped if self._fsdp() else self.model
+        return memory_stats(model, x, self.autocast)
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
@@ -313,7 +403,7 @@ class Trainer:
         W, A = self.dist.world_size, cfg.train.grad_accum
         per_rank = B // W
         micro = per_rank // A
-        n_train = len(self.train_data)
+        reset = self.sampler.reset
         result = TrainResult(self.run_dir, self.start_step, False, params=self.params)
         t_start = time.perf_counter()
         handlers = self._install_signal_handlers()
@@ -338,16 +428,25 @@ class Trainer:
                 )
                 for g in self.optimizer.param_groups:
                     g["lr"] = g["initial_lr"] * factor
-                starts = batch_starts(n_train, T, B, cfg.train.seed, step)[self.dist.rank :: W]
+                rows = self.sampler.rows(step)[self.dist.rank :: W]
+                batches = [self.sampler.make(rows[j * micro : (j + 1) * micro]) for j in range(A)]
+                if reset:  # mean over the step's real targets, whatever their split over ranks
+                    n_targets = _sum_over_ranks(
+                        sum(int((y != IGNORE_INDEX).sum()) for _, y in batches), self.dist
+                    )
                 loss_sum = torch.zeros((), device=self.device)
-                for j in range(A):
-                    x, y = make_batch(self.train_data, starts[j * micro : (j + 1) * micro], T)
+                for j, (x, y) in enumerate(batches):
                     x, y = x.to(self.device), y.to(self.device)
                     sync = j == A - 1 or not self.dist.enabled or cfg.train.parallel != "ddp"
                     ctx = contextlib.nullcontext() if sync else self.wrapped.no_sync()
                     with ctx, self.autocast():
                         logits, _ = self.wrapped(x)
-                        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / A
+                        if reset:
+                            loss = F.cross_entropy(
+                                logits.float().flatten(0, 1), y.flatten(), reduction="sum"
+                            ) * (W / max(n_targets, 1))
+                        else:
+                            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / A
                     loss.backward()
                     loss_sum += loss.detach()
                 if cfg.train.grad_clip > 0:
@@ -378,6 +477,7 @@ class Trainer:
                             "tokens_per_s": B * T / dt,
                             "tokens": self.tokens_seen,
                             "time_s": time.perf_counter() - t_start,
+                            **({"target_fraction": n_targets / (B * T)} if reset else {}),
                         }
                     )
                 if bar is not None:
@@ -387,7 +487,7 @@ class Trainer:
                     self.on_step_end(self, step, loss_val)
                 if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
                     ev = self.evaluate()
-                    self._log({"step": step, **{f"val_{k}": v for k, v in ev.items()}})
+                    self._log(self._eval_record(step, ev))
                     if bar is not None:
                         bar.write(f"step {step}: val loss {ev['loss']:.4f}, bpb {ev['bpb']:.4f}")
                 stop = any_rank(self._stop_requested, self.dist)
@@ -403,11 +503,13 @@ class Trainer:
             else:
                 self.save(step)
                 ev = self.evaluate()
-                self._log({"step": step, **{f"val_{k}": v for k, v in ev.items()}})
+                self._log(self._eval_record(step, ev))
                 result.final_eval = ev
         finally:
             if bar is not None:
                 bar.close()
+            if self.trackers is not None:
+                self.trackers.close()
             self._restore_signal_handlers(handlers)
         result.steps = step
         result.wall_time_s = time.perf_counter() - t_start
@@ -432,6 +534,17 @@ class Trainer:
     def _restore_signal_handlers(old: dict) -> None:
         for sig, h in old.items():
             signal.signal(sig, h)
+
+
+def _sum_over_ranks(n: int, info: DistInfo) -> int:
+    """``n`` summed over all ranks (itself without torchrun)."""
+    if not info.enabled:
+        return n
+    t = torch.tensor([float(n)], dtype=torch.float64)
+    if torch.distributed.get_backend() == "nccl":
+        t = t.cuda()
+    torch.distributed.all_reduce(t)
+    return int(t.item())
 
 
 def _grad_norm(model: nn.Module) -> torch.Tensor:
