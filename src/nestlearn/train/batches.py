@@ -133,6 +133,7 @@ class BatchSampler:
         t = torch.from_numpy(windows)
         x, y = t[:, :-1].contiguous(), t[:, 1:].contiguous()
         if self.reset and len(rows):
+            x, y = x.clone(), y.clone()  # one row's slices are views of the same window
             is_eos = y == self.eos_id
             # first eos among the targets (T when none): targets after it belong to the next document
             first = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(y[:, 0], T))

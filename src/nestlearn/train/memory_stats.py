@@ -22,6 +22,7 @@ The cost is one forward pass over ``T`` tokens without gradients.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -38,12 +39,15 @@ _MEMORY_FIELDS = ("weights", "delta")
 
 
 def _walk(obj: Any, path: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(path, tensor)`` of every tensor in a nested state (NamedTuples, tuples, lists)."""
+    """``(path, tensor)`` of every tensor in a nested state (NamedTuples, dataclasses, tuples)."""
     if isinstance(obj, torch.Tensor):
         yield path, obj
     elif isinstance(obj, tuple) and hasattr(obj, "_fields"):
         for name in obj._fields:
             yield from _walk(getattr(obj, name), f"{path}.{name}")
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from _walk(getattr(obj, f.name), f"{path}.{f.name}")
     elif isinstance(obj, (tuple, list)):
         for i, o in enumerate(obj):
             yield from _walk(o, f"{path}.{i}")
