@@ -160,7 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         sampler = _Sampler()
         sampler.start()
         proc = subprocess.run(
-            [sys.executable, "-c", _PREPARE, str(src), str(tmp / "out"), args.tokenizer, str(workers)],
+            [
+                sys.executable,
+                "-c",
+                _PREPARE,
+                str(src),
+                str(tmp / "out"),
+                args.tokenizer,
+                str(workers),
+            ],
             capture_output=True,
             text=True,
             check=True,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from nestlearn.data.bpe import build_bpe
 from nestlearn.data.corpus import corpus_documents
-from nestlearn.data.tokenizers import SPECIAL_TOKENS, bpe_path
+from nestlearn.data.tokenizers import bpe_path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,8 +29,15 @@ def _llama_style(path: Path) -> Path:
     spec = {
         "version": "1.0",
         "added_tokens": [
-            {"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True}
+            {
+                "id": i,
+                "content": c,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
             for c, i in (("<unk>", 0), ("<s>", 1), ("</s>", 2))
         ],  # fmt: skip
         "normalizer": {
@@ -52,9 +59,16 @@ def _llama_style(path: Path) -> Path:
             ],
         },
         "model": {
-            "type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True,
-            "ignore_merges": False, "vocab": vocab, "merges": merges,
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": "<unk>",
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": True,
+            "byte_fallback": True,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": merges,
         },  # fmt: skip
     }
     path.write_text(json.dumps(spec, ensure_ascii=False))

@@ -29,9 +29,7 @@ def _inputs(root: Path) -> list[Path]:
     paras = [p for d in docs for p in d.split("\n\n")][:2500]
     paras[7] = ""
     root.mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        pa.table({"text": paras[:1200]}), root / "a.parquet", row_group_size=100
-    )
+    pq.write_table(pa.table({"text": paras[:1200]}), root / "a.parquet", row_group_size=100)
     lines = "".join(json.dumps({"text": p}) + "\n" for p in paras[1200:2400])
     (root / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
     (root / "c.txt").write_text("\n\n".join(paras[2400:]))

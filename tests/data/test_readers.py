@@ -49,7 +49,10 @@ def _save_to_disk(folder: Path, docs: list[str], n_files: int = 2) -> None:
     per = -(-len(docs) // n_files)
     for i, name in enumerate(names):
         table = pa.table({"text": pa.array(docs[i * per : (i + 1) * per], pa.large_string())})
-        with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        with (
+            pa.OSFile(str(folder / name), "wb") as sink,
+            pa.ipc.new_stream(sink, table.schema) as w,
+        ):
             for batch in table.to_batches(max_chunksize=1):
                 w.write_batch(batch)
     (folder / "state.json").write_text(

@@ -77,7 +77,12 @@ def test_doc_boundary_reset_cuts_rows_at_the_first_eos():
         [1, 2, 3, pad, pad],
     ]
     I = IGNORE_INDEX
-    assert y.tolist() == [[3, eos, I, I, I], [4, 5, eos, I, I], [7, 7, 7, 7, eos], [2, 3, eos, I, I]]
+    assert y.tolist() == [
+        [3, eos, I, I, I],
+        [4, 5, eos, I, I],
+        [7, 7, 7, 7, eos],
+        [2, 3, eos, I, I],
+    ]
     plain = BatchSampler(ArrayTokens(stream), 5, 1, 0, "eos")
     assert plain.make(np.array([[0, 1]]))[1].tolist() == [[3, eos, 4, 5, eos]]
 
@@ -148,3 +153,13 @@ def test_mixture_training_resumes_exactly_and_reports_each_source(two_sources, t
     train_lines = [r for r in lines if "loss" in r]
     assert all(0 < r["target_fraction"] <= 1 for r in train_lines)
     assert any(r["target_fraction"] < 1 for r in train_lines)  # short web documents were cut
+
+
+def test_paper_mixture_recipe_resolves():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "hope-760m-paper-mixture.yaml"
+    cfg = resolve_config(None, path)
+    entries = parse_mixture(cfg.data.train)
+    assert [(e.name, e.weight) for e in entries] == [("fineweb-edu", 0.9), ("longdocs", 0.1)]
+    assert cfg.data.doc_boundary == "reset" and cfg.data.batch_size * cfg.data.seq_len == 2**19

@@ -44,7 +44,9 @@ def build_bpe(texts: Any, vocab_size: int, *, length: int | None = None) -> Any:
 
     floor = len(SPECIAL_TOKENS) + 256
     if vocab_size <= floor:
-        raise ValueError(f"vocab_size must exceed {floor} (3 specials + 256 bytes), got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must exceed {floor} (3 specials + 256 bytes), got {vocab_size}"
+        )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -151,5 +153,16 @@ def train_tokenizer(
     tok.save(str(out), pretty=True)
     raw = out.read_bytes()
     json.loads(raw)  # what we wrote must be a readable tokenizer.json
-    logger.info("trained a %d-id BPE on %d documents (%d bytes): %s", vocab_size, stats["documents"], stats["bytes"], out)
-    return {"path": str(out), "vocab_size": vocab_size, **stats, "sha256": hashlib.sha256(raw).hexdigest()}
+    logger.info(
+        "trained a %d-id BPE on %d documents (%d bytes): %s",
+        vocab_size,
+        stats["documents"],
+        stats["bytes"],
+        out,
+    )
+    return {
+        "path": str(out),
+        "vocab_size": vocab_size,
+        **stats,
+        "sha256": hashlib.sha256(raw).hexdigest(),
+    }

@@ -118,7 +118,12 @@ class PayloadEncoder:
             self._pool = ctx.Pool(
                 self.workers,
                 initializer=_init_worker,
-                initargs=(_tokenizer_spec(self.tok), self.tok.sha256, self.dtype.str, self.text_key),
+                initargs=(
+                    _tokenizer_spec(self.tok),
+                    self.tok.sha256,
+                    self.dtype.str,
+                    self.text_key,
+                ),
             )
         return self
 

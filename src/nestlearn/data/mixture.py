@@ -68,7 +68,9 @@ def parse_mixture(spec: str) -> list[MixtureEntry]:
         else:
             path = part
         if weight is not None and not (weight > 0 and math.isfinite(weight)):
-            raise ValueError(f"data.train: weight of {path!r} must be a positive number, got {tail}")
+            raise ValueError(
+                f"data.train: weight of {path!r} must be a positive number, got {tail}"
+            )
         name = os.path.basename(os.path.normpath(path)) or path
         base, k = name, 2
         while name in names:
@@ -131,7 +133,8 @@ class Mixture:
 
     def describe(self) -> str:
         return ", ".join(
-            f"{n} {p:.3f} ({len(s):,d} tokens)" for n, p, s in zip(self.names, self.probs, self.sources)
+            f"{n} {p:.3f} ({len(s):,d} tokens)"
+            for n, p, s in zip(self.names, self.probs, self.sources)
         )
 
 

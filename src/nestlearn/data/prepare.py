@@ -416,7 +416,9 @@ def add_prepare_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--text-key", default="text", help="JSONL field or table column with the document text"
     )
     parser.add_argument(
-        "--split", default="train", help="split to read from folders holding several (default train)"
+        "--split",
+        default="train",
+        help="split to read from folders holding several (default train)",
     )
     parser.add_argument(
         "--workers",

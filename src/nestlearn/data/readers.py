@@ -166,7 +166,9 @@ def _open_raw(path: Path) -> BinaryIO:
                 'pip install "nestlearn[data]" (or pip install zstandard)'
             ) from None
         raw = open(path, "rb")  # noqa: SIM115 - closed with the reader below
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True, read_across_frames=True)
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            raw, closefd=True, read_across_frames=True
+        )
         return io.BufferedReader(reader, buffer_size=1 << 20)  # type: ignore[arg-type]
     return open(path, "rb")
 
@@ -232,7 +234,9 @@ def _scan_jsonl_file(path: Path, text_key: str) -> tuple[str, int, int]:
             import zstandard
 
             lines = io.BufferedReader(
-                zstandard.ZstdDecompressor().stream_reader(hashing, closefd=False, read_across_frames=True),  # type: ignore[arg-type]
+                zstandard.ZstdDecompressor().stream_reader(
+                    hashing, closefd=False, read_across_frames=True
+                ),  # type: ignore[arg-type]
                 buffer_size=1 << 20,
             )
         else:
@@ -268,7 +272,9 @@ def _scan_jsonl_file(path: Path, text_key: str) -> tuple[str, int, int]:
             raise ValueError(f"{path}: cannot decompress ({e}); is it a complete {s} file?") from e
         except Exception as e:
             if type(e).__module__.startswith("zstd"):
-                raise ValueError(f"{path}: cannot decompress ({e}); is it a complete .zst file?") from e
+                raise ValueError(
+                    f"{path}: cannot decompress ({e}); is it a complete .zst file?"
+                ) from e
             raise
         while hashing.read(_READ_BLOCK):  # trailing bytes the decompressor did not need
             pass  # (RawIOBase.read goes through readinto, so they are hashed too)

@@ -240,7 +240,9 @@ class HFTokenizer(Tokenizer):
                 out.append(bytes(inverse[c] for c in piece))
             elif self._metaspace and piece is not None:
                 m = _BYTE_PIECE.fullmatch(piece) if self._byte_fallback else None
-                out.append(bytes([int(m.group(1), 16)]) if m else piece.replace("\u2581", " ").encode())
+                out.append(
+                    bytes([int(m.group(1), 16)]) if m else piece.replace("\u2581", " ").encode()
+                )
             else:
                 out.append(self._tok.decode([i], skip_special_tokens=False).encode("utf-8"))
         return out

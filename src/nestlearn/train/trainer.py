@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nestlearn.data.mixture import Mixture, MixtureValidation, parse_mixture
 from nestlearn.eval.perplexity import evaluate_lm, token_byte_lengths
 from nestlearn.models import LanguageModel, build_model
 from nestlearn.optim import build_optimizer
-from nestlearn.data.mixture import Mixture, MixtureValidation, parse_mixture
 from nestlearn.train.batches import IGNORE_INDEX, BatchSampler, SliceTokens, TokenSource
 from nestlearn.train.checkpoint import load_latest, save_checkpoint
 from nestlearn.train.config import TrainConfig, dump_config
