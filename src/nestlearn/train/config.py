@@ -124,7 +124,7 @@ class RunConfig:
     ``disabled``; empty: ``$WANDB_MODE``, else W&B's default."""
     memory_stats: bool = True
     """At each validation, log the memory modules' norms, updates and inner step sizes
-    (``mem/...``) of models that have memory (Titans, Hope, CMS, TTT)."""
+    (``mem/...``) of models that have memory modules (Titans, Hope, CMS)."""
 
     def __post_init__(self) -> None:
         for key in ("steps", "grad_accum", "log_every", "keep_last"):

@@ -1,7 +1,7 @@
 """Is the memory learning? Cheap statistics of a model's memory modules for the tracker.
 
 Read from the model's public surface, so they work for every family with memory modules
-(Titans, its MAC/MAG/MAL variants, Hope, the CMS, TTT) and never need the trainer to know a
+(Titans, its MAC/MAG/MAL variants, Hope, the CMS: every module with ``set_memory_frozen``) and never need the trainer to know a
 family:
 
 * **memory norms**: one probe sequence (``[1, T]``, e.g. the first validation window) runs in
