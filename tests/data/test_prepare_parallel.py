@@ -86,6 +86,8 @@ def test_resume_after_sigkill_mid_shard(tmp_path: Path, kill_at: int) -> None:
         capture_output=True,
         timeout=300,
     )
+    # run() returned, so every process holding its pipes exited: the workers did not outlive
+    # their killed parent
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert not (out / "metadata.json").exists()
     assert list(out.glob(".shard_*.tmp-*")), "the kill should leave a half-written shard"

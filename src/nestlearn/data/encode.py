@@ -18,7 +18,11 @@ import collections
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 import numpy as np
@@ -84,10 +88,24 @@ def _rebuild(spec: tuple[str, ...]) -> Tokenizer:
 _WORKER: dict[str, Any] = {}
 
 
+def _exit_with_parent() -> None:
+    """Exit as soon as the parent process is gone (e.g. SIGKILLed): no orphaned workers."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.2)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _init_worker(spec: tuple[str, ...], sha256: str, dtype: str, text_key: str) -> None:
     # one thread per worker: the pool is the parallelism (and rayon threads would oversubscribe)
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _exit_with_parent()
     tok = _rebuild(spec)
     if tok.sha256 != sha256:
         raise RuntimeError(f"tokenizer {tok.name} changed on disk while preparing; run it again")
@@ -114,24 +132,32 @@ class PayloadEncoder:
 
     def __enter__(self) -> PayloadEncoder:
         if self.workers > 1:
-            ctx = multiprocessing.get_context("spawn")
-            self._pool = ctx.Pool(
+            # spawn: nothing of this process (threads, locks, torch) is inherited; an executor,
+            # not a Pool: a worker that dies breaks it instead of being restarted forever
+            spec = _tokenizer_spec(self.tok)
+            self._pool = ProcessPoolExecutor(
                 self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
-                initargs=(
-                    _tokenizer_spec(self.tok),
-                    self.tok.sha256,
-                    self.dtype.str,
-                    self.text_key,
-                ),
+                initargs=(spec, self.tok.sha256, self.dtype.str, self.text_key),
             )
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+    @staticmethod
+    def _get(fut: Any) -> Encoded:
+        try:
+            return fut.result()
+        except BrokenProcessPool as e:
+            raise RuntimeError(
+                "a tokenizing worker process died (out of memory, killed, or it could not start: "
+                "a script that calls prepare(..., workers>1) must do so under "
+                "`if __name__ == '__main__':`); run again, or with workers=1"
+            ) from e
 
     def map(self, items: Iterable[tuple[K, tuple[str, Any, str]]]) -> Iterator[tuple[K, Encoded]]:
         """Results in the order of ``items``; reads ahead at most ``2 * workers`` items."""
@@ -142,10 +168,10 @@ class PayloadEncoder:
         pending: collections.deque[tuple[K, Any]] = collections.deque()
         limit = 2 * self.workers
         for key, item in items:
-            pending.append((key, self._pool.apply_async(_work, (item,))))
+            pending.append((key, self._pool.submit(_work, item)))
             if len(pending) >= limit:
-                k, res = pending.popleft()
-                yield k, res.get()
+                k, fut = pending.popleft()
+                yield k, self._get(fut)
         while pending:
-            k, res = pending.popleft()
-            yield k, res.get()
+            k, fut = pending.popleft()
+            yield k, self._get(fut)
