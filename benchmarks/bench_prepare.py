@@ -93,7 +93,7 @@ def _ceiling(tokenizer: str, seconds: float) -> dict[str, float]:
     tok = get_tokenizer(tokenizer)
     docs = _docs()
     inner = getattr(tok, "_tok", None)
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
         for i in range(0, len(docs), 1024):
             if inner is not None:
@@ -101,8 +101,14 @@ def _ceiling(tokenizer: str, seconds: float) -> dict[str, float]:
                 n += sum(len(e.ids) for e in encs)
             else:
                 n += sum(len(a) for a in tok.encode_arrays(docs[i : i + 1024]))
-    dt = time.perf_counter() - t0
-    return {"tokens": n, "seconds": dt, "tokens_per_s": n / dt}
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {
+        "tokens": n,
+        "seconds": dt,
+        "cpu_s": cpu,
+        "tokens_per_s": n / dt,
+        "tokens_per_cpu_s": n / cpu,
+    }
 
 
 _PREPARE = """
@@ -181,11 +187,17 @@ def main(argv: list[str] | None = None) -> int:
             **timing,
             "end_to_end_tokens_per_s": n / t_all,
             "tokenize_write_tokens_per_s": n / timing["tokenize_write_s"],
+            "tokens_per_cpu_s": n / (timing["cpu_s_main"] + timing["cpu_s_workers"]),
             "peak_rss_tree_mb": round(peak / 2**20, 1),
         }
         if "ceiling_encode_batch" in result:
             ceil = result["ceiling_encode_batch"]["tokens_per_s"]  # type: ignore[index]
             result["ratio_end_to_end_to_ceiling"] = n / t_all / ceil
+            # load-independent: work per CPU-second against the tokenizer's own
+            per_cpu = result["ceiling_encode_batch"]["tokens_per_cpu_s"]  # type: ignore[index]
+            result["ratio_tokens_per_cpu_s_to_ceiling"] = (
+                result["prepare"]["tokens_per_cpu_s"] / per_cpu
+            )  # type: ignore[index]
         result["load_after"] = os.getloadavg()
         print(json.dumps(result, indent=1))
     finally:
