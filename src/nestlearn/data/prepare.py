@@ -262,6 +262,7 @@ def prepare_sources(
 
     try:
         with PayloadEncoder(tokenizer, writer.dtype, text_key, workers) as encoder:
+            workers = encoder.workers  # 0 resolved to the CPU count, for the log line
             for (si, first), (ids, counts, n_bytes) in encoder.map(payloads()):
                 skip = start_skip if (si, first) == (start_src, start_doc) else 0
                 writer.add_batch(si, first, ids, counts, n_bytes, skip)
