@@ -163,3 +163,17 @@ def test_paper_mixture_recipe_resolves():
     entries = parse_mixture(cfg.data.train)
     assert [(e.name, e.weight) for e in entries] == [("fineweb-edu", 0.9), ("longdocs", 0.1)]
     assert cfg.data.doc_boundary == "reset" and cfg.data.batch_size * cfg.data.seq_len == 2**19
+
+
+def test_reset_loss_does_not_depend_on_accumulation(two_sources, tmp_path):
+    """The loss is a mean over the step's real targets, however they split into micro-batches."""
+    web, long = two_sources
+    over = [f"data.train={web}:0.5,{long}:0.5", "data.doc_boundary=reset", "train.steps=4",
+            "train.eval_every=0", "train.ckpt_every=0", "train.memory_stats=false"]  # fmt: skip
+    one = Trainer(resolve_config("transformer-tiny", None, BASE + over), run_dir=tmp_path / "a")
+    two = Trainer(
+        resolve_config("transformer-tiny", None, [*BASE, *over, "train.grad_accum=4"]),
+        run_dir=tmp_path / "b",
+    )
+    a, b = one.fit().losses, two.fit().losses
+    assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
