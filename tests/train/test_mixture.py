@@ -177,3 +177,63 @@ def test_reset_loss_does_not_depend_on_accumulation(two_sources, tmp_path):
     )
     a, b = one.fit().losses, two.fit().losses
     assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+
+
+def test_mixture_batches_are_checked_against_the_vocabulary(tmp_path):
+    """Ids outside the model's vocabulary in one mixture source are refused before the model."""
+    from nestlearn.data.mixture import MixtureValidation
+    from tests.conftest import ByteTok
+
+    good = np.arange(4000) % 256
+    bad = np.arange(4000) % 300  # ids up to 299 for a 256-id model
+    train = Mixture([ArrayTokens(good), ArrayTokens(bad)], [0.5, 0.5], ["good", "bad"])
+    val = MixtureValidation([ArrayTokens(good[:400])] * 2, train.probs, ["good", "bad"])
+    over = ["train.steps=2", "train.eval_every=0", "train.ckpt_every=0"]
+    cfg = resolve_config("transformer-tiny", None, BASE + over)
+    with pytest.raises(ValueError, match=r"token id 2\d\d is outside the model's vocabulary"):
+        Trainer(cfg, run_dir=tmp_path, data=(ByteTok(), train, val)).fit()
+    assert not (tmp_path / "checkpoints").exists()  # refused at the first batch, nothing saved
+
+
+def test_mixture_validation_shorter_than_a_window_is_refused_at_start(tmp_path):
+    """Each source is scored on its own held-out tail: each must hold one window."""
+    from nestlearn.data.mixture import MixtureValidation
+    from tests.conftest import ByteTok
+
+    toks = np.arange(4000) % 256
+    train = Mixture([ArrayTokens(toks), ArrayTokens(toks)], [0.5, 0.5], ["a", "b"])
+    val = MixtureValidation([ArrayTokens(toks[:400]), ArrayTokens(toks[:40])], train.probs,
+                            ["a", "b"])  # fmt: skip
+    cfg = resolve_config("transformer-tiny", None, BASE + ["train.steps=2"])
+    with pytest.raises(ValueError, match=r"validation data of mixture source 'b' holds 40 tokens"):
+        Trainer(cfg, run_dir=tmp_path, data=(ByteTok(), train, val))
+    assert not (tmp_path / "config.yaml").exists()
+
+
+def test_mixture_resume_takes_the_checkpoint_config(two_sources, tmp_path):
+    """`nestlearn train --resume` reads the config from the checkpoint: issue 21's fields
+    (mixture, doc_boundary, log_to, memory_stats) round-trip and the resume is exact."""
+    from nestlearn.train.rundir import resume_config
+
+    web, long = two_sources
+    over = [f"data.train={web}:0.6,{long}:0.4", "data.doc_boundary=reset", "train.steps=6",
+            "train.ckpt_every=3", "train.eval_every=3", "train.memory_stats=false"]  # fmt: skip
+    cfg = lambda: resolve_config("transformer-tiny", None, BASE + over)  # noqa: E731
+    full = Trainer(cfg(), run_dir=tmp_path / "full").fit()
+
+    def stop_at_4(trainer, step, loss):
+        if step == 4:
+            trainer.request_stop()
+
+    run = tmp_path / "part"
+    Trainer(cfg(), run_dir=run, on_step_end=stop_at_4).fit()
+    (run / "config.yaml").write_text("damaged")  # the checkpoint's copy stands in for it
+    got, ckpt = resume_config(run)
+    assert got.to_dict() == cfg().to_dict() | {"model": got.to_dict()["model"]}
+    assert got.data.train == f"{web}:0.6,{long}:0.4" and got.data.doc_boundary == "reset"
+    assert got.train.memory_stats is False and got.train.log_to == "jsonl"
+    rest = Trainer(got, run_dir=run, resume=True, checkpoint=ckpt).fit()
+    assert rest.losses == full.losses[4:]  # bit for bit
+    assert rest.final_eval == full.final_eval
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if "loss" in r] == [1, 2, 3, 4, 5, 6]

@@ -128,12 +128,17 @@ class Trainer:
         self.tokenizer, self.train_data, self.val_data = (
             data if data is not None else open_data(cfg)
         )
-        if len(self.val_data) < cfg.data.seq_len + 1:
-            raise ValueError(
-                f"the validation data holds {len(self.val_data)} tokens, fewer than "
-                f"data.seq_len+1={cfg.data.seq_len + 1} (one window); use more data, a larger "
-                "data.val_fraction or a shorter data.seq_len"
-            )
+        val_parts: list[tuple[str, TokenSource]] = [("", self.val_data)]
+        if isinstance(self.val_data, MixtureValidation):
+            val = self.val_data
+            val_parts = [(f" of mixture source {n!r}", v) for n, v in zip(val.names, val.sources)]
+        for where, val in val_parts:  # each mixture source is scored on its own held-out tail
+            if len(val) < cfg.data.seq_len + 1:
+                raise ValueError(
+                    f"the validation data{where} holds {len(val)} tokens, fewer than "
+                    f"data.seq_len+1={cfg.data.seq_len + 1} (one window); use more data, a "
+                    "larger data.val_fraction or a shorter data.seq_len"
+                )
         if cfg.model.vocab_size == 0:
             cfg.model.vocab_size = int(self.tokenizer.vocab_size)
         elif cfg.model.vocab_size < int(self.tokenizer.vocab_size):
