@@ -135,3 +135,27 @@ def test_memory_stats_for_each_family(preset, expect):
         assert f"mem/{key}" in stats, sorted(stats)
     norms = {k: v for k, v in stats.items() if k.endswith("/update")}
     assert norms and all(v > 0 for v in norms.values()), norms  # the memory is written
+
+
+def test_force_drops_the_replaced_runs_tracker_files(tiny_data, tmp_path):
+    """A --force run neither mixes TensorBoard events with the old run's nor continues its W&B
+    run (a reused wandb_id would make the new run's steps look like replays); resuming a
+    finished run writes nothing, tracker files included."""
+    pytest.importorskip("tensorboard")
+    over = [*BASE, "train.log_to=jsonl,tensorboard", "train.memory_stats=false"]
+    Trainer(resolve_config("transformer-tiny", None, over), run_dir=tmp_path, data=tiny_data).fit()
+    (tmp_path / "wandb_id").write_text("oldrun\n")
+    (tmp_path / "wandb").mkdir()
+    (tmp_path / "wandb" / "offline-run-old").write_text("not synced yet")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    Trainer(resolve_config("transformer-tiny", None, over), run_dir=tmp_path, data=tiny_data,
+            resume=True).fit()  # fmt: skip
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    over2 = [*over, "train.steps=4"]
+    Trainer(resolve_config("transformer-tiny", None, over2), run_dir=tmp_path, data=tiny_data,
+            force=True).fit()  # fmt: skip
+    assert not (tmp_path / "wandb_id").exists()
+    assert (tmp_path / "wandb" / "offline-run-old").read_text() == "not synced yet"  # kept
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    steps = [s for s, _ in _events(tmp_path / "tensorboard")["train/loss"]]
+    assert steps == [1, 2, 3, 4]  # the new run's only
