@@ -8,6 +8,8 @@ so ``decode(encode(s)) == s`` for any text. Specials ``<|bos|>`` = 0, ``<|eos|>`
 
 Only the train split is used, so validation and test text stays unseen by the tokenizer too.
 
+The same training, on any text and at any size, is ``nestlearn train-tokenizer``.
+
 Usage::
 
     python scripts/train_tokenizer.py                      # writes assets/tokenizers/bpe-8192.json
@@ -21,28 +23,9 @@ import hashlib
 import time
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
+from nestlearn.data.bpe import build_bpe
 from nestlearn.data.corpus import corpus_documents
-from nestlearn.data.tokenizers import SPECIAL_TOKENS, bpe_path
-
-
-def build_bpe(texts: list[str], vocab_size: int) -> Tokenizer:
-    """A byte-level BPE with ``vocab_size`` ids trained on ``texts``."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    if tok.get_vocab_size() != vocab_size:
-        raise SystemExit(f"trained vocab has {tok.get_vocab_size()} ids, wanted {vocab_size}")
-    return tok
+from nestlearn.data.tokenizers import bpe_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     texts = [text for _, text in corpus_documents("train")]
-    tok = build_bpe(texts, args.vocab_size)
+    tok = build_bpe(texts, args.vocab_size, length=len(texts))
     out.parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(out), pretty=True)
     n_chars = sum(len(t) for t in texts)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import nestlearn.data.prepare as prep
+import nestlearn.data.readers as readers
 from nestlearn.data.dataset import TokenShards
 from nestlearn.data.prepare import add_prepare_args, prepare, run_prepare
 from nestlearn.data.tokenizers import get_tokenizer
@@ -289,7 +290,7 @@ def test_batching_and_progress_bar_do_not_change_the_result(
 ) -> None:
     inputs = _corpus(tmp_path)
     ref = prepare(inputs, tmp_path / "ref", "bpe-8192", shard_tokens=50, progress=False)
-    monkeypatch.setattr(prep, "_BATCH_BYTES", 7)  # a batch of one or two documents at a time
+    monkeypatch.setattr(readers, "PAYLOAD_BYTES", 7)  # a batch of one or two documents at a time
     meta = prepare(inputs, tmp_path / "out", "bpe-8192", shard_tokens=50, progress=True)
     assert meta == ref
     assert _snapshot(tmp_path / "out") == _snapshot(tmp_path / "ref")

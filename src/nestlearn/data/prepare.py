@@ -1,10 +1,13 @@
 """Tokenize text into memmap token shards: ``nestlearn prepare INPUT... --out DIR --tokenizer NAME``.
 
-Inputs are text files (one document each), folders (searched recursively for ``*.txt``, ``*.md``
-and ``*.jsonl``, in sorted order) and JSONL files (one document per line under ``text_key``;
-blank lines and empty texts are skipped and counted). Every input is checked before any token is
-written: a NUL byte (binary file), invalid UTF-8, an empty file or a malformed JSONL line is
-refused with a ``ValueError`` that names the file and the fix.
+Inputs (see :mod:`nestlearn.data.readers`): text files (one document each), JSONL files (plain,
+``.gz`` or ``.zst``; one document per line under ``text_key``), parquet files and Hugging Face
+``datasets`` folders (column ``text_key``), and folders of these. Every input is checked before
+any token is written: a NUL byte (binary file), invalid UTF-8, an empty file, a malformed JSONL
+line or a missing column is refused with a ``ValueError`` that names the file, the row and the fix.
+
+Tokenization runs on ``workers`` processes (:mod:`nestlearn.data.encode`); the output does not
+depend on their number.
 
 Output folder::
 
@@ -18,8 +21,8 @@ Each document's ids are followed by the tokenizer's ``eos_id`` (so ``n_tokens`` 
 
 Resuming: after each completed shard, ``progress.json`` records the shards written and the position
 (input, document, token offset) the next shard starts at. Re-running the same command after an
-interruption skips finished inputs, never rewrites completed shards and produces byte-identical
-shards and ``metadata.json`` to an uninterrupted run.
+interruption (even a SIGKILL in the middle of a shard) skips finished inputs, never rewrites
+completed shards and produces byte-identical shards and ``metadata.json`` to an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nestlearn.data.inputs import (  # noqa: F401 - re-exported: inputs lived here before
+from nestlearn.data.encode import PayloadEncoder
+from nestlearn.data.readers import (  # noqa: F401 - re-exported: the public names of prepare
     JSONL_SUFFIXES,
     TEXT_SUFFIXES,
     Source,
@@ -49,7 +53,6 @@ logger = logging.getLogger(__name__)
 FORMAT = "nestlearn-token-shards"
 FORMAT_VERSION = 1
 DEFAULT_SHARD_TOKENS = 1 << 26  # 64 Mi tokens: 128 MiB per uint16 shard
-_BATCH_BYTES = 4 << 20  # encode documents in batches of about this much text
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -102,29 +105,49 @@ class _ShardWriter:
         self.fill = 0
         self.state = state  # shards, next, stats: exactly what progress.json holds
 
-    def add_document(self, ids: np.ndarray, pos: tuple[int, int], n_bytes: int, skip: int) -> None:
-        """Append one document's ids (eos included), dropping the first ``skip`` (on resume)."""
-        before = self.state["stats"]
-        after = dict(before)
-        after["n_documents"] += 1
-        after["n_bytes"] += n_bytes
-        after["source_documents"] = list(before["source_documents"])
-        after["source_documents"][pos[0]] += 1
-        offset = skip
-        while offset < len(ids):
-            take = min(len(ids) - offset, self.shard_tokens - self.fill)
-            self.buf[self.fill : self.fill + take] = ids[offset : offset + take]
-            self.fill += take
-            offset += take
-            if self.fill == self.shard_tokens:
-                if offset == len(ids):  # the document ends exactly at the shard boundary
-                    self._flush([pos[0], pos[1] + 1, 0], after)
-                else:
-                    self._flush([pos[0], pos[1], offset], before)
-        self.state["stats"] = after
+    def add_batch(
+        self, src: int, first_doc: int, ids: np.ndarray, counts: np.ndarray, n_bytes: np.ndarray,
+        skip: int = 0,
+    ) -> None:  # fmt: skip
+        """Append the ids of documents ``first_doc, first_doc + 1, ...`` of input ``src``.
 
-    def skip_empty(self) -> None:
-        self.state["stats"]["n_skipped_empty"] += 1
+        ``ids`` holds them back to back (eos after each), ``counts[j]`` the ids of document
+        ``j`` (0: empty, skipped) and ``n_bytes[j]`` its UTF-8 bytes. The first ``skip`` ids
+        are dropped (they were written before an interruption).
+        """
+        base = self.state["stats"]
+        nonempty = counts > 0
+        cum_docs = np.cumsum(nonempty)
+        cum_bytes = np.cumsum(np.where(nonempty, n_bytes, 0))
+        cum_empty = np.cumsum(~nonempty)
+        ends = np.cumsum(counts) - skip  # where document j ends in ids[skip:]
+        starts = ends - counts
+
+        def through(j: int) -> dict[str, Any]:
+            """The counters once documents ``0..j`` of this batch are done (``j = -1``: none)."""
+            out = dict(base)
+            out["source_documents"] = list(base["source_documents"])
+            if j >= 0:
+                out["n_documents"] += int(cum_docs[j])
+                out["n_bytes"] += int(cum_bytes[j])
+                out["n_skipped_empty"] += int(cum_empty[j])
+                out["source_documents"][src] += int(cum_docs[j])
+            return out
+
+        ids = ids[skip:]
+        pos = 0
+        while pos < len(ids):
+            take = min(len(ids) - pos, self.shard_tokens - self.fill)
+            self.buf[self.fill : self.fill + take] = ids[pos : pos + take]
+            self.fill += take
+            pos += take
+            if self.fill == self.shard_tokens:
+                j = int(np.searchsorted(ends, pos, side="left"))  # the document holding pos - 1
+                if ends[j] == pos:  # it ends exactly at the shard boundary
+                    self._flush([src, first_doc + j + 1, 0], through(j))
+                else:
+                    self._flush([src, first_doc + j, int(pos - starts[j])], through(j - 1))
+        self.state["stats"] = through(len(counts) - 1)
 
     def _flush(self, next_pos: list[int], stats: dict[str, Any]) -> None:
         ids = self.buf[: self.fill]
@@ -200,8 +223,12 @@ def prepare_sources(
     text_key: str = "text",
     progress: bool = True,
     overwrite: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Tokenize checked ``sources`` into ``out_dir`` (see the module docstring); resumable.
+
+    ``workers`` processes tokenize (0: one per CPU; 1: in this process); the output is the same
+    for any number.
 
     Returns:
         The metadata written to ``out_dir/metadata.json``.
@@ -255,43 +282,30 @@ def prepare_sources(
 
     writer = _ShardWriter(out, tokenizer, shard_tokens, state)
     start_src, start_doc, start_skip = state["next"]
-    total = sum(s.n_bytes for s in sources)
-    done = sum(s.n_bytes for s in sources[:start_src])
+    total = sum(s.text_bytes for s in sources)
+    done = sum(s.text_bytes for s in sources[:start_src])
     t0 = time.perf_counter()
+    n_new = 0  # ids tokenized by this call
     bar = _progress_bar(total, done, progress, out)
-    try:
-        batch: list[tuple[tuple[int, int], str]] = []
-        batch_bytes = 0
 
-        def flush_batch() -> None:
-            # Empty documents stay in the batch so the counters advance in document order.
-            arrays = iter(tokenizer.encode_arrays([t for _, t in batch if t], dtype=writer.dtype))
-            eos = np.array([tokenizer.eos_id], dtype=writer.dtype)
-            for (si, di), text in batch:
-                if not text:
-                    writer.skip_empty()
-                    continue
-                ids = np.concatenate([next(arrays), eos])
-                skip = start_skip if (si, di) == (start_src, start_doc) else 0
-                writer.add_document(ids, (si, di), len(text.encode("utf-8")), skip)
-
+    def payloads() -> Iterator[tuple[tuple[int, int], tuple[str, Any, str]]]:
         for si in range(start_src, len(sources)):
-            read = 0  # characters read from this input: <= its bytes, so the bar never goes back
-            for di, text in enumerate(sources[si].documents(text_key)):
-                if si == start_src and di < start_doc:
-                    continue
-                batch.append(((si, di), text))
-                batch_bytes += len(text)
-                read += len(text)
-                if batch_bytes >= _BATCH_BYTES:
-                    flush_batch()
-                    batch, batch_bytes = [], 0
-                    if bar is not None:  # approximate inside an input ...
-                        bar.update(done + min(read, sources[si].n_bytes) - bar.n)
-            done += sources[si].n_bytes
-            if bar is not None:  # ... exact at its end
-                bar.update(done - bar.n)
-        flush_batch()
+            first = start_doc if si == start_src else 0
+            for kind, payload, n in sources[si].payloads(text_key, first):
+                yield (si, first), (kind, payload, sources[si].path)
+                first += n
+
+    try:
+        with PayloadEncoder(tokenizer, writer.dtype, text_key, workers) as encoder:
+            workers = encoder.workers  # 0 resolved to the CPU count, for the log line
+            for (si, first), (ids, counts, n_bytes) in encoder.map(payloads()):
+                skip = start_skip if (si, first) == (start_src, start_doc) else 0
+                writer.add_batch(si, first, ids, counts, n_bytes, skip)
+                n_new += len(ids) - skip
+                if bar is not None:
+                    bar.update(int(n_bytes.sum()))
+                    rate = n_new / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix_str(f"{n_new:,d} tok, {rate:,.0f} tok/s", refresh=False)
         writer.finish([len(sources), 0, 0])
     finally:
         if bar is not None:
@@ -333,13 +347,18 @@ def prepare_sources(
     }
     atomic_write_json(meta_path, meta)
     prog_path.unlink(missing_ok=True)
+    dt = time.perf_counter() - t0
     logger.info(
-        "prepared %s: %d documents, %d tokens in %d shards (%.1fs)",
+        "prepared %s: %d documents, %d tokens in %d shards; tokenized %d ids in %.1fs "
+        "(%.0f tok/s, %d workers)",
         out,
         meta["n_documents"],
         meta["n_tokens"],
         n_shards,
-        time.perf_counter() - t0,
+        n_new,
+        dt,
+        n_new / max(dt, 1e-9),
+        workers,
     )
     return meta
 
@@ -349,7 +368,15 @@ def _progress_bar(total: int, initial: int, enabled: bool, out: Path) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=f"prepare {out.name}")
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=f"prepare {out.name}",
+        dynamic_ncols=True,
+    )
 
 
 def prepare(
@@ -359,30 +386,37 @@ def prepare(
     *,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     text_key: str = "text",
+    split: str = "train",
     progress: bool = True,
     overwrite: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Tokenize ``inputs`` (text files, folders, JSONL) into memmap shards in ``out_dir``.
+    """Tokenize ``inputs`` into memmap shards in ``out_dir``.
 
     Args:
-        inputs: files and folders; folders are searched recursively for *.txt, *.md, *.jsonl.
+        inputs: text, JSONL (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``) and parquet files, and
+            folders (``datasets`` ``save_to_disk`` folders, dataset repositories, text folders;
+            see :mod:`nestlearn.data.readers`).
         out_dir: output folder (created); re-running after an interruption resumes.
         tokenizer_name: ``byte``, ``bpe-8192`` or ``hf:PATH`` (see :func:`get_tokenizer`).
         shard_tokens: ids per shard file (the last shard may be shorter).
-        text_key: the JSONL field holding each document's text.
-        progress: show a tqdm bar (bytes of input).
+        text_key: the JSONL field or table column holding each document's text.
+        split: the split to read from folders that hold several (``train``, ``test``, ...).
+        progress: show a tqdm bar (bytes of text, with tokens/s).
         overwrite: replace an existing prepared folder built from other inputs.
+        workers: tokenizing processes (0: one per CPU; 1: this process). The output is the same
+            for any number.
 
     Returns:
         The metadata written to ``out_dir/metadata.json``: tokenizer (name, sha256, vocab_size,
         ids), dtype, shards (file, n_tokens, sha256), n_documents, n_bytes, n_tokens, sources.
 
     Raises:
-        ValueError: empty, binary or non-UTF-8 input, bad JSONL, or an ``out_dir`` that holds a
-            different preparation (the message names the file and the fix).
+        ValueError: empty, binary or non-UTF-8 input, bad JSONL, a missing column, or an
+            ``out_dir`` that holds a different preparation (the message names the file and fix).
     """
     tokenizer = get_tokenizer(tokenizer_name)
-    sources = collect_sources(inputs, text_key)
+    sources = collect_sources(inputs, text_key, split)
     return prepare_sources(
         sources,
         out_dir,
@@ -391,6 +425,7 @@ def prepare(
         text_key=text_key,
         progress=progress,
         overwrite=overwrite,
+        workers=workers,
     )
 
 
@@ -399,7 +434,13 @@ def prepare(
 
 def add_prepare_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``nestlearn prepare`` arguments to ``parser`` (a subcommand parser)."""
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="text/JSONL files or folders")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="text, JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or parquet files, or folders "
+        "(datasets save_to_disk folders and dataset repositories included)",
+    )
     parser.add_argument("--out", required=True, help="output folder for shards + metadata.json")
     parser.add_argument(
         "--tokenizer", default="byte", help="byte, bpe-8192 or hf:PATH (default: byte)"
@@ -407,7 +448,20 @@ def add_prepare_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument(
         "--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="token ids per shard file"
     )
-    parser.add_argument("--text-key", default="text", help="JSONL field with the document text")
+    parser.add_argument(
+        "--text-key", default="text", help="JSONL field or table column with the document text"
+    )
+    parser.add_argument(
+        "--split",
+        default="train",
+        help="split to read from folders holding several (default train)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="tokenizing processes (default 0: one per CPU); the output does not depend on it",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing preparation")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -416,20 +470,25 @@ def add_prepare_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 def run_prepare(args: argparse.Namespace) -> int:
     """Run :func:`prepare` from parsed ``args`` and print a short summary; returns an exit code."""
     t0 = time.perf_counter()
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0 (0: one per CPU), got {args.workers}")
     meta = prepare(
         args.inputs,
         args.out,
         args.tokenizer,
         shard_tokens=args.shard_tokens,
         text_key=args.text_key,
+        split=getattr(args, "split", "train"),
         progress=not args.no_progress,
         overwrite=args.overwrite,
+        workers=getattr(args, "workers", 0),
     )
     tok = meta["tokenizer"]
+    dt = time.perf_counter() - t0
     print(
         f"prepared {args.out}: {meta['n_documents']:,d} documents from {len(meta['sources'])} "
         f"files, {meta['n_bytes']:,d} bytes -> {meta['n_tokens']:,d} {tok['name']} tokens "
         f"({meta['n_bytes'] / meta['n_tokens']:.2f} bytes/token, vocab {tok['vocab_size']}, "
-        f"{meta['dtype']}) in {len(meta['shards'])} shards, {time.perf_counter() - t0:.1f}s"
+        f"{meta['dtype']}) in {len(meta['shards'])} shards, {dt:.1f}s"
     )
     return 0

@@ -8,7 +8,9 @@ Names understood by :func:`get_tokenizer`:
 * ``bpe-8192``: a byte-level BPE with 8192 ids (specials ``<|bos|>`` = 0, ``<|eos|>`` = 1,
   ``<|pad|>`` = 2) trained on the train split of the default corpus by
   ``scripts/train_tokenizer.py``; stored at ``nestlearn/assets/tokenizers/bpe-8192.json``.
-* ``hf:PATH``: any Hugging Face ``tokenizers`` file (``tokenizer.json``, or a folder holding one).
+* ``hf:PATH``: any Hugging Face ``tokenizers`` file (``tokenizer.json``, or a folder holding one):
+  a byte-level BPE (GPT-2, ``nestlearn train-tokenizer``), a SentencePiece-style BPE with byte
+  fallback (Llama's 32K vocabulary), a WordPiece, ...
 
 Every tokenizer encodes text to plain ids: no special token is ever added by ``encode`` and none
 is produced from the text itself (a literal ``"<|eos|>"`` in a document is encoded as ordinary
@@ -23,6 +25,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from importlib import resources
@@ -173,7 +176,12 @@ class HFTokenizer(Tokenizer):
                 "(or to a folder that holds one)"
             )
         raw = path.read_bytes()
-        self._byte_level = (json.loads(raw).get("decoder") or {}).get("type") == "ByteLevel"
+        spec = json.loads(raw)
+        self._byte_level = (spec.get("decoder") or {}).get("type") == "ByteLevel"
+        # SentencePiece-style vocabularies (Llama, Mistral, ...): "▁" stands for a space and
+        # <0xNN> pieces for single bytes (byte fallback)
+        self._metaspace = "\u2581" in json.dumps(spec.get("decoder"), ensure_ascii=False)
+        self._byte_fallback = bool((spec.get("model") or {}).get("byte_fallback"))
         self.path = path
         self.name = name or f"hf:{path}"
         self.sha256 = hashlib.sha256(raw).hexdigest()
@@ -210,12 +218,15 @@ class HFTokenizer(Tokenizer):
     def encode_arrays(
         self, texts: Sequence[str], dtype: np.dtype | type = np.int64
     ) -> list[np.ndarray]:
-        """One array per text from :meth:`encode_batch`."""
-        encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        """One array per text from the batched encoder (``encode_batch_fast`` where the
+        installed ``tokenizers`` has it: the same ids, without computing character offsets)."""
+        fast = getattr(self._tok, "encode_batch_fast", None) or self._tok.encode_batch
+        encs = fast(list(texts), add_special_tokens=False)
         return [np.asarray(e.ids, dtype=dtype) for e in encs]
 
     def token_bytes(self) -> list[bytes]:
-        """Bytes of each id: exact through the byte alphabet for byte-level files, else each id
+        """Bytes of each id: exact through the byte alphabet for byte-level files and through
+        ``▁`` = space and ``<0xNN>`` = byte for SentencePiece-style (Llama) files, else each id
         decoded alone (exact for vocabularies whose pieces are whole characters)."""
         added = self._tok.get_added_tokens_decoder()
         out: list[bytes] = []
@@ -227,6 +238,11 @@ class HFTokenizer(Tokenizer):
             piece = self._tok.id_to_token(i)
             if inverse is not None and piece is not None and all(c in inverse for c in piece):
                 out.append(bytes(inverse[c] for c in piece))
+            elif self._metaspace and piece is not None:
+                m = _BYTE_PIECE.fullmatch(piece) if self._byte_fallback else None
+                out.append(
+                    bytes([int(m.group(1), 16)]) if m else piece.replace("\u2581", " ").encode()
+                )
             else:
                 out.append(self._tok.decode([i], skip_special_tokens=False).encode("utf-8"))
         return out
@@ -237,6 +253,9 @@ class HFTokenizer(Tokenizer):
         if skip_special:
             seq = [i for i in seq if i not in self._special_ids]
         return self._tok.decode(seq, skip_special_tokens=skip_special)
+
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 @functools.lru_cache(maxsize=1)

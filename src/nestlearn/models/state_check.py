@@ -103,10 +103,20 @@ def mismatch(fresh: Any, got: Any, path: str) -> str:
     """Where ``got`` (a loaded state) differs in kind or shape from ``fresh`` (this model's
     ``init_state``), or holds a non-finite value; ``""`` when it fits. A dimension of size 0 in
     the fresh state (a KV cache's time axis) may have any size; where the fresh state holds
-    ``None`` (a part filled in later) anything is accepted here and left to the probe."""
+    ``None`` (a part filled in later) any shape is accepted here and left to the probe, but
+    not a non-finite value (the probe's one token need not read such a part, e.g. a Titans
+    chunk anchor)."""
     where = path or "the state"
-    if fresh is None:
-        return ""  # an optional part (filled in later): checked by the probe in load_state
+    if fresh is None:  # an optional part (filled in later): its shapes are the probe's to check
+        bad = next(
+            (
+                t
+                for t in tensor_leaves(got)
+                if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())
+            ),
+            None,
+        )
+        return "" if bad is None else f"{where} holds non-finite values (inf or nan)"
     if got is None:
         return f"{where} is empty (None), this model keeps a {type(fresh).__name__} there"
     if isinstance(fresh, torch.Tensor) or isinstance(got, torch.Tensor):

@@ -79,3 +79,83 @@ def make_batch(
         check_ids(rows, vocab_size, source)
     t = torch.from_numpy(rows)
     return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+
+
+DOC_BOUNDARIES = ("eos", "reset")
+IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
+
+
+class BatchSampler:
+    """The rows of every step's global batch, and the tensors of any subset of them.
+
+    A row is ``(source index, window start)``: with one source the starts are
+    :func:`batch_starts` (as before mixtures existed), with a
+    :class:`~nestlearn.data.mixture.Mixture` they come from :meth:`Mixture.rows`. Either way a
+    step's rows are a pure function of ``(seed, step)``.
+
+    ``doc_boundary``:
+
+    * ``eos``: windows run across documents (an eos id between them); attention and memory see
+      the previous document's tail.
+    * ``reset``: each row holds one document only. Its targets stop at the first eos (the eos is
+      the last target); later inputs become ``pad_id`` and later targets ``IGNORE_INDEX``, so
+      nothing of the next document is read and, every family being causal, neither attention
+      nor per-sequence memory carries from one document into the next (every row starts from a
+      fresh state). A row starting on an eos is a document start (the eos acts as its bos).
+
+    With ``vocab_size`` every id of a batch is checked to lie in ``[0, vocab_size)`` (on the CPU,
+    before the batch reaches the model; the message names the source), as :func:`make_batch`.
+    """
+
+    def __init__(
+        self,
+        data: TokenSource,
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        doc_boundary: str = "eos",
+        eos_id: int | None = None,
+        pad_id: int | None = None,
+        vocab_size: int | None = None,
+    ) -> None:
+        if doc_boundary not in DOC_BOUNDARIES:
+            raise ValueError(f"data.doc_boundary must be eos or reset, got {doc_boundary!r}")
+        if doc_boundary == "reset" and eos_id is None:
+            raise ValueError("data.doc_boundary=reset needs the tokenizer's eos id")
+        self.data, self.seq_len, self.batch_size, self.seed = data, seq_len, batch_size, seed
+        self.reset = doc_boundary == "reset"
+        self.eos_id = eos_id
+        self.pad_id = eos_id if pad_id is None else pad_id
+        self.vocab_size = vocab_size
+        self.sources: list[TokenSource] = list(getattr(data, "sources", [data]))
+        self._mixture = hasattr(data, "rows") and hasattr(data, "sources")
+
+    def rows(self, step: int) -> np.ndarray:
+        """``[batch_size, 2]`` int64 (source, start) of step ``step``'s global batch."""
+        if self._mixture:
+            return self.data.rows(self.seed, step, self.batch_size, self.seq_len)  # type: ignore[attr-defined]
+        starts = batch_starts(len(self.data), self.seq_len, self.batch_size, self.seed, step)
+        return np.stack([np.zeros_like(starts), starts], axis=1)
+
+    def make(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of ``rows``, both ``[len(rows), seq_len]`` int64."""
+        T = self.seq_len
+        windows = np.stack(
+            [np.asarray(self.sources[int(k)].get(int(s), T + 1), dtype=np.int64) for k, s in rows]
+        ) if len(rows) else np.empty((0, T + 1), dtype=np.int64)  # fmt: skip
+        if self.vocab_size is not None and len(rows):
+            which = np.asarray(rows)[:, 0]
+            for k in np.unique(which):  # per source, so that the message names the right one
+                check_ids(windows[which == k], self.vocab_size, self.sources[int(k)])
+        t = torch.from_numpy(windows)
+        x, y = t[:, :-1].contiguous(), t[:, 1:].contiguous()
+        if self.reset and len(rows):
+            x, y = x.clone(), y.clone()  # one row's slices are views of the same window
+            is_eos = y == self.eos_id
+            # first eos among the targets (T when none): targets after it belong to the next document
+            first = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(y[:, 0], T))
+            pos = torch.arange(T).unsqueeze(0)
+            after = pos > first.unsqueeze(1)
+            y[after] = IGNORE_INDEX
+            x[after] = self.pad_id
+        return x, y

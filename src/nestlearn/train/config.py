@@ -30,11 +30,19 @@ class DataConfig:
     tokenizer: str = "byte"
     """Tokenizer: ``byte``, ``bpe-8192`` or ``hf:PATH/tokenizer.json``."""
     train: str = "corpus"
-    """Training tokens: ``corpus`` (the embedded default corpus) or a folder made by
-    ``nestlearn prepare``."""
+    """Training tokens: ``corpus`` (the embedded default corpus), a folder made by
+    ``nestlearn prepare``, or a mixture ``PATH:WEIGHT,PATH:WEIGHT,...`` of these (e.g.
+    ``data/fineweb-edu:0.9,data/longdocs:0.1``; weights are normalised; with none, sources
+    count in proportion to their tokens). See ``nestlearn.data.mixture``."""
     val: str | None = None
     """Validation tokens: ``None`` means the corpus validation split when ``train`` is
-    ``corpus``, otherwise the last ``val_fraction`` of the training tokens is held out."""
+    ``corpus``, otherwise the last ``val_fraction`` of the training tokens is held out (of
+    each source of a mixture, scored separately and averaged with the mixture's weights)."""
+    doc_boundary: str = "eos"
+    """``eos``: training windows run across documents (an eos id between them), so attention
+    and memory see the previous document. ``reset``: each window holds one document only
+    (targets stop at its eos, the rest of the row is padding left out of the loss), so no
+    attention and no per-sequence memory carries across a document start."""
     val_fraction: float = 0.02
     """Share of a prepared folder held out for validation when ``val`` is not given."""
     seq_len: int = 256
@@ -49,6 +57,11 @@ class DataConfig:
             raise ValueError(f"data.batch_size must be positive, got {self.batch_size}")
         if not 0 < self.val_fraction < 0.5:
             raise ValueError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        if self.doc_boundary not in ("eos", "reset"):
+            raise ValueError(f"data.doc_boundary must be eos or reset, got {self.doc_boundary!r}")
+        from nestlearn.data.mixture import parse_mixture
+
+        parse_mixture(self.train)  # a malformed mixture fails here, before any work
 
 
 @dataclass
@@ -108,6 +121,17 @@ class RunConfig:
     """Stop the run when the gradient norm is exactly 0 this many steps in a row (a dead
     model, e.g. after a far too large learning rate); 0 never stops. A non-finite loss or
     gradient norm always stops the run, keeping a checkpoint of the last good step."""
+    log_to: str = "jsonl"
+    """Where metrics go, comma-separated: ``jsonl`` (``metrics.jsonl``, always), ``tensorboard``
+    (``RUN/tensorboard``), ``wandb``; the last two need ``pip install "nestlearn[tracking]"``."""
+    wandb_project: str = "nestlearn"
+    """W&B project of ``log_to=...,wandb`` runs."""
+    wandb_mode: str = ""
+    """W&B mode: ``online``, ``offline`` (written under ``RUN/wandb`` for ``wandb sync``),
+    ``disabled``; empty: ``$WANDB_MODE``, else W&B's default."""
+    memory_stats: bool = True
+    """At each validation, log the memory modules' norms, updates and inner step sizes
+    (``mem/...``) of models that have memory modules (Titans, Hope, CMS)."""
 
     def __post_init__(self) -> None:
         for key in ("steps", "grad_accum", "log_every", "keep_last"):
@@ -124,6 +148,20 @@ class RunConfig:
             raise ValueError(f"train.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"train.parallel must be ddp or fsdp, got {self.parallel!r}")
+        from nestlearn.train.tracking import WANDB_MODES, parse_log_to
+
+        parse_log_to(self.log_to)
+        if self.wandb_mode not in WANDB_MODES:
+            raise ValueError(
+                f"train.wandb_mode must be online, offline, disabled or empty, got {self.wandb_mode!r}"
+            )
+        if (self.wandb_mode or self.wandb_project != "nestlearn") and "wandb" not in parse_log_to(
+            self.log_to
+        ):
+            raise ValueError(
+                "train.wandb_mode and train.wandb_project have no effect without wandb in "
+                "train.log_to; add it (train.log_to=jsonl,wandb) or drop them"
+            )
 
 
 @dataclass

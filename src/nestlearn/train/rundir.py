@@ -4,7 +4,10 @@ A run folder holds ``config.yaml``, ``metrics.jsonl`` and ``checkpoints/``. The 
 one run from being lost or mixed with another:
 
 * a new run refuses a folder that already holds a run, unless asked to continue it
-  (``resume``) or to replace it (``force``, which deletes only those three entries);
+  (``resume``) or to replace it (``force``, which deletes only those three entries and the
+  tracker files of the replaced run: ``tensorboard/`` and ``wandb_id``, so that the new run
+  neither mixes its TensorBoard events with the old ones nor continues the old W&B run;
+  W&B's own ``wandb/`` folder, which may hold offline runs not yet synced, is kept);
 * a resumed run takes its config from the newest good checkpoint (each checkpoint stores
   the config it was trained with), never from defaults; ``config.yaml`` is checked and a
   damaged one is reported;
@@ -33,6 +36,7 @@ from nestlearn.train.config import (
 logger = logging.getLogger(__name__)
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints")
+TRACKER_FILES = ("tensorboard", "wandb_id")  # written by train/tracking.py; --force drops them
 
 
 class RunExistsError(ValueError):
@@ -56,8 +60,9 @@ def run_contents(run_dir: str | Path) -> list[str]:
 
 def claim_run_dir(run_dir: str | Path, *, resume: bool, force: bool, write: bool = True) -> None:
     """Make sure a run may use ``run_dir``: refuse a file, and a folder holding another run
-    unless ``resume`` (continue it) or ``force`` (delete its config, metrics and checkpoints;
-    nothing else in the folder is touched). ``write=False`` checks only (non-main ranks)."""
+    unless ``resume`` (continue it) or ``force`` (delete its config, metrics, checkpoints and
+    tracker files :data:`TRACKER_FILES`; nothing else in the folder is touched).
+    ``write=False`` checks only (non-main ranks)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunExistsError(f"{run_dir} is a file, not a folder; choose another --out")
@@ -75,7 +80,8 @@ def claim_run_dir(run_dir: str | Path, *, resume: bool, force: bool, write: bool
     if write:
         logger.warning("--force: replacing the run in %s (%s)", run_dir, ", ".join(found))
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        for name in ("config.yaml", "metrics.jsonl"):
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        for name in ("config.yaml", "metrics.jsonl", "wandb_id"):
             (run_dir / name).unlink(missing_ok=True)
 
 

@@ -26,15 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nestlearn.data.mixture import MixtureValidation
 from nestlearn.eval.perplexity import evaluate_lm, token_byte_lengths
 from nestlearn.memory.cms import attach_outer_schedule
 from nestlearn.models import LanguageModel, build_model
 from nestlearn.optim import build_optimizer
-from nestlearn.train.batches import TokenSource, batch_starts, make_batch
+from nestlearn.train.batches import IGNORE_INDEX, BatchSampler, TokenSource
 from nestlearn.train.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -53,6 +55,7 @@ from nestlearn.train.distributed import (
     wrap_model,
 )
 from nestlearn.train.guards import stop_dead, stop_diverged
+from nestlearn.train.memory_stats import memory_stats
 from nestlearn.train.rundir import (
     check_state_shapes,
     claim_run_dir,
@@ -61,6 +64,7 @@ from nestlearn.train.rundir import (
 )
 from nestlearn.train.schedule import lr_factor
 from nestlearn.train.sources import open_data
+from nestlearn.train.tracking import Trackers, check_available, parse_log_to
 
 logger = logging.getLogger(__name__)
 
@@ -118,15 +122,23 @@ class Trainer:
         # The model's init has its own generators (build_model's seed); this seeds torch's
         # global ones (CPU and every GPU) for anything else that draws. A resume restores them.
         torch.manual_seed(cfg.train.seed)
+        self.log_targets = parse_log_to(cfg.train.log_to)
+        if self.dist.is_main:
+            check_available(self.log_targets)  # before any work
         self.tokenizer, self.train_data, self.val_data = (
             data if data is not None else open_data(cfg)
         )
-        if len(self.val_data) < cfg.data.seq_len + 1:
-            raise ValueError(
-                f"the validation data holds {len(self.val_data)} tokens, fewer than "
-                f"data.seq_len+1={cfg.data.seq_len + 1} (one window); use more data, a larger "
-                "data.val_fraction or a shorter data.seq_len"
-            )
+        val_parts: list[tuple[str, TokenSource]] = [("", self.val_data)]
+        if isinstance(self.val_data, MixtureValidation):
+            val = self.val_data
+            val_parts = [(f" of mixture source {n!r}", v) for n, v in zip(val.names, val.sources)]
+        for where, val in val_parts:  # each mixture source is scored on its own held-out tail
+            if len(val) < cfg.data.seq_len + 1:
+                raise ValueError(
+                    f"the validation data{where} holds {len(val)} tokens, fewer than "
+                    f"data.seq_len+1={cfg.data.seq_len + 1} (one window); use more data, a "
+                    "larger data.val_fraction or a shorter data.seq_len"
+                )
         if cfg.model.vocab_size == 0:
             cfg.model.vocab_size = int(self.tokenizer.vocab_size)
         elif cfg.model.vocab_size < int(self.tokenizer.vocab_size):
@@ -167,9 +179,29 @@ class Trainer:
             self._load_optimizer(ckpt.optimizer, ckpt.path)
         self.token_bytes = token_byte_lengths(self.tokenizer, cfg.model.vocab_size)
         self.autocast = self._autocast_factory()
+        self.sampler = BatchSampler(
+            self.train_data,
+            cfg.data.seq_len,
+            cfg.data.batch_size,
+            cfg.train.seed,
+            cfg.data.doc_boundary,
+            eos_id=getattr(self.tokenizer, "eos_id", None),
+            pad_id=getattr(self.tokenizer, "pad_id", None),
+            vocab_size=cfg.model.vocab_size,
+        )
+        self.trackers: Trackers | None = None
         if self.dist.is_main and not self.finished:  # a finished run's --resume writes nothing
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
+            self.trackers = Trackers(
+                self.log_targets,
+                self.run_dir,
+                name=name,
+                config=cfg.to_dict(),
+                start_step=self.start_step,
+                wandb_project=cfg.train.wandb_project,
+                wandb_mode=cfg.train.wandb_mode,
+            )
 
     # ----------------------------------------------------------------- set-up
     def _autocast_factory(self) -> Callable[[], contextlib.AbstractContextManager]:
@@ -303,6 +335,8 @@ class Trainer:
     def evaluate(self, source: TokenSource | None = None) -> dict[str, float]:
         """Loss, perplexity and bits-per-byte on ``source`` (default: the validation data)."""
         cfg = self.cfg
+        if source is None and isinstance(self.val_data, MixtureValidation):
+            return self.val_data.evaluate(self.evaluate)
         per_rank = cfg.data.batch_size // (self.dist.world_size * cfg.train.grad_accum)
 
         def reduce(t: torch.Tensor) -> torch.Tensor:
@@ -335,6 +369,28 @@ class Trainer:
             return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        if self.trackers is not None:
+            self.trackers.log(record)
+
+    def _eval_record(self, step: int, ev: dict[str, float]) -> dict[str, Any]:
+        """The validation line of ``step``, with memory statistics when configured."""
+        record: dict[str, Any] = {"step": step, **{f"val_{k}": v for k, v in ev.items()}}
+        if self.cfg.train.memory_stats:
+            record.update(self.memory_stats())
+        return record
+
+    def memory_stats(self) -> dict[str, float]:
+        """``mem/...`` statistics of the memory modules on the first validation window."""
+        val = self.val_data
+        if isinstance(val, MixtureValidation):
+            val = val.sources[0]
+        T = min(self.cfg.data.seq_len, len(val))
+        if T < 2:
+            return {}
+        ids = np.asarray(val.get(0, T), dtype=np.int64)
+        x = torch.from_numpy(ids).unsqueeze(0).to(self.device)
+        model = self.wrapped if self._fsdp() else self.model
+        return memory_stats(model, x, self.autocast)
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
@@ -343,7 +399,7 @@ class Trainer:
         W, A = self.dist.world_size, cfg.train.grad_accum
         per_rank = B // W
         micro = per_rank // A
-        n_train = len(self.train_data)
+        reset = self.sampler.reset
         result = TrainResult(self.run_dir, self.start_step, False, params=self.params)
         if self.start_step >= total:
             logger.info("%s is already finished (step %d of %d): nothing to do", self.run_dir,
@@ -374,21 +430,25 @@ class Trainer:
                 )
                 for g in self.optimizer.param_groups:
                     g["lr"] = g["initial_lr"] * factor
-                starts = batch_starts(n_train, T, B, cfg.train.seed, step)[self.dist.rank :: W]
-                loss_sum = torch.zeros((), device=self.device)
-                for j in range(A):
-                    x, y = make_batch(
-                        self.train_data,
-                        starts[j * micro : (j + 1) * micro],
-                        T,
-                        cfg.model.vocab_size,
+                rows = self.sampler.rows(step)[self.dist.rank :: W]
+                batches = [self.sampler.make(rows[j * micro : (j + 1) * micro]) for j in range(A)]
+                if reset:  # mean over the step's real targets, whatever their split over ranks
+                    n_targets = _sum_over_ranks(
+                        sum(int((y != IGNORE_INDEX).sum()) for _, y in batches), self.dist
                     )
+                loss_sum = torch.zeros((), device=self.device)
+                for j, (x, y) in enumerate(batches):
                     x, y = x.to(self.device), y.to(self.device)
                     sync = j == A - 1 or not self.dist.enabled or cfg.train.parallel != "ddp"
                     ctx = contextlib.nullcontext() if sync else self.wrapped.no_sync()
                     with ctx, self.autocast():
                         logits, _ = self.wrapped(x)
-                        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / A
+                        if reset:
+                            loss = F.cross_entropy(
+                                logits.float().flatten(0, 1), y.flatten(), reduction="sum"
+                            ) * (W / max(n_targets, 1))
+                        else:
+                            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / A
                     loss.backward()
                     loss_sum += loss.detach()
                 if cfg.train.grad_clip > 0:
@@ -422,6 +482,7 @@ class Trainer:
                             "tokens_per_s": B * T / dt,
                             "tokens": self.tokens_seen,
                             "time_s": time.perf_counter() - t_start,
+                            **({"target_fraction": n_targets / (B * T)} if reset else {}),
                         }
                     )
                 if bar is not None:
@@ -434,7 +495,7 @@ class Trainer:
                     self.on_step_end(self, step, loss_val)
                 if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
                     ev = self.evaluate()
-                    self._log({"step": step, **{f"val_{k}": v for k, v in ev.items()}})
+                    self._log(self._eval_record(step, ev))
                     if bar is not None:
                         bar.write(f"step {step}: val loss {ev['loss']:.4f}, bpb {ev['bpb']:.4f}")
                 stop = any_rank(self._stop_requested, self.dist)
@@ -458,15 +519,18 @@ class Trainer:
                 # a run whose final checkpoint exists always has its final evaluation
                 try:
                     ev = self.evaluate()
+                    record = self._eval_record(step, ev)
                 except BaseException:
                     self.save(step)
                     raise
-                self._log({"step": step, **{f"val_{k}": v for k, v in ev.items()}})
+                self._log(record)
                 self.save(step)
                 result.final_eval = ev
         finally:
             if bar is not None:
                 bar.close()
+            if self.trackers is not None:
+                self.trackers.close()
             self._restore_signal_handlers(handlers)
         result.steps = step
         result.wall_time_s = time.perf_counter() - t_start
@@ -491,6 +555,17 @@ class Trainer:
     def _restore_signal_handlers(old: dict) -> None:
         for sig, h in old.items():
             signal.signal(sig, h)
+
+
+def _sum_over_ranks(n: int, info: DistInfo) -> int:
+    """``n`` summed over all ranks (itself without torchrun)."""
+    if not info.enabled:
+        return n
+    t = torch.tensor([float(n)], dtype=torch.float64)
+    if torch.distributed.get_backend() == "nccl":
+        t = t.cuda()
+    torch.distributed.all_reduce(t)
+    return int(t.item())
 
 
 def _grad_norm(model: nn.Module) -> torch.Tensor:
