@@ -112,3 +112,25 @@ def test_a_config_field_added_later_does_not_make_finished_runs_stale(tmp_path) 
     changed["optim"]["lr"] = changed["optim"]["lr"] * 2
     assert not same_config(run.planned, changed)
     assert not same_config(run.planned, None)
+
+
+def test_a_stopped_run_is_recorded_and_the_others_go_on(tmp_path: Path, monkeypatch) -> None:
+    """The trainer stops a diverged or dead run with TrainingStopped; compare records it as
+    diverged for that model and still trains the rest."""
+    import nestlearn.eval.compare as cmp
+    from nestlearn.train.guards import TrainingStopped
+
+    real = cmp._train_one
+
+    def fake(run, data):  # noqa: ANN001, ANN202
+        if run.model == "deltanet-tiny":
+            raise TrainingStopped("loss is nan at step 2; lower optim.lr")
+        return real(run, data)
+
+    monkeypatch.setattr(cmp, "_train_one", fake)
+    out = tmp_path / "cmp"
+    assert main(["compare", "--models", "transformer,deltanet", "--tokens", "400",
+                 "--out", str(out), *SMALL]) == 0  # fmt: skip
+    recs = {r["model"]: r for r in _records(out)}
+    assert "diverged" in recs["deltanet-tiny"] and "nan at step 2" in recs["deltanet-tiny"]["diverged"]
+    assert recs["transformer-tiny"]["val_loss"] > 0

@@ -34,6 +34,7 @@ import torch
 
 from nestlearn.models import FAMILIES, PRESETS
 from nestlearn.train.config import ConfigError, TrainConfig, parse_override, resolve_config
+from nestlearn.train.guards import TrainingStopped
 
 logger = logging.getLogger(__name__)
 
@@ -281,10 +282,12 @@ def run_compare(
                 run_data = opened[key]
             try:
                 run.result = _train_one(run, run_data)
-            except FloatingPointError as e:  # one diverging model should not sink the others
+            except (FloatingPointError, TrainingStopped) as e:  # one diverging model should not
+                # sink the others (the trainer stops a diverged or dead run with TrainingStopped)
                 logger.warning("%s seed %d diverged: %s", run.model, run.seed, e)
                 run.result = {"model": run.model, "seed": run.seed, "diverged": str(e)}
             payload = {"config": run.planned, "result": run.result}
+            run.run_dir.mkdir(parents=True, exist_ok=True)  # a run stopped early may have none
             (run.run_dir / RESULT_FILE).write_text(json.dumps(payload, indent=1), encoding="utf-8")
         write_report(runs, out)
         if on_result is not None:

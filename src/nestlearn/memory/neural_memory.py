@@ -107,6 +107,7 @@ class NeuralMemory(nn.Module):
         hidden_chunk: hidden layers read at the chunk start, updated once per chunk (mean
             gradient), rows renormalised. It concerns the hidden layers of the MLP memory; a
             linear memory has none (its single layer is the output layer).
+        lr_init: ``theta`` at init (``None`` = ``max_lr / 2``); the gate learns from there.
         retain_to_init: the retention ``1 - alpha`` of the hidden layers pulls them toward the
             meta-learned ``M_0`` instead of toward zero (needs ``hidden_chunk``), so over a long
             stream they stay near the weights training saw (docs/fidelity.md TITANS-2).
@@ -133,6 +134,7 @@ class NeuralMemory(nn.Module):
         hidden_chunk: bool = True,
         exact_output: bool = True,
         retain_to_init: bool = True,
+        lr_init: float | None = None,
         naive: bool = False,
         init_seed: int = 0,
     ) -> None:
@@ -163,6 +165,9 @@ class NeuralMemory(nn.Module):
                 "retain_to_init=False"
             )
         self.retain_to_init = retain_to_init
+        if lr_init is not None and not 0.0 < lr_init < max_lr:
+            raise ValueError(f"lr_init must be in (0, max_lr={max_lr}), got {lr_init}")
+        self.lr_init = max_lr / 2 if lr_init is None else lr_init
         self.exact_output = exact_output
         self.max_lr, self.conv_size, self.naive, self.init_seed = (
             max_lr,
@@ -207,7 +212,8 @@ class NeuralMemory(nn.Module):
         mem_init[0] (linear memory)  zeros (an empty memory)
         conv_weight                  uniform(-1/sqrt(w), 1/sqrt(w)), w = conv_size
                                      (torch's Conv1d default, as mamba / fla)
-        gate_bias                    theta: 0 (theta = max_lr / 2); eta: logit(0.9);
+        gate_bias                    theta: logit(lr_init / max_lr) (theta = lr_init); eta:
+                                     logit(0.9);
                                      alpha: logit(0.001) (eta = 0.9 momentum_max)
         out_norm_weight              ones
         ============================ ===================================================
@@ -229,7 +235,7 @@ class NeuralMemory(nn.Module):
             b = 1.0 / math.sqrt(self.conv_size)
             u = torch.rand(self.conv_weight.shape, generator=gen, dtype=torch.float64)
             self.conv_weight.copy_((2.0 * u - 1.0) * b)
-        self.gate_bias[0].fill_(0.0)
+        self.gate_bias[0].fill_(math.log(self.lr_init / (self.max_lr - self.lr_init)))
         self.gate_bias[1].fill_(math.log(0.9 / 0.1))  # eta = 0.9 * momentum_max at init
         self.gate_bias[2].fill_(math.log(0.001 / 0.999))
         self.out_norm_weight.fill_(1.0)

@@ -102,6 +102,7 @@ class SelfModifyingTitans(nn.Module):
             per chunk with the mean gradient, rows kept at their norms.
         per_memory_conv: each projection memory reads the memory input through its own causal
             conv (needs ``conv_size > 0``), so ``M_k`` and ``M_v`` see different inputs.
+        lr_init: the inner learning rate at init (``None`` = ``max_lr / 2``).
         retain_to_init: every memory's hidden layer retains toward its meta-learned initial
             weights instead of toward zero (needs ``hidden_chunk``; docs/fidelity.md TITANS-2).
         naive: run the per-token reference op (tests and ``bench --naive``).
@@ -130,6 +131,7 @@ class SelfModifyingTitans(nn.Module):
         hidden_chunk: bool = True,
         per_memory_conv: bool = True,
         retain_to_init: bool = True,
+        lr_init: float | None = None,
         naive: bool = False,
         init_seed: int = 0,
     ) -> None:
@@ -155,6 +157,9 @@ class SelfModifyingTitans(nn.Module):
                 "retain_to_init=False"
             )
         self.retain_to_init = retain_to_init
+        if lr_init is not None and not 0.0 < lr_init < max_lr:
+            raise ValueError(f"lr_init must be in (0, max_lr={max_lr}), got {lr_init}")
+        self.lr_init = max_lr / 2 if lr_init is None else lr_init
         if optimizer not in ("gd", "dgd"):
             raise ValueError(f"optimizer must be 'gd' or 'dgd', got {optimizer!r}")
         F_ = dim // n_heads
@@ -212,7 +217,7 @@ class SelfModifyingTitans(nn.Module):
         conv_weight                  uniform(-1/sqrt(w), 1/sqrt(w)), torch's Conv1d default
         eta_readout, alpha_readout   zeros: eta = max_lr / 2 and alpha = 0.001 at init; the
                                      readouts then learn which memory features modulate them
-        eta_bias / alpha_bias        0 / logit(0.001)
+        eta_bias / alpha_bias        logit(lr_init / max_lr) / logit(0.001)
         mom_bias                     logit(0.9): m = 0.9 momentum_max at init
         out_norm_weight              ones
         ============================ ===================================================
@@ -227,7 +232,7 @@ class SelfModifyingTitans(nn.Module):
             u = torch.rand(self.conv_weight.shape, generator=gen, dtype=torch.float64)
             self.conv_weight.copy_((2.0 * u - 1.0) * b)
         self.eta_readout.zero_()
-        self.eta_bias.zero_()
+        self.eta_bias.fill_(math.log(self.lr_init / (self.max_lr - self.lr_init)))
         if self.alpha_readout is not None and self.alpha_bias is not None:
             self.alpha_readout.zero_()
             self.alpha_bias.fill_(math.log(0.001 / 0.999))

@@ -83,6 +83,8 @@ class HopeOptions:
     hidden_chunk: bool = True
     """Every memory's hidden layer is read at its chunk start and updated once per chunk (mean
     gradient), each row kept at its norm."""
+    lr_init: float | None = None
+    """Inner learning rate at init (``None`` = ``max_lr / 2``); the gate learns from there."""
     retain_to_init: bool = True
     """Every memory's hidden layer retains toward its meta-learned initial weights instead of
     toward zero (needs ``hidden_chunk``), so a long stream cannot drift it (docs/fidelity.md
@@ -144,6 +146,7 @@ def build_hope_block(cfg: ModelConfig, layer: int) -> Block:
         hidden_chunk=o.hidden_chunk,
         per_memory_conv=o.per_memory_conv,
         retain_to_init=o.retain_to_init,
+        lr_init=o.lr_init,
         naive=o.naive,
         init_seed=layer,
     )

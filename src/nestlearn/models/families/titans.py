@@ -65,6 +65,8 @@ class TitansOptions:
     hidden_chunk: bool = True
     """Hidden layers of the MLP memory are read at the chunk start and updated once per chunk
     with the mean gradient, each row kept at its norm (a linear memory has no hidden layer)."""
+    lr_init: float | None = None
+    """Inner learning rate at init (``None`` = ``max_lr / 2``); the gate learns from there."""
     retain_to_init: bool = True
     """The hidden layers' retention pulls them toward the meta-learned initial weights M_0
     instead of toward zero (needs ``hidden_chunk``): a long stream cannot drift them away from
@@ -112,6 +114,7 @@ def build_neural_memory(cfg: ModelConfig, o: TitansOptions, layer: int) -> Neura
         hidden_chunk=o.hidden_chunk,
         exact_output=o.exact_output,
         retain_to_init=o.retain_to_init,
+        lr_init=o.lr_init,
         naive=o.naive,
         init_seed=layer,
     )
