@@ -28,7 +28,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
         required=True,
-        help="comma-separated: mqar, in_context_recall, noisy_in_context_recall, "
+        help="comma-separated: mqar, mqar_hard, in_context_recall, noisy_in_context_recall, "
         "fuzzy_in_context_recall, selective_copying, compression, memorization, parity, "
         "aa_star, abab_star, anbn, anbncn, shuffle2; or all-mad, all-formal, all",
     )
@@ -68,7 +68,7 @@ def _expand(spec: str) -> list[str]:
     from nestlearn.eval.recall import TOKEN_TASKS
 
     groups = {
-        "all-mad": [t for t in TOKEN_TASKS if t != "mqar"],
+        "all-mad": [t for t in TOKEN_TASKS if not t.startswith("mqar")],
         "all-formal": list(FORMAL_LANGUAGES),
         "all": [*TOKEN_TASKS, *FORMAL_LANGUAGES],
     }

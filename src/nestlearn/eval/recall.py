@@ -372,8 +372,21 @@ CPU_MQAR = {
 """The CPU MQAR setting: Zoology's generator at a size a 2-layer model learns in minutes on CPU
 (Zoology's own: vocab 8,192, (64, 4) / (128, 8) / (256, 16), 100,000 training examples)."""
 
+CPU_MQAR_HARD = {
+    "vocab_size": 1024,
+    "seq_len": 256,
+    "num_kv_pairs": 32,
+    "train_settings": ((64, 4), (128, 8), (256, 16), (256, 32)),
+    "num_train": 20_000,
+    "num_test": 500,
+}
+"""The harder CPU MQAR (issue 15): tested at T = 256 with 32 pairs over a 1,024-token vocabulary,
+trained, as Zoology trains, on a mix of settings (shorter sequences with fewer pairs form the
+recall circuit sooner; here 20,000 examples per setting)."""
+
 TOKEN_TASKS: tuple[str, ...] = (
     "mqar",
+    "mqar_hard",
     "in_context_recall",
     "noisy_in_context_recall",
     "fuzzy_in_context_recall",
@@ -384,19 +397,39 @@ TOKEN_TASKS: tuple[str, ...] = (
 """Tasks :func:`build_token_task` knows (MQAR plus the six MAD tasks)."""
 
 
+def _settings(value: object) -> tuple[tuple[int, int], ...] | None:
+    """``[[T, pairs], ...]`` (e.g. from ``--set train_settings=[[64,4],[256,32]]``) -> tuple."""
+    if value is None:
+        return None
+    try:
+        out = tuple((int(t), int(k)) for t, k in value)  # type: ignore[union-attr, misc]
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"MQAR settings must be a list of [seq_len, num_kv_pairs] pairs, got {value!r}; "
+            "e.g. [[64,4],[256,32]]"
+        ) from e
+    if not out:
+        raise ValueError("MQAR settings must not be empty")
+    return out
+
+
 def build_token_task(name: str, *, seed: int = 0, **settings: object) -> TokenTask:
     """A :class:`TokenTask` by name with its CPU default settings, overridden by ``settings``.
 
-    MQAR keys: ``vocab_size, seq_len, num_kv_pairs, power_a, random_non_queries, num_train,
-    num_test``; MAD keys: the generator's arguments plus ``num_train, num_test``.
+    MQAR keys: ``vocab_size, seq_len, num_kv_pairs, train_settings, test_settings, power_a,
+    random_non_queries, num_train, num_test`` (``mqar_hard`` is MQAR with
+    :data:`CPU_MQAR_HARD`); MAD keys: the generator's arguments plus ``num_train, num_test``.
     """
     from nestlearn.data.synthetic.mad import MAD_TASKS, mad_task
     from nestlearn.data.synthetic.mqar import mqar_task
 
-    if name == "mqar":
-        cfg: dict = {**CPU_MQAR, "random_non_queries": False, **settings}
+    if name in ("mqar", "mqar_hard"):
+        base = CPU_MQAR if name == "mqar" else CPU_MQAR_HARD
+        cfg: dict = {**base, "random_non_queries": False, **settings}
         setting = ((int(cfg.pop("seq_len")), int(cfg.pop("num_kv_pairs"))),)
-        return mqar_task(train_settings=setting, seed=seed, **cfg)
+        train = _settings(cfg.pop("train_settings", None)) or setting
+        test = _settings(cfg.pop("test_settings", None)) or setting
+        return mqar_task(train_settings=train, test_settings=test, seed=seed, **cfg)
     if name in MAD_TASKS:
         return mad_task(name, seed=seed, **settings)
     raise ValueError(f"unknown token task {name!r}; choose from {', '.join(TOKEN_TASKS)}")
@@ -414,6 +447,8 @@ def default_recipe(task: str, **overrides: object) -> RecipeConfig:
 
     if task == "mqar":
         base: dict = {"dim": 64, "n_heads": 1, "steps": 600, "lr": 1e-3}
+    elif task == "mqar_hard":
+        base = {"dim": 128, "n_heads": 1, "steps": 1500, "lr": 1e-3}
     elif task in TOKEN_TASKS:
         base = {"dim": 128, "n_heads": 2, "steps": 400, "lr": 1e-3}
     elif task in FORMAL_LANGUAGES:

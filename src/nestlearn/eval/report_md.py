@@ -72,6 +72,7 @@ MAD_COLUMNS = {
     "memorization": "Memory",
     "noisy_in_context_recall": "Noisy ICR",
     "mqar": "MQAR",
+    "mqar_hard": "MQAR (hard)",
 }
 PAPER_TABLE4: dict[str, dict[str, float]] = {
     # arXiv 2512.24695 Table 4 (MAD), accuracy % (digest §6.4)

@@ -103,6 +103,8 @@ class SelfModifyingTitans(nn.Module):
         per_memory_conv: each projection memory reads the memory input through its own causal
             conv (needs ``conv_size > 0``), so ``M_k`` and ``M_v`` see different inputs.
         lr_init: the inner learning rate at init (``None`` = ``max_lr / 2``).
+        proj_lr_scale: the projection memories learn at this fraction of the main memory's
+            rate (0 = they never change in context).
         retain_to_init: every memory's hidden layer retains toward its meta-learned initial
             weights instead of toward zero (needs ``hidden_chunk``; docs/fidelity.md TITANS-2).
         naive: run the per-token reference op (tests and ``bench --naive``).
@@ -132,6 +134,7 @@ class SelfModifyingTitans(nn.Module):
         per_memory_conv: bool = True,
         retain_to_init: bool = True,
         lr_init: float | None = None,
+        proj_lr_scale: float = 0.1,
         naive: bool = False,
         init_seed: int = 0,
     ) -> None:
@@ -160,6 +163,9 @@ class SelfModifyingTitans(nn.Module):
         if lr_init is not None and not 0.0 < lr_init < max_lr:
             raise ValueError(f"lr_init must be in (0, max_lr={max_lr}), got {lr_init}")
         self.lr_init = max_lr / 2 if lr_init is None else lr_init
+        if not 0.0 <= proj_lr_scale <= 1.0:
+            raise ValueError(f"proj_lr_scale must be in [0, 1], got {proj_lr_scale}")
+        self.proj_lr_scale = proj_lr_scale
         if optimizer not in ("gd", "dgd"):
             raise ValueError(f"optimizer must be 'gd' or 'dgd', got {optimizer!r}")
         F_ = dim // n_heads
@@ -306,7 +312,7 @@ class SelfModifyingTitans(nn.Module):
                 xm, inner, momentum=mom, chunk_size=self.chunk_size,
                 proj_chunk_size=self.proj_chunk_size, optimizer=self.optimizer,
                 exact_output=self.exact_output, hidden_chunk=self.hidden_chunk,
-                hidden_prior=self._prior(B), **kw,
+                hidden_prior=self._prior(B), proj_lr_scale=self.proj_lr_scale, **kw,
             )  # fmt: skip
         o = F.rms_norm(o, (F_,)) * self.out_norm_weight.to(o.dtype)  # per head
         o = o.reshape(B, T, D) * torch.sigmoid(self.wg(x))

@@ -85,6 +85,10 @@ class HopeOptions:
     gradient), each row kept at its norm."""
     lr_init: float | None = None
     """Inner learning rate at init (``None`` = ``max_lr / 2``); the gate learns from there."""
+    proj_lr_scale: float = 0.1
+    """The projection memories (k, v, eta, alpha) learn at this fraction of the main memory's
+    inner rate (0 = they never change in context). At 1.0 their strong writes made k, v, eta
+    and alpha shift every chunk and cost 0.12 in validation loss (docs/fidelity.md HOPE-4)."""
     retain_to_init: bool = True
     """Every memory's hidden layer retains toward its meta-learned initial weights instead of
     toward zero (needs ``hidden_chunk``), so a long stream cannot drift it (docs/fidelity.md
@@ -147,6 +151,7 @@ def build_hope_block(cfg: ModelConfig, layer: int) -> Block:
         per_memory_conv=o.per_memory_conv,
         retain_to_init=o.retain_to_init,
         lr_init=o.lr_init,
+        proj_lr_scale=o.proj_lr_scale,
         naive=o.naive,
         init_seed=layer,
     )

@@ -49,6 +49,7 @@ def chunk_selfmod_titans(
     exact_output: bool = False,
     hidden_chunk: bool = False,
     hidden_prior: tuple[tuple[Tensor, ...], tuple[Tensor, ...]] | None = None,
+    proj_lr_scale: float = 1.0,
 ) -> tuple[Tensor, SelfModState]:
     """Self-modifying Titans over a sequence, chunk-parallel.
 
@@ -70,6 +71,8 @@ def chunk_selfmod_titans(
         exact_output, hidden_chunk: the strong-write rule of every memory (``chunk_titans``).
         hidden_prior: ``(proj weights, memory weights)`` the hidden layers retain toward (the
             meta-learned initial memories), or ``None`` (toward zero); needs ``hidden_chunk``.
+        proj_lr_scale: the projection memories learn at ``proj_lr_scale * eta_t`` (the main
+            memory at ``eta_t``).
 
     Returns:
         ``(o [B, T, H, F], final_state)``; ``o_t = M_{memory, t-1}(q_t)`` in ``x.dtype``. Threading
@@ -113,7 +116,7 @@ def chunk_selfmod_titans(
             alpha_readout=alpha_readout, max_lr=max_lr, activation=activation,
         )  # fmt: skip
         _, proj = chunk_titans(
-            None, rep(p.k), rep(p.v), rep(p.eta), rep(m), rep(p.alpha), proj,  # type: ignore[arg-type]
+            None, rep(p.k), rep(p.v), rep(p.eta * proj_lr_scale), rep(m), rep(p.alpha), proj,  # type: ignore[arg-type]
             chunk_size=proj_chunk_size, activation=activation, optimizer=optimizer,
             self_target=True, exact_output=exact_output, hidden_chunk=hidden_chunk,
             hidden_prior=None if hidden_prior is None else hidden_prior[0],

@@ -44,6 +44,7 @@ def naive_selfmod_titans(
     exact_output: bool = False,
     hidden_chunk: bool = False,
     hidden_prior: tuple[tuple[Tensor, ...], tuple[Tensor, ...]] | None = None,
+    proj_lr_scale: float = 1.0,
 ) -> tuple[Tensor, SelfModState]:
     """Per-token reference with :func:`~nestlearn.ops.selfmod.chunk.chunk_selfmod_titans`'s
     signature and contract."""
@@ -95,7 +96,7 @@ def naive_selfmod_titans(
         vhat_p = memory_forward(Ap, rep(vt), activation)  # type: ignore[arg-type]
         vhat_m = memory_forward(Am, vt, activation)
         Wp, Sp, _ = _step(
-            Wp, Sp, Ap, None, rep(kt), vhat_p, rep(et), rep(mt), rep(at),  # type: ignore[arg-type]
+            Wp, Sp, Ap, None, rep(kt), vhat_p, rep(et * proj_lr_scale), rep(mt), rep(at),  # type: ignore[arg-type]
             activation, optimizer, "after", False, exact_output, hidden_chunk, proj_chunk_size,
             pp,
         )  # fmt: skip
