@@ -15,10 +15,14 @@ from nestlearn.ops.nested.common import (
     project,
     zeros_state,
 )
+from nestlearn.ops.nested.dispatch import BACKENDS, dedicated_op, nested_memory
 from nestlearn.ops.nested.naive import naive_nested
 from nestlearn.ops.nested.spec import MemorySpec
 
 __all__ = [
+    "BACKENDS",
+    "dedicated_op",
+    "nested_memory",
     "MemorySpec",
     "NestedState",
     "chunk_nested",

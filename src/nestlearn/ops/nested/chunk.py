@@ -226,7 +226,7 @@ def _chunk(
         H_e = co["H"][:, -1]  # type: ignore[index]
         S = tuple(_bcast(H_e, s) * s - usum(j, wS) for j, s in enumerate(S))
     if completes and newA is not None:
-        return Y, project(spec, newA), newA, S, None
+        return Y, project(spec, newA, batch_dims=1), newA, S, None
     return Y, tuple(newP), newA, S, None
 
 

@@ -222,8 +222,12 @@ def objective_loss(spec: MemorySpec, out: Tensor, target: Tensor, delta: Tensor 
     return loss * spec.scale if spec.scale != 1.0 else loss
 
 
-def project(spec: MemorySpec, acc: tuple[Tensor, ...] | list[Tensor]) -> tuple[Tensor, ...]:
+def project(
+    spec: MemorySpec, acc: tuple[Tensor, ...] | list[Tensor], *, batch_dims: int = 2
+) -> tuple[Tensor, ...]:
     """Weights from the retention's accumulator (``lq``, ``kl``); identity otherwise.
+
+    ``acc``: per parameter ``[B, H, ...]`` (``batch_dims=2``) or ``[G, ...]`` (``batch_dims=1``).
 
     * ``lq`` (Moneta, MIRAS eq. 24): ``W = A / (||A||_q^q + eps)^{(q - 2) / q}`` per parameter and
       head, the FTRL solution of an ``l_q`` retention (MIRAS §3-4).
@@ -236,7 +240,7 @@ def project(spec: MemorySpec, acc: tuple[Tensor, ...] | list[Tensor]) -> tuple[T
         q = spec.q
         out = []
         for a in acc:
-            dims = tuple(range(2, a.dim()))
+            dims = tuple(range(batch_dims, a.dim()))
             nq = a.abs().pow(q).sum(dims, keepdim=True)
             out.append(a * (nq + 1e-12).pow(-(q - 2.0) / q))
         return tuple(out)

@@ -171,7 +171,7 @@ def naive_nested(
         if off == C:
             off = 0
             if A is not None:
-                P = list(project(spec, A))
+                P = list(project(spec, A, batch_dims=1))
             if spec.algorithm == "muon":
                 assert S is not None and pending is not None
                 dec, step = pending
