@@ -94,17 +94,20 @@ def init_params(
 ) -> list[Tensor]:
     """Initial parameters ``[H, ...]`` (float64): the usual meta-learned ``M_0`` starting point.
 
-    mlp: ``normal(0, 1/sqrt(d_in))`` (as the Titans memory, ``memory/neural_memory.py``); matrix:
-    zeros (an empty memory); vector: zeros. ``kl``: zero logits (uniform rows); ``lq``: the same
-    draws as the weights (``W = A / ||A||_q^{q-2}`` is then of the same scale for unit-ish ``A``).
-    Biases: zeros.
+    mlp: ``normal(0, 1/sqrt(d_in))`` (as the Titans memory, ``memory/neural_memory.py``), for
+    ``lq`` the accumulator (``W = A / ||A||_q^{q-2}`` is then of the same scale), for ``kl``
+    ``normal(0, 1)`` logits (random rows: uniform ones would keep every hidden unit identical);
+    matrix / vector: zeros (an empty memory; uniform rows for ``kl``). Biases: zeros.
     """
     out = []
     n_w = spec.n_layers
     for j, shp in enumerate(param_shapes(spec, dk, dv)):
-        if j < n_w and spec.memory == "mlp" and spec.retention != "kl":
+        if j < n_w and spec.memory == "mlp":
+            # kl: unit-variance logits; uniform rows would make every hidden unit (and its
+            # gradient) identical forever
+            std = 1.0 if spec.retention == "kl" else shp[-1] ** -0.5
             t = torch.randn(heads, *shp, generator=generator, dtype=torch.float64)
-            out.append(t / shp[-1] ** 0.5)
+            out.append(t * std)
         else:
             out.append(torch.zeros(heads, *shp, dtype=torch.float64))
     return out
