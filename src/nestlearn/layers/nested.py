@@ -86,7 +86,7 @@ class NestedMixer(nn.Module):
         n_heads: int,
         spec: MemorySpec,
         *,
-        max_lr: float = 0.01,
+        max_lr: float = 0.1,
         momentum_max: float = 0.5,
         retain_init: float = 0.999,
         delta_init: float = 2.0,
@@ -98,7 +98,7 @@ class NestedMixer(nn.Module):
         if dim % n_heads:
             raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
         if not max_lr > 0:
-            raise ValueError(f"max_lr must be > 0, got {max_lr}; try 0.01")
+            raise ValueError(f"max_lr must be > 0, got {max_lr}; try 0.1")
         if not 0.0 < momentum_max <= 1.0:
             raise ValueError(f"momentum_max must be in (0, 1], got {momentum_max}; try 0.5")
         if not 0.0 < retain_init < 1.0:
