@@ -59,14 +59,21 @@ def linear_ops(T: int, chunks: list[int], repeats: int) -> list[dict]:
     out = []
     for name, naive, chunk, inp in (("rwkv7", naive_recurrent_rwkv7, chunk_rwkv7, rw),
                                     ("comba", naive_recurrent_comba, chunk_comba, cb)):  # fmt: skip
-        def leaves() -> dict:
-            return {n: t.clone().requires_grad_() for n, t in inp.items()}
+        out += _linear_pair(name, naive, chunk, inp, T, chunks, repeats)
+    return out
 
-        t_naive = _time(lambda: naive(**leaves()), 1)
-        for C in chunks:
-            t_chunk = _time(lambda C=C: chunk(**leaves(), chunk_size=C), repeats)
-            out.append({"op": name, "seq": T, "chunk": C, "naive_s": round(t_naive, 4),
-                        "chunk_s": round(t_chunk, 4), "ratio": round(t_naive / t_chunk, 1)})  # fmt: skip
+
+def _linear_pair(name: str, naive, chunk, inp: dict, T: int, chunks: list[int],  # noqa: ANN001
+                 repeats: int) -> list[dict]:  # fmt: skip
+    def leaves() -> dict:
+        return {n: t.clone().requires_grad_() for n, t in inp.items()}
+
+    t_naive = _time(lambda: naive(**leaves()), 1)
+    out = []
+    for C in chunks:
+        t_chunk = _time(lambda C=C: chunk(**leaves(), chunk_size=C), repeats)
+        out.append({"op": name, "seq": T, "chunk": C, "naive_s": round(t_naive, 4),
+                    "chunk_s": round(t_chunk, 4), "ratio": round(t_naive / t_chunk, 1)})  # fmt: skip
     return out
 
 
@@ -88,25 +95,22 @@ def nested_ops(T: int, chunks: list[int], repeats: int) -> list[dict]:
         norm = {}
         if base.norm == "layernorm":
             norm = {"norm_weight": torch.ones(H, D), "norm_bias": torch.zeros(H, D)}
-
-        def run(fn, spec: MemorySpec) -> tuple:  # noqa: ANN001
-            x = {n: t.clone().requires_grad_() for n, t in inp.items()}
-            pp = [p.clone().requires_grad_() for p in ps]
-            st = NestedState(project(spec, pp), tuple(pp)) if spec.mirror else NestedState(tuple(pp))
-            y, s = fn(spec, **x, state=st, **norm)
-            return (y, *s.params)
-
-        t_naive = _time(lambda: run(naive_nested, base), 1)
         for C in chunks:
             spec = MemorySpec(**{**SPECS[fam], "chunk_size": C})
-            t_naive_c = t_naive
-            if C != base.chunk_size:  # the reference follows the same chunk contract
-                t_naive_c = _time(lambda spec=spec: run(naive_nested, spec), 1)
-            t_chunk = _time(lambda spec=spec: run(chunk_nested, spec), repeats)
-            out.append({"op": f"nested:{fam}", "seq": T, "chunk": C,
-                        "naive_s": round(t_naive_c, 4), "chunk_s": round(t_chunk, 4),
-                        "ratio": round(t_naive_c / t_chunk, 1)})  # fmt: skip
+            args = (spec, inp, ps, norm)
+            t_naive = _time(lambda a=args: _run_nested(naive_nested, *a), 1)
+            t_chunk = _time(lambda a=args: _run_nested(chunk_nested, *a), repeats)
+            out.append({"op": f"nested:{fam}", "seq": T, "chunk": C, "naive_s": round(t_naive, 4),
+                        "chunk_s": round(t_chunk, 4), "ratio": round(t_naive / t_chunk, 1)})  # fmt: skip
     return out
+
+
+def _run_nested(fn, spec: MemorySpec, inp: dict, ps: list, norm: dict) -> tuple:  # noqa: ANN001
+    x = {n: t.clone().requires_grad_() for n, t in inp.items()}
+    pp = [p.clone().requires_grad_() for p in ps]
+    st = NestedState(project(spec, pp), tuple(pp)) if spec.mirror else NestedState(tuple(pp))
+    y, s = fn(spec, **x, state=st, **norm)
+    return (y, *s.params)
 
 
 def main() -> None:

@@ -96,7 +96,9 @@ def test_tiny_preset_matches_hope_tiny_and_starts_at_ln_vocab(family: str) -> No
     assert cfg.dim == 256 and cfg.n_layers == 4 and cfg.max_seq_len == 256
     n = build_model(cfg, meta=True).num_params()
     assert abs(n / HOPE_TINY - 1) < 0.05, (family, n)
-    assert build_model(preset_config("hope-tiny", vocab_size=259), meta=True).num_params() == HOPE_TINY
+    assert (
+        build_model(preset_config("hope-tiny", vocab_size=259), meta=True).num_params() == HOPE_TINY
+    )
     model = build_model(cfg, seed=0)
     idx = torch.randint(0, 259, (2, 64))
     with torch.no_grad():

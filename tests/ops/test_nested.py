@@ -184,8 +184,9 @@ def test_known_models_equal_their_dedicated_op(name: str) -> None:
 
 
 def test_options_go_to_the_dedicated_op_and_the_generic_path_refuses_them() -> None:
-    spec = MemorySpec(memory="matrix", retention="none", scale=0.5, chunk_size=1,
-                      options={"chunk_size": 8})  # chunk_delta_rule's own (exact) chunking
+    spec = MemorySpec(
+        memory="matrix", retention="none", scale=0.5, chunk_size=1, options={"chunk_size": 8}
+    )  # chunk_delta_rule's own (exact) chunking
     inp, kw, ps = make(spec, T=11)
     with torch.no_grad():
         y, _ = nested_memory(spec, **inp, state=state_of(spec, ps))

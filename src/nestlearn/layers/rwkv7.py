@@ -95,7 +95,12 @@ class RWKV7Mixer(nn.Module):
         F_ = dim // n_heads
         self.dim, self.n_heads, self.head_dim = dim, n_heads, F_
         self.layer, self.n_layers = layer, max(1, n_layers)
-        self.chunk_size, self.norm_eps, self.naive, self.backend = chunk_size, norm_eps, naive, backend
+        self.chunk_size, self.norm_eps, self.naive, self.backend = (
+            chunk_size,
+            norm_eps,
+            naive,
+            backend,
+        )
         self.mu = nn.Parameter(torch.empty(6, dim))  # token-shift mix of r, w, k, v, a, g
         self.wr = nn.Linear(dim, dim, bias=False)
         self.wk = nn.Linear(dim, dim, bias=False)
@@ -103,11 +108,20 @@ class RWKV7Mixer(nn.Module):
         self.wo = nn.Linear(dim, dim, bias=False)
         rw, ra = _lora_rank(dim, 2.5, F_), _lora_rank(dim, 2.5, F_)
         rg = max(32, int(round(5 * math.sqrt(dim) / 32) * 32))
-        self.w_down, self.w_up = nn.Parameter(torch.empty(dim, rw)), nn.Parameter(torch.empty(rw, dim))
+        self.w_down, self.w_up = (
+            nn.Parameter(torch.empty(dim, rw)),
+            nn.Parameter(torch.empty(rw, dim)),
+        )
         self.w_bias = nn.Parameter(torch.empty(dim))
-        self.a_down, self.a_up = nn.Parameter(torch.empty(dim, ra)), nn.Parameter(torch.empty(ra, dim))
+        self.a_down, self.a_up = (
+            nn.Parameter(torch.empty(dim, ra)),
+            nn.Parameter(torch.empty(ra, dim)),
+        )
         self.a_bias = nn.Parameter(torch.empty(dim))
-        self.g_down, self.g_up = nn.Parameter(torch.empty(dim, rg)), nn.Parameter(torch.empty(rg, dim))
+        self.g_down, self.g_up = (
+            nn.Parameter(torch.empty(dim, rg)),
+            nn.Parameter(torch.empty(rg, dim)),
+        )
         self.k_k = nn.Parameter(torch.empty(dim))
         self.k_a = nn.Parameter(torch.empty(dim))
         self.r_k = nn.Parameter(torch.empty(n_heads, F_))

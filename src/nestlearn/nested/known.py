@@ -29,30 +29,41 @@ _TTT = dict(bias=True, residual=True, norm="layernorm", scale=0.5, retention="no
 KNOWN_MODELS: dict[str, KnownModel] = {
     "linear attention": KnownModel(
         MemorySpec(memory="matrix", objective="dot", retention="none", chunk_size=1),
-        "NL eqs. 15-18", note="M_t = M_{t-1} + lr_t v_t k_t^T (lr = 1)",
+        "NL eqs. 15-18",
+        note="M_t = M_{t-1} + lr_t v_t k_t^T (lr = 1)",
     ),
     "RetNet / decayed linear attention": KnownModel(
         MemorySpec(memory="matrix", objective="dot", retention="l2", chunk_size=1),
-        "NL eq. 64", "retnet", "RetNet's own op adds xPos and fixed per-head decays",
+        "NL eq. 64",
+        "retnet",
+        "RetNet's own op adds xPos and fixed per-head decays",
     ),
     "DeltaNet": KnownModel(
         MemorySpec(memory="matrix", objective="l2", scale=0.5, retention="none", chunk_size=1),
-        "NL eq. 65; Yang et al. 2024", "deltanet",
+        "NL eq. 65; Yang et al. 2024",
+        "deltanet",
     ),
     "TTT-Linear": KnownModel(
-        MemorySpec(memory="matrix", chunk_size=16, **_TTT), "Sun et al. 2024 §2.7", "ttt-linear",
+        MemorySpec(memory="matrix", chunk_size=16, **_TTT),
+        "Sun et al. 2024 §2.7",
+        "ttt-linear",
         "mini-batch = chunk_size",
     ),
     "TTT-MLP": KnownModel(
         MemorySpec(activation="gelu_tanh", expansion=4.0, chunk_size=16, **_TTT),
-        "Sun et al. 2024 §2.7", "ttt-mlp",
+        "Sun et al. 2024 §2.7",
+        "ttt-mlp",
     ),
     "Titans (LMM)": KnownModel(
-        MemorySpec(momentum=True, expansion=2.0, chunk_size=64), "Titans eqs. 12-14", "titans",
+        MemorySpec(momentum=True, expansion=2.0, chunk_size=64),
+        "Titans eqs. 12-14",
+        "titans",
     ),
     "Hope M_memory": KnownModel(
         MemorySpec(algorithm="dgd", momentum=True, target="self", read="before", chunk_size=32),
-        "NL eqs. 86-93", "hope", "the main-memory pass of self-modifying Titans",
+        "NL eqs. 86-93",
+        "hope",
+        "the main-memory pass of self-modifying Titans",
     ),
     "Moneta": KnownModel(MemorySpec(**SPECS["moneta"]), "MIRAS eq. 24", "moneta"),
     "Yaad": KnownModel(MemorySpec(**SPECS["yaad"]), "MIRAS eq. 26", "yaad"),
@@ -60,7 +71,8 @@ KNOWN_MODELS: dict[str, KnownModel] = {
     "DLA": KnownModel(MemorySpec(**SPECS["dla"]), "ATLAS (arXiv 2505.23735)", "dla"),
     "Muon memory": KnownModel(
         MemorySpec(algorithm="muon", momentum=True, read="chunk", chunk_size=16),
-        "ATLAS (its optimizer; not the Omega rule)", note="one Newton-Schulz step per chunk",
+        "ATLAS (its optimizer; not the Omega rule)",
+        note="one Newton-Schulz step per chunk",
     ),
 }
 

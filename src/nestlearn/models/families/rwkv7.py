@@ -38,7 +38,9 @@ class RWKV7Options:
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"model.mixer.chunk_size must be >= 1, got {self.chunk_size}; try 32")
         if self.backend not in ("auto", "torch", "fla"):
-            raise ValueError(f"model.mixer.backend must be auto, torch or fla, got {self.backend!r}")
+            raise ValueError(
+                f"model.mixer.backend must be auto, torch or fla, got {self.backend!r}"
+            )
 
 
 @dataclass
@@ -94,7 +96,9 @@ def _tiny_ffn(build, family: str, multiple: int = 8) -> int:  # noqa: ANN001
         mixer = build(ModelConfig(family=family, dim=dim, n_heads=4, n_layers=layers), 0).mixer
     have = sum(p.numel() for p in mixer.parameters())
     rest = 2 * vocab * dim + dim + layers * 2 * dim
-    return max(multiple, round(((HOPE_TINY - rest) / layers - have) / (3 * dim) / multiple) * multiple)
+    return max(
+        multiple, round(((HOPE_TINY - rest) / layers - have) / (3 * dim) / multiple) * multiple
+    )
 
 
 for _name, _build, _what in (("rwkv7", build_rwkv7_block, "RWKV-7"),

@@ -104,9 +104,7 @@ def chunk_nested(
             ys.append(y)
         off = 0 if completes else off + n
         t0 += n
-    final = NestedState(
-        P, A, S, anchor if off > 0 else None, off, pending if off > 0 else None
-    )
+    final = NestedState(P, A, S, anchor if off > 0 else None, off, pending if off > 0 else None)
     final = finish(final, B, H)
     if q is None:
         return None, final

@@ -186,7 +186,11 @@ def _ttt(
     norm_bias: Tensor | None,
 ) -> tuple[Tensor | None, NestedState]:
     H, Dv = k.shape[2], v.shape[-1]
-    lw = norm_weight if norm_weight is not None else torch.ones(H, Dv, dtype=v.dtype, device=v.device)
+    lw = (
+        norm_weight
+        if norm_weight is not None
+        else torch.ones(H, Dv, dtype=v.dtype, device=v.device)
+    )
     lb = norm_bias if norm_bias is not None else torch.zeros(H, Dv, dtype=v.dtype, device=v.device)
 
     def to_ttt(ps: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -205,4 +209,6 @@ def _ttt(
         eps=spec.norm_eps, **spec.options,
     )  # fmt: skip
     anc = None if out.anchor is None else from_ttt(out.anchor)
-    return (None if q is None else y), NestedState(from_ttt(out.weights), None, None, anc, out.offset)
+    return (None if q is None else y), NestedState(
+        from_ttt(out.weights), None, None, anc, out.offset
+    )

@@ -154,7 +154,10 @@ def naive_nested(
             assert S is not None and mo is not None and pending is not None
             S = tuple(_bcast(mo[:, t], s) * s + ui for s, ui in zip(S, u))
             dec, step = pending
-            pending = (dec if a_t is None else a_t * dec, (step if a_t is None else a_t * step) + lr_t)
+            pending = (
+                dec if a_t is None else a_t * dec,
+                (step if a_t is None else a_t * step) + lr_t,
+            )
         else:
             steps = [-_bcast(lr_t, ui) * ui for ui in u]
             if S is not None:
@@ -166,7 +169,9 @@ def naive_nested(
                 pk = kt @ anchor[0].mT  # [G, 1, o]
                 P[0] = P[0] - _bcast(lr_t, P[0]) * (pk.mT @ kt)
             if A is not None:
-                A = tuple(x + d if a_t is None else _bcast(a_t, x) * x + d for x, d in zip(A, steps))
+                A = tuple(
+                    x + d if a_t is None else _bcast(a_t, x) * x + d for x, d in zip(A, steps)
+                )
         off += 1
         if off == C:
             off = 0

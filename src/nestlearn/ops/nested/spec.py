@@ -106,9 +106,7 @@ class MemorySpec:
         for name, choices in _CHOICES.items():
             val = getattr(self, name)
             if val not in choices:
-                raise ValueError(
-                    f"MemorySpec.{name}={val!r} is not one of {', '.join(choices)}"
-                )
+                raise ValueError(f"MemorySpec.{name}={val!r} is not one of {', '.join(choices)}")
         self._check_numbers()
         self._check_combinations()
 
@@ -189,7 +187,9 @@ class MemorySpec:
                 "chunk_size=1; use read='before' (exact per token at chunk_size=1) or 'chunk'"
             )
         if self.retention == "kl" and self.bias:
-            raise ValueError("retention='kl' normalises weight rows; a bias has none: set bias=False")
+            raise ValueError(
+                "retention='kl' normalises weight rows; a bias has none: set bias=False"
+            )
         if self.options and not isinstance(self.options, dict):
             raise ValueError(f"MemorySpec.options must be a dict, got {type(self.options)}")
 
