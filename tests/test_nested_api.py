@@ -16,6 +16,8 @@ import yaml
 
 from nestlearn.cli import main
 from nestlearn.models import FAMILIES, PRESETS, build_model, preset_config
+from nestlearn.models.families.miras import SPECS
+from nestlearn.models.registry import PRESET_NOTES
 from nestlearn.nested import MemorySpec, bench_name, known_table, recipe, register_memory
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "nested.md"
@@ -89,8 +91,18 @@ def test_register_memory_adds_a_family_that_learns(tiny_data) -> None:
     spec = MemorySpec(memory="matrix", objective="huber", retention="l2", momentum=True,
                       chunk_size=8)  # fmt: skip
     name = "test-huber-matrix"
-    preset = name + "-tiny" if name + "-tiny" in PRESETS else register_memory(name, spec)
-    assert preset == name + "-tiny" and name in FAMILIES
+    try:
+        preset = register_memory(name, spec)
+        assert preset == name + "-tiny" and name in FAMILIES
+        _train_a_little(preset, spec, tiny_data)
+    finally:  # leave the registries as the other tests expect them
+        FAMILIES.pop(name, None)
+        PRESETS.pop(name + "-tiny", None)
+        PRESET_NOTES.pop(name + "-tiny", None)
+        SPECS.pop(name, None)
+
+
+def _train_a_little(preset: str, spec: MemorySpec, tiny_data) -> None:
     cfg = preset_config(preset, vocab_size=256, dim=64, n_layers=2, n_heads=2, ffn_hidden=128)
     model = build_model(cfg, seed=0)
     assert model.blocks[0].mixer.spec == spec
