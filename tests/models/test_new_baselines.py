@@ -219,3 +219,28 @@ def test_fla_kernels_match_reference_on_gpu(kind: str) -> None:
     for a, b in zip(outs[1], outs[0]):
         err = (a - b).norm() / b.norm().clamp_min(1e-6)
         assert err < 3e-2, err
+
+
+@pytest.mark.parametrize(
+    "mixer",
+    [
+        {"algorithm": "muon", "momentum": True, "read": "chunk"},
+        {"retention": "kl", "read": "before", "memory": "matrix"},
+        {"memory": "vector", "bias": True, "objective": "lp", "momentum": True},
+        {"algorithm": "dgd", "target": "self", "read": "before", "momentum": True},
+    ],
+    ids=["muon", "kl-matrix", "vector-lp", "hope-like"],
+)
+def test_nested_family_decodes_any_spec(mixer: dict) -> None:
+    """The generic ``nested`` family with unusual specs: prefill + token-by-token decode equals
+    one call (the state carries mirrors, momentum, mid-chunk anchors and Muon's pending step)."""
+    model = _f64_model("nested", **mixer)
+    idx = torch.randint(0, 64, (2, 11))
+    full, _ = model(idx)
+    state = model.init_state(2)
+    logits, state = model(idx[:, :5], state=state)
+    outs = [logits]
+    for t in range(5, 11):
+        logits, state = model(idx[:, t : t + 1], state=state)
+        outs.append(logits)
+    assert_close(torch.cat(outs, 1), full, **TOL)
