@@ -245,3 +245,19 @@ def test_nested_family_decodes_any_spec(mixer: dict) -> None:
         logits, state = model(idx[:, t : t + 1], state=state)
         outs.append(logits)
     assert_close(torch.cat(outs, 1), full, **TOL)
+
+
+@pytest.mark.parametrize("family", ["moneta", "memora"])
+def test_generic_nested_path_runs_under_inference_mode(family: str) -> None:
+    """The generic path takes inner gradients by autograd; under ``torch.inference_mode`` it
+    steps out of it (on copies) and returns what ``no_grad`` returns, state included."""
+    model = _f64_model(family)
+    idx = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        ref, st_ref = model(idx, return_state=True)
+        nxt_ref, _ = model(idx[:, :2], state=st_ref)
+    with torch.inference_mode():
+        out, st = model(idx, return_state=True)
+        nxt, _ = model(idx[:, :2], state=st)
+    assert_close(out, ref, **TOL)
+    assert_close(nxt, nxt_ref, **TOL)

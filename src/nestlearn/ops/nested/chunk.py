@@ -33,6 +33,7 @@ from torch import Tensor
 from nestlearn.ops.nested.common import (
     NestedState,
     activation_fn,
+    autograd_capable,
     check_nested_inputs,
     layer_norm,
     memory_forward,
@@ -47,6 +48,7 @@ from nestlearn.ops.scan import decay_matrix, exp_flush, log_gate
 __all__ = ["chunk_nested"]
 
 
+@autograd_capable
 def chunk_nested(
     spec: MemorySpec,
     q: Tensor | None,

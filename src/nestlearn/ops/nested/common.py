@@ -18,8 +18,9 @@ Axis legend: B batch, T tokens, H heads, G = B * H, N tokens of a call or chunk,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from nestlearn.ops.nested.spec import MemorySpec
 
 __all__ = [
     "NestedState",
+    "autograd_capable",
     "activation_fn",
     "check_nested_inputs",
     "init_params",
@@ -79,6 +81,36 @@ class NestedState(NamedTuple):
             m(self.params), m(self.mirror), m(self.momentum), m(self.anchor),  # type: ignore[arg-type]
             self.offset, m(self.pending),  # type: ignore[arg-type]
         )  # fmt: skip
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _plain(x: Any) -> Any:
+    """A copy of every tensor in ``x`` (tuples, NamedTuples) made outside inference mode."""
+    if isinstance(x, Tensor):
+        return x.clone()
+    if isinstance(x, tuple):
+        items = [_plain(i) for i in x]
+        return type(x)(*items) if hasattr(x, "_fields") else tuple(items)
+    return x
+
+
+def autograd_capable(fn: _F) -> _F:
+    """Run ``fn`` outside ``torch.inference_mode``: the inner gradients are taken by autograd,
+    which inference tensors do not allow. Inputs are copied to ordinary tensors first (values and
+    results are the same; only under inference mode does this cost a copy)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_inference_mode_enabled():
+            return fn(*args, **kwargs)
+        with torch.inference_mode(False), torch.no_grad():
+            args = tuple(_plain(a) for a in args)
+            kwargs = {k: _plain(v) for k, v in kwargs.items()}
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def param_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, ...]]:

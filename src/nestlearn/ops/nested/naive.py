@@ -29,6 +29,7 @@ from torch import Tensor
 
 from nestlearn.ops.nested.common import (
     NestedState,
+    autograd_capable,
     check_nested_inputs,
     memory_forward,
     newton_schulz,
@@ -84,6 +85,7 @@ def finish(st: NestedState, B: int, H: int) -> NestedState:
     return st._map(lambda t: t.reshape(B, H, *t.shape[1:]))
 
 
+@autograd_capable
 def naive_nested(
     spec: MemorySpec,
     q: Tensor | None,
