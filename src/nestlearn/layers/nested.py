@@ -180,7 +180,7 @@ class NestedMixer(nn.Module):
         if self.mem_norm_weight is not None and self.mem_norm_bias is not None:
             # LN output of norm ~1 like the unit keys: with weight 1 its norm is sqrt(F), no
             # value can be matched and the inner loop never settles (measured, 40 AdamW steps at
-            # d=64: Moneta 3.42 -> 3.20, Memora 3.42 -> 3.25, Yaad 3.13 -> 3.05 final loss)
+            # d=64: Moneta 3.42 -> 3.20, Memora 3.42 -> 3.25-3.37, Yaad 3.13 -> 3.05 final loss)
             self.mem_norm_weight.fill_(self.head_dim**-0.5)
             self.mem_norm_bias.fill_(0.0)
         self.out_norm_weight.fill_(1.0)
