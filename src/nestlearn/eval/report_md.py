@@ -27,6 +27,10 @@ PAPER_ROW_NAME: dict[str, str] = {
     "titans": "Titans",
     "hope": "Hope",
     "hope-attention": "Hope-Attention",
+    "rwkv7": "RWKV-7",
+    "comba": "Comba",
+    "memora": "Miras (Memora)",
+    "dla": "DLA",
 }
 """Our family -> the row the paper uses for it (families absent here have no paper row)."""
 
@@ -38,7 +42,11 @@ PAPER_TABLE2_760M: dict[str, tuple[float, ...]] = {
     "Samba*": (21.07, 22.85, 39.2, 68.9, 47.8, 53.1, 65.8, 34.9, 38.9, 63.1, 51.46),
     "RetNet": (25.77, 24.19, 34.5, 66.8, 41.2, 51.9, 63.6, 32.5, 38.8, 56.2, 48.19),
     "DeltaNet": (24.52, 24.38, 36.8, 67.3, 44.5, 51.8, 64.2, 32.7, 39.6, 60.1, 49.63),
+    "RWKV-7": (23.75, 23.08, 37.1, 67.3, 47.6, 52.2, 64.7, 34.2, 39.4, 61.9, 50.55),
+    "Comba": (22.41, 22.19, 37.5, 66.9, 48.2, 52.4, 65.1, 34.1, 40.1, 62.8, 50.89),
     "TTT": (24.17, 23.51, 34.7, 67.3, 43.9, 51.0, 64.5, 33.8, 40.2, 59.6, 47.32),
+    "Miras (Memora)": (22.28, 22.31, 38.2, 67.8, 49.3, 53.3, 63.6, 36.1, 40.9, 63.0, 51.53),
+    "DLA": (23.12, 22.09, 36.1, 68.0, 47.9, 52.7, 65.8, 34.6, 39.1, 59.6, 50.48),
     "Titans": (20.08, 21.52, 38.1, 69.1, 48.5, 52.7, 66.2, 35.7, 40.3, 62.8, 51.68),
     "Hope": (18.68, 20.07, 38.8, 69.2, 49.1, 53.6, 66.8, 36.1, 41.2, 63.4, 52.28),
 }
@@ -57,6 +65,15 @@ PAPER_TABLE1: dict[str, dict[str, str]] = {
     "Hope-Attention": {"s_niah_1": "100/100/100", "s_niah_2": "100/98.4/94.4",
                        "s_niah_3": "76.8/68.8/42.4", "mk_niah_1": "80.2/84.8/60.8",
                        "mq_niah": "60.4/47.8/30.6", "mv_niah": "35.2/34.4/24.8"},
+    "RWKV-7": {"s_niah_1": "100/100/99.6", "s_niah_2": "93.8/44.8/12.6",
+               "s_niah_3": "63.8/13.2/5.8", "mk_niah_1": "21.4/18.8/9.6",
+               "mq_niah": "20.4/14.8/8.6", "mv_niah": "16.2/13.4/6.8"},
+    "Comba": {"s_niah_1": "100/100/99.4", "s_niah_2": "92.6/47.2/13.4",
+              "s_niah_3": "62.4/13.8/7.4", "mk_niah_1": "21.4/19.4/8.2",
+              "mq_niah": "21.8/15.2/6.4", "mv_niah": "16.5/13.5/7.2"},
+    "DLA": {"s_niah_1": "96.4/71.2/44.0", "s_niah_2": "79.6/42.6/28.2",
+            "s_niah_3": "18.2/8.8/4.0", "mk_niah_1": "27.4/20.0/11.8",
+            "mq_niah": "26.4/22.0/6.4", "mv_niah": "25.6/12.8/9.6"},
     "Titans": {"s_niah_1": "100/100/100", "s_niah_2": "99.6/84.6/75.4",
                "s_niah_3": "74.2/42.8/21.2", "mk_niah_1": "26.4/23.6/8.2",
                "mq_niah": "22.8/19.8/9.4", "mv_niah": "24.6/15.1/8.2"},
@@ -78,6 +95,10 @@ PAPER_TABLE4: dict[str, dict[str, float]] = {
     # arXiv 2512.24695 Table 4 (MAD), accuracy % (digest §6.4)
     "Transformers": {"compression": 49.4, "in_context_recall": 100, "fuzzy_in_context_recall": 47.9,
                      "selective_copying": 96.2, "memorization": 83.7},
+    "RWKV-7": {"compression": 45.1, "in_context_recall": 100, "fuzzy_in_context_recall": 32.8,
+               "selective_copying": 95.6, "memorization": 82.2},
+    "Comba": {"compression": 46.3, "in_context_recall": 100, "fuzzy_in_context_recall": 32.8,
+              "selective_copying": 96.4, "memorization": 82.9},
     "Titans": {"compression": 49.8, "in_context_recall": 100, "fuzzy_in_context_recall": 50.0,
                "selective_copying": 99.4, "memorization": 83.4},
     "Hope": {"compression": 51.2, "in_context_recall": 100, "fuzzy_in_context_recall": 52.1,
@@ -258,7 +279,8 @@ def _overlap(a: tuple[str, float, float], b: tuple[str, float, float]) -> bool:
 
 
 # the linear-recurrent baselines of the paper's Table 2 that the Titans claim is checked against
-LINEAR_RNNS = ("retnet", "deltanet", "gated-deltanet", "mamba2", "ttt-linear", "ttt-mlp")
+LINEAR_RNNS = ("retnet", "deltanet", "gated-deltanet", "mamba2", "ttt-linear", "ttt-mlp",
+               "rwkv7", "comba")  # fmt: skip
 
 
 def verdict(results: dict[str, Any]) -> list[str]:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["fla_delta_rule", "fla_module", "fla_retention"]
+__all__ = ["fla_comba", "fla_delta_rule", "fla_module", "fla_retention", "fla_rwkv7"]
 
 _HALF = (torch.bfloat16, torch.float16)
 
@@ -93,6 +93,14 @@ def _probe(op: str, device: str, act_dtype: torch.dtype) -> str | None:
                 o, _ = mod.chunk_gated_delta_rule(
                     q=q, k=k, v=v, g=g, beta=beta, output_final_state=True
                 )
+            elif op == "rwkv7":
+                kap = leaf((B, T, H, K), True)
+                w = torch.full((B, T, H, K), -0.3, device=device)
+                o, _ = mod.chunk_rwkv7(r=q, w=w, k=k, v=v, a=-kap, b=kap * 0.5, scale=1.0,
+                                       output_final_state=True)  # fmt: skip
+            elif op == "comba":
+                o, _ = mod.chunk_comba(q=q, k=k, v=v, p=k * 0.7, g=g, beta=beta,
+                                       output_final_state=True)  # fmt: skip
             else:
                 o, _ = mod.chunk_simple_gla(q=q, k=k, v=v, g=g, output_final_state=True)
             o.float().sum().backward()
@@ -176,4 +184,64 @@ def fla_retention(
     o, S = mod.chunk_simple_gla(
         q=q, k=k, v=v, g=g, scale=scale, initial_state=h0, output_final_state=True
     )
+    return o.float(), S.float()
+
+
+def fla_rwkv7(
+    r: Tensor,
+    w: Tensor,
+    k: Tensor,
+    v: Tensor,
+    a: Tensor,
+    b: Tensor,
+    initial_state: Tensor | None,
+    *,
+    act_dtype: torch.dtype = torch.bfloat16,
+    scale: float = 1.0,
+    required: bool = False,
+) -> tuple[Tensor, Tensor] | None:
+    """RWKV-7's DPLR delta rule through fla's ``chunk_rwkv7``, same contract as
+    :func:`nestlearn.ops.rwkv7.chunk_rwkv7` (``w`` the log-decay, state ``[B, H, K, V]``).
+
+    Returns ``(o float32, final_state float32)`` or ``None``.
+    """
+    if not _usable(r, act_dtype, required, "rwkv7"):
+        return None
+    mod = fla_module("rwkv7")
+    h0 = None if initial_state is None else initial_state.float()
+    r, k, v, a, b = (t.to(act_dtype) for t in (r, k, v, a, b))
+    o, S = mod.chunk_rwkv7(
+        r=r, w=w.to(act_dtype), k=k, v=v, a=a, b=b, scale=scale, initial_state=h0,
+        output_final_state=True,
+    )  # fmt: skip
+    return o.float(), S.float()
+
+
+def fla_comba(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    p: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    initial_state: Tensor | None,
+    *,
+    act_dtype: torch.dtype = torch.bfloat16,
+    scale: float | None = None,
+    required: bool = False,
+) -> tuple[Tensor, Tensor] | None:
+    """Comba through fla's ``chunk_comba`` (no in-kernel l2 norm: the layer passes normalised
+    ``q, k`` and ``p = d k``), same contract as :func:`nestlearn.ops.comba.chunk_comba`.
+
+    Returns ``(o float32, final_state float32)`` or ``None``.
+    """
+    if not _usable(q, act_dtype, required, "comba"):
+        return None
+    mod = fla_module("comba")
+    h0 = None if initial_state is None else initial_state.float()
+    q, k, v, p, beta = (t.to(act_dtype) for t in (q, k, v, p, beta))
+    o, S = mod.chunk_comba(
+        q=q, k=k, v=v, p=p, g=g.float(), beta=beta, scale=scale, initial_state=h0,
+        output_final_state=True, use_qk_l2norm_in_kernel=False,
+    )  # fmt: skip
     return o.float(), S.float()

@@ -1,0 +1,118 @@
+"""RWKV-7 and Comba baselines: DPLR / SPLR delta-rule mixers + SwiGLU on the shared skeleton.
+
+Both are rows of Nested Learning's Table 2 (arXiv 2512.24695; 760M/30B and 1.3B/100B), of its
+RULER NIAH table (Table 1) and of the recall / MAD tables (Tables 3-4). Options go in
+``model.mixer`` (:class:`RWKV7Options`, and :class:`CombaOptions` for Comba).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nestlearn.layers.comba import CombaMixer
+from nestlearn.layers.ffn import SwiGLU
+from nestlearn.layers.rwkv7 import RWKV7Mixer
+from nestlearn.models.config import ModelConfig
+from nestlearn.models.families.deltanet import DeltaNetOptions, LinearFamily, mixer_options
+from nestlearn.models.registry import register_family, register_preset
+from nestlearn.models.skeleton import Block
+
+# the parameter target these presets were sized to: hope-tiny (vocab 259) before its
+# per-memory convs (3,343,164 since), 0.4% apart, well inside the 5% the issue asks for
+HOPE_TINY = 3_330_876
+"""``hope-tiny`` at the byte vocabulary (259): the tiny presets here are within 5% of it."""
+
+
+@dataclass
+class RWKV7Options:
+    """``model.mixer`` options of the ``rwkv7`` family."""
+
+    chunk_size: int | None = None
+    """Chunk of the DPLR op (exact at any value); null = the op's default (32)."""
+    naive: bool = False
+    """Use the per-token reference loop (benchmarks, debugging)."""
+    backend: str = "auto"
+    """``auto`` (fla's kernel on CUDA + bf16 when installed), ``torch`` or ``fla``."""
+
+    def __post_init__(self) -> None:
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"model.mixer.chunk_size must be >= 1, got {self.chunk_size}; try 32")
+        if self.backend not in ("auto", "torch", "fla"):
+            raise ValueError(
+                f"model.mixer.backend must be auto, torch or fla, got {self.backend!r}"
+            )
+
+
+@dataclass
+class CombaOptions(DeltaNetOptions):
+    """``model.mixer`` options of the ``comba`` family (Gated DeltaNet's, plus the correction)."""
+
+    correction_init: float = 0.02
+    """Output-correction factor ``D_h`` at init (``o = S^T (q - D p)``)."""
+
+
+def build_rwkv7_block(cfg: ModelConfig, layer: int) -> Block:
+    o: RWKV7Options = mixer_options(RWKV7Options, cfg)
+    mixer = RWKV7Mixer(
+        cfg.dim, cfg.n_heads, layer=layer, n_layers=cfg.n_layers, chunk_size=o.chunk_size,
+        naive=o.naive, backend=o.backend,
+    )  # fmt: skip
+    return Block(cfg.dim, mixer, SwiGLU(cfg.dim, cfg.ffn_width), cfg.norm_eps)
+
+
+def _comba_mixer(cfg: ModelConfig) -> CombaMixer:
+    o: CombaOptions = mixer_options(CombaOptions, cfg)
+    return CombaMixer(
+        cfg.dim, cfg.n_heads, head_dim=o.head_dim, expand_v=o.expand_v, conv_size=o.conv_size,
+        output_gate=o.output_gate, chunk_size=o.chunk_size, norm_eps=cfg.norm_eps, naive=o.naive,
+        backend=o.backend, correction_init=o.correction_init,
+    )  # fmt: skip
+
+
+def build_comba_block(cfg: ModelConfig, layer: int) -> Block:
+    return Block(cfg.dim, _comba_mixer(cfg), SwiGLU(cfg.dim, cfg.ffn_width), cfg.norm_eps)
+
+
+register_family(
+    LinearFamily(
+        "rwkv7",
+        build_rwkv7_block,
+        "RWKV-7 (DPLR delta rule: per-channel decay + in-context rate, token shift) + SwiGLU",
+    )
+)
+register_family(
+    LinearFamily(
+        "comba",
+        build_comba_block,
+        "Comba (gated delta rule with erase key p = d k and output correction) + SwiGLU",
+    )
+)
+
+
+def _tiny_ffn(build, family: str, multiple: int = 8) -> int:  # noqa: ANN001
+    """SwiGLU width putting the tiny preset (d=256, 4 layers, byte vocab) at hope-tiny's size."""
+    dim, layers, vocab = 256, 4, 259
+    with torch.device("meta"):
+        mixer = build(ModelConfig(family=family, dim=dim, n_heads=4, n_layers=layers), 0).mixer
+    have = sum(p.numel() for p in mixer.parameters())
+    rest = 2 * vocab * dim + dim + layers * 2 * dim
+    return max(
+        multiple, round(((HOPE_TINY - rest) / layers - have) / (3 * dim) / multiple) * multiple
+    )
+
+
+for _name, _build, _what in (("rwkv7", build_rwkv7_block, "RWKV-7"),
+                             ("comba", build_comba_block, "Comba")):  # fmt: skip
+    register_preset(
+        f"{_name}-tiny",
+        f"{_what} at CPU size matched to hope-tiny: d=256, 4 layers, 4 heads, seq 256",
+        family=_name,
+        vocab_size=0,
+        dim=256,
+        n_layers=4,
+        n_heads=4,
+        max_seq_len=256,
+        ffn_hidden=_tiny_ffn(_build, _name),
+    )
