@@ -10,18 +10,19 @@ from nestlearn.data.synthetic.haystack import NOISE_UNIT
 from nestlearn.data.synthetic.sniah import (
     SNIAH_TASKS,
     TEST_DEPTHS,
-    VALUE_SYMBOLS,
+    VALUE_TOKENS,
     decode,
     haystack_pieces,
     sniah_batches,
     sniah_sample,
     sniah_segment,
     sniah_vocab,
+    value_pieces,
     words_of,
 )
 
 VOCAB = sniah_vocab()
-VALUE_IDS = {VOCAB[f"#{s}"] for s in VALUE_SYMBOLS}
+VALUE_IDS = {VOCAB[t] for t in VALUE_TOKENS}
 
 
 @pytest.mark.parametrize("task", sorted(SNIAH_TASKS))
@@ -39,9 +40,10 @@ def test_needle_and_question_hold_the_key_and_value(task):
     spec = SNIAH_TASKS[task]
     s = sniah_sample(task, 400, 3)
     words = decode(s.ids).split()
-    n = spec.value_digits
+    n = spec.value_tokens
     key = [f"adj:{s.key[0]}", f"noun:{s.key[1]}"]
-    value = [f"#{c}" for c in s.value]
+    value = value_pieces(s.value, spec.value_base)
+    assert value == s.value_tokens and len(value) == n
     assert words[0] == "<bos>"
     assert words[s.needle_start : s.needle_start + 5 + n] == [
         "<needle>",
@@ -52,8 +54,11 @@ def test_needle_and_question_hold_the_key_and_value(task):
     ]
     assert words[-(4 + n) :] == ["<query>", *key, "<is>", *value]
     assert s.answer_start == len(s.ids) - n
+    assert len(s.value) == spec.value_digits
+    assert "".join(t[1:] for t in value) == s.value
+    assert len(set(s.value)) == len(s.value)  # distinct digits (module docstring)
     if spec.value_base == 10:
-        assert s.value[0] != "0" and all(c in "0123456789" for c in s.value)
+        assert s.value[0] != "0" and s.value.isdigit()
     # value symbols occur only in the needle and the answer: nothing else gives them away
     where = np.flatnonzero(np.isin(s.ids, list(VALUE_IDS)))
     assert where.tolist() == [
@@ -94,15 +99,17 @@ def test_haystacks_come_from_the_named_source():
     x, _ = next(sniah_batches("s_niah_2", 200, 1))
     t = sniah_sample("s_niah_2", 200, 0, split="validation")
     assert np.array_equal(x[0], t.ids[:-1])
-    after = t.needle_start + 5 + 7
-    assert _occurs(t.ids[after : after + 20], "validation")
+    before = t.ids[1 : t.needle_start]
+    after = t.ids[t.needle_start + 5 + 7 : len(t.ids) - (4 + 7)]
+    run = max(before, after, key=len)[:15]
+    assert len(run) == 15 and _occurs(run, "validation")
     with pytest.raises(ValueError, match="training split"):
         haystack_pieces("train")
 
 
 def test_segment_scores_only_the_answer():
     seg = sniah_segment("s_niah_3", 256, 6, split="test")
-    n = SNIAH_TASKS["s_niah_3"].value_digits
+    n = SNIAH_TASKS["s_niah_3"].value_tokens
     assert seg.inputs.shape == seg.targets.shape == (6, 256)
     scored = seg.targets != IGNORE_INDEX
     assert (scored.sum(1) == n).all() and scored[:, -n:].all()
@@ -120,6 +127,14 @@ def test_training_batches_are_fresh_and_not_test_samples():
     assert not np.array_equal(x0, x1)
     test = sniah_segment("s_niah_1", 128, 4, split="test")
     assert not any(np.array_equal(a, b) for a in x0 for b in test.inputs)
+
+
+def test_values_are_one_token_per_digit():
+    assert value_pieces("1234567", 10) == ["#1", "#2", "#3", "#4", "#5", "#6", "#7"]
+    assert value_pieces("0a3f", 16) == ["#0", "#a", "#3", "#f"]
+    assert len(set(VALUE_TOKENS)) == 16 and all(t in VOCAB for t in VALUE_TOKENS)
+    with pytest.raises(ValueError, match="base-10"):
+        value_pieces("12a", 10)
 
 
 def test_bad_arguments_are_refused():

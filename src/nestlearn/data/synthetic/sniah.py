@@ -13,18 +13,27 @@ Tokens are words of a small task vocabulary (:func:`sniah_vocab`): RULER's layou
 
 The needle ("one of the special magic numbers for {adjective-noun} is: {value}.") sits at a
 sentence boundary at the requested depth; the question at the end repeats its key. The model
-must produce the value after the final ``<is>``: the ``n`` value positions are scored (targets
+must produce the value after the final ``<is>``: the ``n`` value tokens are scored (targets
 are :data:`IGNORE_INDEX` elsewhere), teacher-forced, so a sample is right exactly when greedy
 decoding would output the whole value (RULER's string match of a one-value answer).
 
-=========== =========================== ===================== ======================================
-task        RULER                       haystack              value
-=========== =========================== ===================== ======================================
-``s_niah_1`` ``niah_single_1`` (pass-key) RULER's noise         7 digits (RULER: 7-digit number)
-            ``repeat``                  sentence, repeated
-``s_niah_2`` ``niah_single_2`` (number)   corpus text (words)   7 digits
-``s_niah_3`` ``niah_single_3`` (uuid)     corpus text (words)   12 hex digits (RULER: a 32-hex UUID)
-=========== =========================== ===================== ======================================
+Values are tokenized as Llama's tokenizer does, one token per digit (``#0``-``#9``, hex
+``#a``-``#f``), and **the digits of a value are distinct** (RULER's 7-digit numbers repeat a
+digit in 94 % of samples). With repeats, copying a value needs the two previous tokens to tell
+the repeated digits apart; a 2-layer width-64 transformer trained on CPU did not learn that
+(measured at 64 tokens: 60 % of digits and 25 % of values right after 1,250 steps, flat), while
+with distinct digits one-token induction suffices and it reaches 92 % of values in 800 steps.
+A value still carries 19 bits (7 distinct decimal digits) or 40 bits (12 of 16 hex digits).
+
+============ ============================= ================== =====================================
+task         RULER                         haystack           value
+============ ============================= ================== =====================================
+``s_niah_1`` ``niah_single_1`` (pass-key)  RULER's noise      7-digit number (7 tokens)
+                                           sentence, repeated
+``s_niah_2`` ``niah_single_2`` (number)    corpus text        7-digit number (7 tokens)
+``s_niah_3`` ``niah_single_3`` (uuid)      corpus text        12 hex digits (12 tokens; RULER: a
+                                                              32-hex UUID)
+============ ============================= ================== =====================================
 
 Essay haystacks are the embedded corpus's sentences as lower-cased words: the ``validation``
 split for training samples, the held-out ``test`` split for test samples, so a test haystack is
@@ -54,8 +63,8 @@ from nestlearn.data.synthetic.words import ADJECTIVES, NOUNS
 SPECIALS: tuple[str, ...] = ("<bos>", "<pad>", "<unk>", "<needle>", "<query>", "<is>", "<end>")
 """Control tokens: ids 0..6 in this order."""
 
-VALUE_SYMBOLS: tuple[str, ...] = tuple("0123456789abcdef")
-"""Digits of the needle values (numbers use the first ten)."""
+VALUE_TOKENS: tuple[str, ...] = tuple(f"#{c}" for c in "0123456789abcdef")
+"""Value tokens: one per digit (``#0``-``#9``, hex ``#a``-``#f``)."""
 
 KEY_WORDS = 32
 """Adjectives and nouns available to keys (32 x 32 = 1,024 keys)."""
@@ -79,9 +88,14 @@ class SNIAHTask:
     haystack: str
     """``repeat`` (RULER's noise sentence) or ``essay`` (corpus text)."""
     value_digits: int
-    """Length of the value in symbols."""
+    """Length of the value in digits."""
     value_base: int
-    """10 (decimal number, first digit not 0) or 16 (hex, UUID-like)."""
+    """10 (a decimal number, first digit not 0) or 16 (hex, UUID-like)."""
+
+    @property
+    def value_tokens(self) -> int:
+        """Tokens the value takes (:func:`value_pieces`: one per digit)."""
+        return self.value_digits
 
 
 SNIAH_TASKS: dict[str, SNIAHTask] = {
@@ -102,11 +116,11 @@ def words_of(text: str) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def sniah_vocab() -> dict[str, int]:
-    """The task vocabulary: :data:`SPECIALS`, value symbols (``#0`` .. ``#f``), key words
-    (``adj:...``, ``noun:...``), then the essay words (RULER's noise words always among them)."""
+    """The task vocabulary: :data:`SPECIALS`, :data:`VALUE_TOKENS`, key words (``adj:...``,
+    ``noun:...``), then the essay words (RULER's noise words always among them)."""
     vocab = {s: i for i, s in enumerate(SPECIALS)}
-    for s in VALUE_SYMBOLS:
-        vocab[f"#{s}"] = len(vocab)
+    for s in VALUE_TOKENS:
+        vocab[s] = len(vocab)
     for a in ADJECTIVES[:KEY_WORDS]:
         vocab[f"adj:{a}"] = len(vocab)
     for n in NOUNS[:KEY_WORDS]:
@@ -165,11 +179,22 @@ def _fill(pieces: tuple[np.ndarray, ...], start: int, n_tokens: int) -> list[np.
     return out
 
 
-def _value(spec: SNIAHTask, rng: np.random.Generator) -> list[str]:
-    digits = rng.integers(0, spec.value_base, size=spec.value_digits)
-    if spec.value_base == 10:
-        digits[0] = rng.integers(1, 10)  # RULER: numbers in [10^6, 10^7)
-    return [VALUE_SYMBOLS[d] for d in digits]
+def _value(spec: SNIAHTask, rng: np.random.Generator) -> str:
+    """Distinct digits (see the module docstring), the first not 0 for a decimal number."""
+    if spec.value_digits > spec.value_base:
+        raise ValueError(f"{spec.name}: {spec.value_digits} distinct base-{spec.value_base} digits")
+    while True:
+        digits = rng.permutation(spec.value_base)[: spec.value_digits]
+        if spec.value_base != 10 or digits[0] != 0:  # RULER: numbers in [10^6, 10^7)
+            return "".join("0123456789abcdef"[d] for d in digits)
+
+
+def value_pieces(value: str, base: int) -> list[str]:
+    """The tokens of a value: one per digit (``"4072913"`` -> ``#4 #0 #7 #2 #9 #1 #3``)."""
+    digits = "0123456789abcdef"[:base]
+    if base not in (10, 16) or not value or any(c not in digits for c in value):
+        raise ValueError(f"{value!r} is not a base-{base} number (base 10 or 16)")
+    return [f"#{c}" for c in value]
 
 
 @dataclass
@@ -181,15 +206,17 @@ class SNIAHSample:
     index: int
     ids: np.ndarray
     key: tuple[str, str]
-    value: list[str]
+    value: str
+    """The value as digits (``"4072913"``, ``"0a3f..."``)."""
+    value_tokens: list[str]
     depth: float
     needle_start: int
     """Position of ``<needle>`` in ``ids``."""
 
     @property
     def answer_start(self) -> int:
-        """Position in ``ids`` of the first value symbol of the answer."""
-        return len(self.ids) - len(self.value)
+        """Position in ``ids`` of the answer's first value token."""
+        return len(self.ids) - len(self.value_tokens)
 
 
 def sniah_sample(
@@ -214,7 +241,7 @@ def sniah_sample(
     if depth is None:
         depth = TEST_DEPTHS[index % len(TEST_DEPTHS)] if split == "test" else rng.uniform(0, 100)
     key_words = [f"adj:{key[0]}", f"noun:{key[1]}"]
-    value_words = [f"#{s}" for s in value]
+    value_words = value_pieces(value, spec.value_base)
     needle = _encode(["<needle>", *key_words, "<is>", *value_words, "<end>"])
     question = _encode(["<query>", *key_words, "<is>", *value_words])
     hay_tokens = length + 1 - 1 - len(needle) - len(question)
@@ -234,6 +261,7 @@ def sniah_sample(
         ids=ids,
         key=key,
         value=value,
+        value_tokens=value_words,
         depth=float(depth),
         needle_start=1 + placed[0].token_start,
     )
@@ -274,15 +302,24 @@ def sniah_segment(
 
 
 def sniah_batches(
-    task: str | SNIAHTask, length: int, batch_size: int, *, seed: int = 0
+    tasks: str | SNIAHTask | Sequence[str | SNIAHTask],
+    length: int,
+    batch_size: int,
+    *,
+    seed: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless training batches ``(inputs [B, L], targets [B, L])`` of fresh samples (essay
-    haystacks from the validation split; batch ``b`` holds samples ``b*B .. b*B + B - 1``)."""
+    haystacks from the validation split). Batch ``b`` is of task ``tasks[b % len(tasks)]``
+    and holds its samples ``b*B .. b*B + B - 1``."""
+    specs = [_get(t) for t in ([tasks] if isinstance(tasks, (str, SNIAHTask)) else tasks)]
+    if not specs:
+        raise ValueError("sniah_batches needs at least one task")
     b = 0
     while True:
         seg = sniah_segment(
-            task, length, batch_size, split="validation", seed=seed, start=b * batch_size
-        )
+            specs[b % len(specs)], length, batch_size, split="validation", seed=seed,
+            start=b * batch_size,
+        )  # fmt: skip
         yield seg.inputs, seg.targets
         b += 1
 
