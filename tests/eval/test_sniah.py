@@ -98,7 +98,7 @@ def test_one_wrong_symbol_fails_the_sample():
     assert sym == pytest.approx((n - 1) / n)
 
 
-@pytest.mark.parametrize("family", ["transformer", "titans", "mamba2"])
+@pytest.mark.parametrize("family", ["transformer", "titans", "hope", "ttt-mlp", "mamba2"])
 def test_chunked_reading_equals_one_call(family):
     cfg = RecipeConfig(family=family, dim=32, n_layers=1, n_heads=2, steps=1)
     model = recipe_model(cfg, V, 256).eval()
