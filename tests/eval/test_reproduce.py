@@ -177,6 +177,33 @@ def test_suites_are_sized_as_documented() -> None:
     assert (medium.tokens, medium.seeds, medium.models) == (small.tokens, small.seeds, None)
     assert medium.niah_samples > small.niah_samples
     assert set(small.recall_tasks) < set(medium.recall_tasks)
+    # the S-NIAH chart: the paper's five families and three needles in medium, a stub in smoke
+    assert medium.sniah_tasks == ("s_niah_1", "s_niah_2", "s_niah_3") and not small.sniah_tasks
+    assert set(medium.sniah_families) == {"transformer", "titans", "hope", "ttt-mlp", "mamba2"}
+    assert medium.sniah_lengths == (512, 2048, 8192) and medium.sniah_train_length == 512
+    assert smoke.sniah_steps <= 10 and max(smoke.sniah_lengths) <= 256
+
+
+def test_sniah_section_tables_every_cell_and_links_the_chart(tmp_path) -> None:
+    rows = [
+        {"model": "transformer", "task": "s_niah_1", "seed": 0, "lengths": [512, 2048],
+         "accuracy": [100.0, 40.0], "train_time_s": 60.0, "eval_time_s": 30.0},
+        {"model": "titans", "task": "s_niah_1", "seed": 0, "lengths": [512, 2048],
+         "accuracy": [90.0, 85.0], "train_time_s": 60.0, "eval_time_s": 30.0},
+        {"model": "hope", "task": "s_niah_2", "seed": 0, "error": "RuntimeError: y"},
+    ]  # fmt: skip
+    suite = {**_results()["suite"], "sniah_tasks": ["s_niah_1"], "sniah_train_length": 512,
+             "sniah_steps": 600, "sniah_samples": 100}  # fmt: skip
+    text = write_index(_results(suite=suite, sniah=rows, plots={"sniah": "sniah_bars.png"}),
+                       tmp_path).read_text()  # fmt: skip
+    assert "## 6b. Long-context retrieval: S-NIAH analogue" in text
+    assert "| model | S-NIAH-1 @512 | S-NIAH-1 @2K |" in text
+    assert "| transformer | 100.0 | 40.0 |" in text and "| titans | 90.0 | 85.0 |" in text
+    assert "![S-NIAH analogue](sniah_bars.png)" in text
+    assert "hope s_niah_2: failed: RuntimeError: y" in text
+    assert "Training 2.0 min, testing 1.0 min" in text
+    # a suite without the stage writes no section
+    assert "6b." not in write_index(_results(), tmp_path).read_text()
 
 
 @pytest.mark.slow
@@ -218,6 +245,9 @@ def test_stage_keys_change_with_the_suite_and_the_trained_run(tmp_path) -> None:
     assert stage_key(tmp_path, "niah", "m-seed0", other, run) == k  # not a NIAH field
     (run / "compare_result.json").write_text('{"val_loss": 1.9}')  # retrained
     assert stage_key(tmp_path, "niah", "m-seed0", suite, run) != k
+    s = stage_key(tmp_path, "sniah", "titans-s_niah_1-seed0", suite)
+    longer = dataclasses.replace(suite, sniah_lengths=(*suite.sniah_lengths, 8192))
+    assert stage_key(tmp_path, "sniah", "titans-s_niah_1-seed0", longer) != s
 
 
 def test_report_only_computes_nothing(tmp_path, monkeypatch) -> None:

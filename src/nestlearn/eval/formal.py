@@ -12,6 +12,15 @@ language's input vocabulary (alphabet, ``<bos>``, ``<pad>``); its first ``|alpha
 output logits are read as the set predictions. Bhattamishra et al. train on 10,000 strings and
 test on bins of a few hundred to 2,000; the CPU defaults here are 10,000 training strings and
 500 per test bin.
+
+Model selection and stopping follow both sources: they train for many epochs (Bhattamishra et
+al. up to 25-100, Irie et al. up to 300), evaluate both bins after each epoch, keep the best
+checkpoint (Irie et al.: by the mean of the Bin0 and Bin1 accuracies) and stop once both are
+100 %. Here every ``cfg.eval_every`` steps the model is scored on *validation* draws of both
+length ranges (``valid_bin0``, ``valid_bin1``: separate random streams, so the test bins are
+never used to select), the best state by their mean is kept, training stops when both are
+100 %, and the test bins are scored with the kept state. ``cfg.steps`` is the cap (and the
+length of the cosine schedule). ``eval_every=0`` scores the final state instead.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +43,7 @@ from nestlearn.data.synthetic.formal import (
     formal_strings,
     formal_vocab,
 )
-from nestlearn.eval.recall import RecipeConfig, fit, recipe_model
+from nestlearn.eval.recall import RecipeConfig, default_recipe, fit, recipe_model
 from nestlearn.models import LanguageModel
 
 logger = logging.getLogger(__name__)
@@ -112,43 +122,78 @@ def train_formal(
     *,
     num_train: int = 10_000,
     num_test: int = 500,
+    num_valid: int = 200,
     data_seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
 ) -> FormalResult:
-    """Train a fresh ``cfg.family`` model on ``language`` and score Bin0 and Bin1."""
+    """Train a fresh ``cfg.family`` model on ``language`` and score Bin0 and Bin1.
+
+    With ``cfg.eval_every > 0`` the state kept is the best on ``num_valid`` validation strings
+    per length range, and training stops early once it recognises all of them (module
+    docstring); ``FormalResult.steps`` is the number of steps actually taken, and ``extra``
+    holds ``valid_history`` (``[step, valid Bin0, valid Bin1]`` rows) and ``best_step``.
+    """
     if language not in FORMAL_LANGUAGES:
         raise ValueError(
             f"unknown language {language!r}; choose from {', '.join(FORMAL_LANGUAGES)}"
         )
-    cfg = cfg or RecipeConfig(dim=64, steps=500)
+    cfg = cfg or default_recipe(language)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    train = encode_formal(
-        language, formal_strings(language, num_train, split="train", seed=data_seed)
+
+    def strings(split: str, num: int) -> FormalBatch:
+        return encode_formal(language, formal_strings(language, num, split=split, seed=data_seed))
+
+    train, bin0, bin1 = (
+        strings("train", num_train),
+        strings("bin0", num_test),
+        strings("bin1", num_test),
     )
-    bin0 = encode_formal(language, formal_strings(language, num_test, split="bin0", seed=data_seed))
-    bin1 = encode_formal(language, formal_strings(language, num_test, split="bin1", seed=data_seed))
-    longest = max(a.inputs.shape[1] for a in (train, bin0, bin1))
+    valid = [strings("valid_bin0", num_valid), strings("valid_bin1", num_valid)]
+    longest = max(a.inputs.shape[1] for a in (train, bin0, bin1, *valid))
     torch.manual_seed(cfg.seed)
     model = recipe_model(cfg, len(formal_vocab(language)), longest)
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         return set_loss(model(x)[0], y, m)
 
+    history: list[list[float]] = []
+    best: dict[str, Any] = {"score": -1.0, "step": 0, "state": None}
+
+    def evaluate() -> float:
+        v0, v1 = (string_accuracy(model, v, cfg.eval_batch_size) for v in valid)
+        score = (v0 + v1) / 2  # Irie et al.'s checkpoint criterion
+        history.append([(len(history) + 1) * cfg.eval_every, v0, v1])
+        if score > best["score"]:
+            state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+            best.update(score=score, step=history[-1][0], state=state)
+        return score
+
     losses, _ = fit(
-        model, _batches(train, cfg.batch_size, cfg.seed), loss_fn, cfg, progress=progress
+        model,
+        _batches(train, cfg.batch_size, cfg.seed),
+        loss_fn,
+        cfg,
+        evaluate=evaluate,
+        progress=progress,
+        stop=lambda score: score >= 1.0,
     )
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
     b0 = string_accuracy(model, bin0, cfg.eval_batch_size)
     b1 = string_accuracy(model, bin1, cfg.eval_batch_size)
-    logger.info("%s / %s: Bin0 %.3f, Bin1 %.3f", language, cfg.family, b0, b1)
+    logger.info(
+        "%s / %s: Bin0 %.3f, Bin1 %.3f (state of step %d of %d)",
+        language, cfg.family, b0, b1, best["step"] or len(losses), len(losses),
+    )  # fmt: skip
     return FormalResult(
         language=language,
         family=cfg.family,
         bin0=b0,
         bin1=b1,
         losses=losses,
-        steps=cfg.steps,
+        steps=len(losses),
         params=model.num_params(),
         wall_time_s=time.perf_counter() - t0,
         config={
@@ -156,6 +201,8 @@ def train_formal(
             "bins": FORMAL_BINS[language],
             "num_train": num_train,
             "num_test": num_test,
+            "num_valid": num_valid,
             "data_seed": data_seed,
         },
+        extra={"valid_history": history, "best_step": best["step"] or len(losses)},
     )

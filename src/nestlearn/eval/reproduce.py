@@ -7,7 +7,8 @@ Stages (each result is cached as JSON under ``OUT/cache/`` so an interrupted run
 3. zero-shot tasks in the layout of arXiv 2512.24695 Table 2 (needs the task data folder);
 4. RULER-style NIAH at lengths tiny models can hold (Table 1);
 5. MQAR and MAD, each model family trained on the task itself (Tables 3-4);
-6. formal languages Bin0/Bin1 (Table 5);
+6. formal languages Bin0/Bin1 (Table 5), and the S-NIAH analogue (Table 1's single-needle
+   tasks; each family trained at 512 tokens, tested at 512 / 2K / 8K: :mod:`.sniah`);
 7. loss against position on the held-out corpus (Fig. 10);
 
 then ``OUT/index.md`` with PNG plots, the paper's numbers beside ours and a verdict generated
@@ -70,7 +71,14 @@ class Suite:
     formal_num_train: int = 4000
     formal_num_test: int = 300
     synthetic_seeds: int = 1
-    """Seeds for the MQAR/MAD/formal recipes (each trains its own small model)."""
+    """Seeds for the MQAR/MAD/formal/S-NIAH recipes (each trains its own small model)."""
+    sniah_tasks: tuple[str, ...] = ("s_niah_1", "s_niah_2", "s_niah_3")
+    """S-NIAH analogue tasks (``nestlearn.eval.sniah``); empty = stage skipped."""
+    sniah_families: tuple[str, ...] = ("transformer", "titans", "hope", "ttt-mlp", "mamba2")
+    sniah_train_length: int = 512
+    sniah_lengths: tuple[int, ...] = (512, 2048, 8192)
+    sniah_steps: int = 600
+    sniah_samples: int = 100
     context_length: int = 512
     context_windows: int = 16
     threads: int = 2
@@ -98,6 +106,12 @@ SUITES: dict[str, Suite] = {
         formal_steps=20,
         formal_num_train=256,
         formal_num_test=64,
+        sniah_tasks=("s_niah_1",),
+        sniah_families=("transformer",),
+        sniah_train_length=64,
+        sniah_lengths=(64, 128),
+        sniah_steps=5,
+        sniah_samples=4,
         context_length=512,
         context_windows=4,
     ),
@@ -121,6 +135,7 @@ SUITES: dict[str, Suite] = {
         recall_tasks=("mqar", "in_context_recall"),
         recall_steps=200,
         formal_steps=200,
+        sniah_tasks=(),  # the S-NIAH chart alone costs about an hour: medium has it
     ),
     "medium": Suite(
         name="medium",
@@ -188,6 +203,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "niah": ("niah_tasks", "niah_lengths", "niah_samples"),
     "recall": ("recall_steps", "recall_num_train", "recall_num_test"),
     "formal": ("formal_steps", "formal_num_train", "formal_num_test"),
+    "sniah": ("sniah_train_length", "sniah_lengths", "sniah_steps", "sniah_samples"),
     "context": ("seq_len", "context_length", "context_windows"),
 }
 
@@ -316,6 +332,7 @@ class Reproduction:
     niah: list[dict] = field(default_factory=list)
     recall: list[dict] = field(default_factory=list)
     formal: list[dict] = field(default_factory=list)
+    sniah: list[dict] = field(default_factory=list)
     context: list[dict] = field(default_factory=list)
     plots: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -460,6 +477,9 @@ def run_reproduce(
                 v = step("formal", f"{fam} {lang}", key, _formal, lang, fam, suite, s)
                 if "not_run" not in v:
                     res.formal.append({"model": fam, "language": lang, "seed": s, **v})
+    from nestlearn.eval.sniah import sniah_stage
+
+    sniah_stage(suite, cache, res, out, step, say)
 
     # 7. context usage (first finished seed of each model)
     say(f"[7/7] context usage at {suite.context_length} tokens")

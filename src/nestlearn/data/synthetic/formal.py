@@ -223,14 +223,18 @@ FORMAL_BINS: dict[str, dict[str, tuple[int, int]]] = {
 def formal_strings(
     language: str, num: int, *, split: str, seed: int = 0, bounds: tuple[int, int] | None = None
 ) -> list[str]:
-    """``num`` strings of ``language`` for ``split`` (``train``, ``bin0`` or ``bin1``).
+    """``num`` strings of ``language`` for ``split``: ``train``, ``bin0``, ``bin1``, or the
+    validation draws ``valid_bin0`` / ``valid_bin1`` (model selection and early stopping).
 
-    ``train`` and ``bin0`` share the training range but not their random streams.
+    ``train``, ``bin0`` and ``valid_bin0`` share the training range (``bin1`` and
+    ``valid_bin1`` the longer one) but not their random streams.
     """
     lang = _get(language)
-    key = "bin0" if split in ("train", "bin0") else split
+    key = {"train": "bin0", "valid_bin0": "bin0", "valid_bin1": "bin1"}.get(split, split)
     if key not in FORMAL_BINS[lang.name] and bounds is None:
-        raise ValueError(f"split must be train, bin0 or bin1, got {split!r}")
+        raise ValueError(
+            f"split must be train, bin0, bin1, valid_bin0 or valid_bin1, got {split!r}"
+        )
     lo, hi = bounds or FORMAL_BINS[lang.name][key]
     rng = make_rng(seed, "formal", lang.name, split)
     return [lang.sample(rng, lo, hi) for _ in range(num)]
