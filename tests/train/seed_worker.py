@@ -27,6 +27,7 @@ from tests.conftest import ByteTok, source_text_tokens  # noqa: E402
 
 PRESET = {f: f"{f}-tiny" for f in FAMILIES}
 PRESET["transformer-cms"] = "transformer-tiny"  # no preset of its own: same shape, CMS FFN
+PRESET["nested"] = "nested-demo"  # the generic MIRAS family: its demo spec
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:

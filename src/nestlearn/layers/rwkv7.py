@@ -95,6 +95,9 @@ class RWKV7Mixer(nn.Module):
         F_ = dim // n_heads
         self.dim, self.n_heads, self.head_dim = dim, n_heads, F_
         self.layer, self.n_layers = layer, max(1, n_layers)
+        # seed of the LoRA up-projections' random init; the model sets it from its seed
+        # (layer_seed(seed, layer), = layer for seed 0)
+        self.init_seed = layer
         self.chunk_size, self.norm_eps, self.naive, self.backend = (
             chunk_size,
             norm_eps,
@@ -139,7 +142,8 @@ class RWKV7Mixer(nn.Module):
         decay bias ``-6 + 6 (n / (D-1))^{1 + r0^0.3} + 0.5 + 2.5 z`` (``z`` a per-head zigzag); the
         ``a`` bias ``-0.19 + 0.3 z + 0.4 lin``; ``k_k = 0.71 - 0.1 lin``, ``k_a = 1.02``,
         ``r_k = -0.04``; GroupNorm weight ``((layer + 1) / n_layers)^0.7``; LoRA down-projections
-        zero and up-projections orthogonal with gain 0.1. (The model skeleton then sets W_r, W_k,
+        zero and up-projections orthogonal with gain 0.1, drawn from a generator seeded by
+        ``init_seed``; the rest is deterministic. (The model skeleton then sets W_r, W_k,
         W_v, W_o to its own normal init.)
         """
         D, F_, L = self.dim, self.head_dim, self.n_layers
@@ -160,7 +164,7 @@ class RWKV7Mixer(nn.Module):
         self.r_k.fill_(-0.04)
         self.gn_weight.fill_(((self.layer + 1) / L) ** 0.7)
         self.gn_bias.zero_()
-        gen = torch.Generator().manual_seed(0x7257 + self.layer)
+        gen = torch.Generator().manual_seed(0x7257 + self.init_seed)
         for down, up in ((self.w_down, self.w_up), (self.a_down, self.a_up),
                          (self.g_down, self.g_up)):  # fmt: skip
             down.zero_()
