@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from nestlearn import bench
 from nestlearn.layers.ffn import SwiGLU
@@ -148,3 +149,35 @@ def test_bench_model_api_and_script(capsys):
     assert mod.main([*TINY, "--decode-context", "0", "--json"]) == 0
     (line,) = capsys.readouterr().out.splitlines()
     assert json.loads(line)["decode_tokens_per_s"] is None
+
+
+def _load_script(name: str):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_bench_runs_on_cpu_at_the_tiny_shape(tmp_path, capsys):
+    """benchmarks/gpu_bench.py (issue 16): every row and the step-memory part run on the CPU at
+    a tiny shape, ratios are against the transformer row, and without CUDA the paper-shape run
+    refuses with a clear message."""
+    mod = _load_script("gpu_bench")
+    out = tmp_path / "gb.json"
+    args = ["--device", "cpu", "--models", "transformer,hope,gated-deltanet", "--dim", "32",
+            "--seq", "32", "--decode", "40", "--memory-preset", "hope-tiny", "--json", str(out)]  # fmt: skip
+    assert mod.main(args) == 0
+    rec = json.loads(out.read_text())
+    assert [r["model"] for r in rec["rows"]] == ["transformer", "hope", "gated-deltanet"]
+    for r in rec["rows"]:
+        assert _positive(r["train_tokens_per_s"]) and _positive(r["decode_tokens_per_s"])
+        assert r["peak_mem_mb"] > 0
+    assert rec["memory"]["model"] == "hope-tiny" and rec["memory"]["peak_mem_mb"] > 0
+    text = capsys.readouterr().out
+    assert "| transformer |" in text and "1.000x" in text and "one training step" in text
+    with pytest.raises(SystemExit):
+        mod.main(["--device", "cpu", "--models", "nope"])
+    if not torch.cuda.is_available():
+        assert mod.main([]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
