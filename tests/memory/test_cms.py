@@ -56,17 +56,19 @@ def _weights(D: int, H: int, act: str, scale: float = 0.3) -> tuple[torch.Tensor
 
 # ----------------------------------------------------------------------------- op level
 @pytest.mark.parametrize(
-    "act,first_order,reset",
+    "act,first_order,reset,retention",
     [
-        pytest.param("swiglu", False, None, id="swiglu-full"),
-        pytest.param("swiglu", True, None, id="swiglu-first-order"),
-        pytest.param("swiglu", False, 8, id="swiglu-nested"),
-        pytest.param("gelu", False, None, id="gelu-full"),
-        pytest.param("relu", True, 8, id="relu-first-order-nested"),
-        pytest.param("silu", False, None, id="silu-full"),
+        pytest.param("swiglu", False, None, 0.0, id="swiglu-full"),
+        pytest.param("swiglu", True, None, 0.0, id="swiglu-first-order"),
+        pytest.param("swiglu", False, 8, 0.0, id="swiglu-nested"),
+        pytest.param("gelu", False, None, 0.0, id="gelu-full"),
+        pytest.param("relu", True, 8, 0.0, id="relu-first-order-nested"),
+        pytest.param("silu", False, None, 0.0, id="silu-full"),
+        pytest.param("swiglu", False, None, 0.2, id="swiglu-full-retention"),
+        pytest.param("gelu", True, None, 0.35, id="gelu-first-order-retention"),
     ],
 )
-def test_chunk_op_matches_naive_fwd_bwd_float64(act, first_order, reset):
+def test_chunk_op_matches_naive_fwd_bwd_float64(act, first_order, reset, retention):
     """Fast op == per-token autograd loop, incl. a mid-chunk initial state and awkward T."""
     B, T, D, H, C = 2, 24, 6, 5, 4
     x = torch.randn(B, T, D, dtype=F64, requires_grad=True)
@@ -87,7 +89,7 @@ def test_chunk_op_matches_naive_fwd_bwd_float64(act, first_order, reset):
         position=6,  # mid-chunk: 2 tokens left in the chunk, nested reset at 8
     )
     kw = dict(period=C, activation=act, first_order=first_order, reset_period=reset,
-              reset_lr=rlr, output_final_state=True)  # fmt: skip
+              reset_lr=rlr, output_final_state=True, retention=retention)  # fmt: skip
     y1, s1 = chunk_cms_level(x, w_in, w_out, lr, init, **kw)
     y2, s2 = naive_cms_level(x, w_in, w_out, lr, init, **kw)
     _close(y1, y2)
@@ -107,6 +109,31 @@ def test_chunk_op_matches_naive_fwd_bwd_float64(act, first_order, reset):
     g2 = torch.autograd.grad(obj(y2, s2), wrt, allow_unused=True)
     for a, b in zip(g1, g2):
         _close(a, b, 1e-9)
+
+
+def test_retention_pulls_a_stream_back_toward_the_initial_weights():
+    """With retention r the fast-weight offset obeys Delta' = (1 - r) Delta - lr g: over a long
+    stream it stays near W_0 (about lr |g| / r), where plain eq. 71 (r = 0) keeps moving; the
+    nested variant refuses it (it restarts from its anchor instead)."""
+    B, T, D, H = 1, 4096, 6, 5
+    x = torch.randn(B, T, D, dtype=F64)
+    w_in, w_out = _weights(D, H, "swiglu")
+    norms = {}
+    for r in (0.0, 0.1):
+        st, sizes = None, []
+        for s0 in range(0, T, 256):
+            _, st = chunk_cms_level(x[:, s0 : s0 + 256], w_in, w_out, 0.05, st, period=4,
+                                    retention=r, output_final_state=True)  # fmt: skip
+            sizes.append(float(st.delta[0].norm() + st.delta[1].norm()))
+        norms[r] = sizes
+    assert norms[0.0][-1] > 1.3 * norms[0.0][0]  # eq. 71 keeps moving away along the stream
+    assert max(norms[0.1]) < 0.5 * min(norms[0.0])  # retention: far closer to W_0 throughout
+    assert max(norms[0.1][8:]) < 1.5 * max(norms[0.1][:8])  # and no growth along the stream
+    for bad, match in ((1.0, "in \\[0, 1\\)"), (-0.1, "in \\[0, 1\\)")):
+        with pytest.raises(ValueError, match=match):
+            chunk_cms_level(x[:, :8], w_in, w_out, 0.05, period=4, retention=bad)
+    with pytest.raises(ValueError, match="nested variant"):
+        chunk_cms_level(x[:, :8], w_in, w_out, 0.05, period=4, reset_period=8, retention=0.1)
 
 
 @pytest.mark.parametrize("split", [[23], [4, 19], [5, 1, 1, 9, 7], [1] * 23])
@@ -157,8 +184,10 @@ def _module(D: int = 8, **over) -> ContinuumMemory:
 @pytest.mark.parametrize("variant", ["sequential", "nested", "independent"])
 @pytest.mark.parametrize("meta_grad", ["full", "first_order"])
 def test_module_matches_naive_chain_fwd_bwd(variant, meta_grad):
-    """The module's chain == the same chain built from the naive per-token level op."""
+    """The module's chain == the same chain built from the naive per-token level op (with the
+    default retention: r > 0 for sequential/independent, 0 for nested)."""
     m = _module(variant=variant, meta_grad=meta_grad)
+    assert (m.cfg.retention > 0) == (variant != "nested")
     x = torch.randn(2, 19, 8, dtype=F64, requires_grad=True)
     y, _ = m(x)
     eta = m.lrs() / torch.tensor(m.periods, dtype=F64)
@@ -170,6 +199,7 @@ def test_module_matches_naive_chain_fwd_bwd(variant, meta_grad):
             inp, *level.weights(), eta[i], period=m.periods[i],
             reset_period=m.periods[i + 1] if nested else None,
             reset_lr=eta[i + 1] if nested else None, first_order=meta_grad == "first_order",
+            retention=m.cfg.retention,
         )  # fmt: skip
         if variant == "independent":
             b = b * m.agg[i]
@@ -293,7 +323,7 @@ def test_frozen_reads_without_updating_and_state_round_trips():
     for a, b in zip(st.levels, s_f.levels):
         assert all(torch.equal(u, v) for u, v in zip(a.delta, b.delta))
     # frozen = the chain with the adapted weights held fixed (an lr = 0 module on that state)
-    m0 = _module(lr=0.0, learn_lr=False)
+    m0 = _module(lr=0.0, learn_lr=False, retention=0.0)  # frozen: no step and no retention
     m0.load_state_dict(m.state_dict(), strict=False)
     y0, _ = m0(x[:, 20:], state=st)
     _close(y_f, y0, 1e-12)
@@ -316,6 +346,9 @@ def test_without_cms_is_one_static_mlp_of_the_same_size():
     [
         ({"periods": (16, 16)}, "increase strictly"),
         ({"variant": "nested", "periods": (4, 6)}, "divide the next"),
+        ({"retention": 1.0}, "retention must be in"),
+        ({"retention": 0.1, "variant": "nested", "periods": (4, 8)}, "set retention=0"),
+        ({"retention": 0.1, "mode": "static"}, "set retention=0"),
         ({"variant": "stacked"}, "variant"),
         ({"lr": 0.0}, "learn_lr=false"),
         ({"lr": (0.1, 0.1)}, "one or 3"),

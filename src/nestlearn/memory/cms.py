@@ -46,6 +46,9 @@ __all__ = [
     "set_cms_frozen",
 ]
 
+DEFAULT_RETENTION = 0.1
+"""``cms.retention`` of in-context sequential/independent levels when not given (CMS-12)."""
+
 _CHOICES = {
     "activation": ("swiglu", "gelu", "silu", "relu"),
     "variant": ("sequential", "nested", "independent"),
@@ -110,6 +113,13 @@ class CMSConfig:
     ``C^(l) / C^(1)`` (rounded)."""
     norm_eps: float = 1e-6
     """Epsilon of the level norms."""
+    retention: float | None = None
+    """Fraction of each level's fast-weight offset ``Delta = W - W_0`` removed at each of its
+    chunk boundaries, before the chunk's step: ``Delta' = (1 - r) Delta - eta sum grad``.
+    ``0`` is eq. 71 as written; ``r > 0`` keeps a long stream's fast weights near the
+    meta-learned ``W_0`` (docs/fidelity.md CMS-12). ``None`` = :data:`DEFAULT_RETENTION` for
+    in-context levels of the sequential and independent variants, 0 otherwise (the nested
+    variant restarts each level from its anchor instead and refuses ``r > 0``)."""
 
     def __post_init__(self) -> None:
         self.periods = tuple(int(p) for p in self.periods)
@@ -153,6 +163,18 @@ class CMSConfig:
             raise ValueError(
                 f"cms.objective='ntp' is an in-context error signal, but cms.mode={self.mode!r} "
                 "has no in-context updates; set cms.mode=in_context or drop cms.objective"
+            )
+        if self.retention is None:
+            auto = self.mode == "in_context" and self.variant != "nested" and self.enabled
+            self.retention = DEFAULT_RETENTION if auto else 0.0
+        self.retention = float(self.retention)
+        if not 0.0 <= self.retention < 1.0:
+            raise ValueError(f"cms.retention must be in [0, 1), got {self.retention}")
+        if self.retention and (self.variant == "nested" or self.mode != "in_context"):
+            raise ValueError(
+                f"cms.retention={self.retention} acts on in-context levels of the sequential or "
+                f"independent variant (got variant={self.variant!r}, mode={self.mode!r}); the "
+                "nested variant restarts each level from its anchor instead: set retention=0"
             )
         if self.outer_every is not None and self.mode != "outer":
             raise ValueError(
@@ -422,7 +444,7 @@ class ContinuumMemory(nn.Module):
                 reset_period=self.periods[i + 1] if nested and i < K - 1 else None,
                 reset_lr=eta[i + 1] if nested and i < K - 1 else None,
                 first_order=self.cfg.meta_grad == "first_order",
-                update=not self.frozen, output_final_state=keep,
+                update=not self.frozen, output_final_state=keep, retention=self.cfg.retention,
             )  # fmt: skip
             return y
 

@@ -9,9 +9,11 @@ of chunk ``c`` is read with that chunk's weights ``W_c = W_0 + Delta_c`` and, wi
 ``"next"`` objective, contributes the gradient of ``1/2 ||MLP_{W_c}(x_t) - x_{t+1}||^2`` at
 ``W_c``. At each boundary ``i = 0 (mod period)`` (NL eq. 71)::
 
-    Delta_{c+1} = Delta_c - lr * sum_{t in chunk c} grad_t
+    Delta_{c+1} = (1 - retention) * Delta_c - lr * sum_{t in chunk c} grad_t
 
-and, for a nested level (eq. 72), every ``reset_period`` tokens::
+(``retention = 0``, the default, is eq. 71 as written; ``retention > 0`` pulls the fast weights
+back toward the meta-learned ``W_0`` at every boundary, so a long stream cannot drift them
+without bound) and, for a nested level (eq. 72), every ``reset_period`` tokens::
 
     A <- A - reset_lr * (sum of the level's gradients since its last reset);   Delta <- A
 
@@ -42,8 +44,10 @@ from nestlearn.ops.cms.common import (
     Term,
     add,
     check_inputs,
+    check_retention,
     level_forward,
     level_grads,
+    scale,
     scaled_sub,
 )
 
@@ -65,6 +69,7 @@ def chunk_cms_level(
     first_order: bool = False,
     update: bool = True,
     output_final_state: bool = False,
+    retention: float = 0.0,
 ) -> tuple[Tensor, CMSLevelState | None]:
     """Read and update one CMS level over ``T`` tokens, chunk-parallel.
 
@@ -85,6 +90,8 @@ def chunk_cms_level(
         update: ``False`` freezes the level (reads only; position still advances).
         output_final_state: return the state (else ``None`` and the last, never-applied chunk's
             gradient is skipped).
+        retention: fraction of the fast-weight offset ``Delta`` removed at every chunk boundary,
+            before the chunk's step, in ``[0, 1)`` (not with ``reset_period``).
 
     Returns:
         ``(y [B, T, D] in x.dtype, final_state or None)``.
@@ -99,6 +106,7 @@ def chunk_cms_level(
         (torch.Size([2, 100, 16]), torch.Size([2, 64, 16]), 100)
     """
     check_inputs(x, w_in, w_out, period, activation, objective, reset_period, initial_state)
+    check_retention(retention, reset_period)
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=x.device.type, enabled=False):
         y, st = _run(
@@ -115,6 +123,7 @@ def chunk_cms_level(
             first_order,
             update,
             output_final_state,
+            1.0 - float(retention),
         )
     return y.to(x.dtype), st
 
@@ -133,6 +142,7 @@ def _run(
     first_order: bool,
     update: bool,
     keep_state: bool,
+    keep: float,
 ) -> tuple[Tensor, CMSLevelState | None]:
     B, T, _ = x.shape
     pos = st.position
@@ -195,10 +205,10 @@ def _run(
     for i, (s, e) in enumerate(bounds):
         p = pos + s
         if update and p % C == 0 and p > 0:  # eq. 71: apply the finished chunk's sum
-            if local:
-                S = add(S, grad)
+            if local:  # (1 - r) (base - lr S) - lr g = (1 - r) base - lr ((1 - r) S + g)
+                base, S = scale(base, keep), add(scale(S, keep), grad)
             else:  # a driver differentiates against ``state.delta``: it must be the weights used
-                base = scaled_sub(base, lr, grad)
+                base = scaled_sub(scale(base, keep), lr, grad)
             if R is not None:  # eq. 72: the nested level restarts from its anchor
                 agrad = add(agrad, grad)
                 if p % R == 0:

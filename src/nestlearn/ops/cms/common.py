@@ -106,6 +106,13 @@ def add(a: Pair | None, b: Pair | None) -> Pair | None:
     return (a[0] + b[0], a[1] + b[1])
 
 
+def scale(a: Pair | None, keep: float) -> Pair | None:
+    """``keep * a`` with ``None`` = zero (the retention of a level's fast-weight offset)."""
+    if a is None or keep == 1.0:
+        return a
+    return (a[0] * keep, a[1] * keep)
+
+
 def scaled_sub(a: Pair | None, lr: Tensor, g: Pair | None) -> Pair | None:
     """``a - lr * g`` with ``None`` = zero (eq. 71's step)."""
     if g is None:
@@ -215,6 +222,18 @@ def level_grads(
     dh = act_backward(h, da, activation)  # [B, n, Hin]
     g_in = torch.matmul(dh.transpose(1, 2), x)  # [B, Hin, D]
     return g_in, g_out
+
+
+def check_retention(retention: float, reset_period: int | None) -> None:
+    """``retention`` must lie in ``[0, 1)``; the nested variant (``reset_period``) restarts the
+    level from its anchor instead and takes none."""
+    if not 0.0 <= float(retention) < 1.0:
+        raise ValueError(f"CMS retention must be in [0, 1), got {retention}")
+    if retention and reset_period is not None:
+        raise ValueError(
+            "CMS retention applies to the sequential and independent variants; the nested "
+            "variant restarts each level from its anchor (eq. 72): set retention=0"
+        )
 
 
 def check_inputs(

@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nestlearn.ops.cms.common import Activation, CMSLevelState, Objective, check_inputs
+from nestlearn.ops.cms.common import (
+    Activation,
+    CMSLevelState,
+    Objective,
+    check_inputs,
+    check_retention,
+)
 
 __all__ = ["naive_cms_level"]
 
@@ -52,6 +58,7 @@ def naive_cms_level(
     first_order: bool = False,
     update: bool = True,
     output_final_state: bool = False,
+    retention: float = 0.0,
 ) -> tuple[Tensor, CMSLevelState | None]:
     """Token-by-token reference of :func:`nestlearn.ops.cms.chunk_cms_level` (same arguments).
 
@@ -59,6 +66,8 @@ def naive_cms_level(
     than ``None``).
     """
     check_inputs(x, w_in, w_out, period, activation, objective, reset_period, initial_state)
+    check_retention(retention, reset_period)
+    keep = 1.0 - float(retention)
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     B, T, D = x.shape
     with torch.enable_grad(), torch.autocast(device_type=x.device.type, enabled=False):
@@ -106,7 +115,7 @@ def naive_cms_level(
                 g = term(pending, xc[:, t], wi, wo)
                 grad = [grad[i] + g[i] for i in range(2)]
             if update and p % period == 0 and p > 0:
-                delta = [delta[i] - lr_t * grad[i] for i in range(2)]
+                delta = [keep * delta[i] - lr_t * grad[i] for i in range(2)]
                 if reset_period is not None:
                     agrad = [agrad[i] + grad[i] for i in range(2)]
                     if p % reset_period == 0:
