@@ -5,15 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from nestlearn.data.synthetic.formal import (
     FORMAL_LANGUAGES,
     encode_formal,
     formal_strings,
     formal_vocab,
 )
-from nestlearn.studies.formal import recognised, set_loss, string_accuracy, train_formal
+from nestlearn.eval.formal import recognised, string_accuracy
+from nestlearn.studies.formal import set_loss, train_formal
 from nestlearn.studies.recall import default_recipe
-from torch import nn
 
 
 @pytest.fixture(autouse=True)

@@ -8,16 +8,19 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from nestlearn.cli import main
 from nestlearn.data.synthetic.common import IGNORE_INDEX, TokenSegment, TokenTask
-from nestlearn.studies.recall import (
+from nestlearn.eval.recall import (
     AutoencoderReadout,
-    RecipeConfig,
-    build_token_task,
     count_correct,
-    default_recipe,
     evaluate_token_task,
     final_hidden,
+)
+from nestlearn.studies.recall import (
+    RecipeConfig,
+    build_token_task,
+    default_recipe,
     lr_at,
     masked_cross_entropy,
     recipe_model,

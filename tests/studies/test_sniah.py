@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from nestlearn.data.synthetic.sniah import SNIAH_TASKS, sniah_segment, sniah_vocab
+from nestlearn.eval.sniah import answer_logits, score_segment
 from nestlearn.studies.recall import RecipeConfig, default_recipe, recipe_model
-from nestlearn.studies.sniah import answer_logits, score_segment, sniah_loss, train_sniah
+from nestlearn.studies.sniah import sniah_loss, train_sniah
 
 VOCAB = sniah_vocab()
 V = len(VOCAB)

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from nestlearn.data.synthetic.formal import (
     FORMAL_BINS,
     FORMAL_LANGUAGES,
@@ -42,7 +43,7 @@ from nestlearn.data.synthetic.formal import (
     formal_strings,
     formal_vocab,
 )
-from nestlearn.models import LanguageModel
+from nestlearn.eval.formal import string_accuracy
 from nestlearn.studies.recall import RecipeConfig, default_recipe, fit, recipe_model
 
 logger = logging.getLogger(__name__)
@@ -78,14 +79,6 @@ def set_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) ->
     return (per * m).sum() / (m.sum() * k)
 
 
-def recognised(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``[B]`` bool: every real position's predicted set (logit > 0) equals its target set."""
-    k = targets.shape[-1]
-    right = (logits[..., :k] > 0) == (targets > 0.5)
-    ok_pos = right.all(-1) | ~mask
-    return ok_pos.all(-1)
-
-
 def _batches(data: FormalBatch, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, ...]]:
     rng = np.random.default_rng(seed)
     x, y, m = (torch.from_numpy(a) for a in (data.inputs, data.targets, data.mask))
@@ -94,25 +87,6 @@ def _batches(data: FormalBatch, batch_size: int, seed: int) -> Iterator[tuple[to
         width = int(m[rows].sum(-1).max())  # trim padding beyond the longest string drawn
         idx = torch.from_numpy(rows)
         yield x[idx, :width], y[idx, :width], m[idx, :width]
-
-
-@torch.no_grad()
-def string_accuracy(model: LanguageModel, data: FormalBatch, batch_size: int = 128) -> float:
-    """Fraction of ``data``'s strings recognised by ``model``."""
-    was = model.training
-    model.eval()
-    ok = 0
-    try:
-        for i in range(0, len(data.strings), batch_size):
-            sl = slice(i, i + batch_size)
-            m = torch.from_numpy(data.mask[sl])
-            width = int(m.sum(-1).max())
-            x = torch.from_numpy(data.inputs[sl, :width])
-            y = torch.from_numpy(data.targets[sl, :width])
-            ok += int(recognised(model(x)[0], y, m[:, :width]).sum())
-    finally:
-        model.train(was)
-    return ok / len(data.strings)
 
 
 def train_formal(

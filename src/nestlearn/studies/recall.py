@@ -27,12 +27,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from nestlearn.data.synthetic.common import IGNORE_INDEX, TokenSegment, TokenTask
+from nestlearn.eval.recall import AutoencoderReadout, evaluate_token_task, task_logits
 from nestlearn.memory.cms import attach_outer_schedule
 from nestlearn.models import LanguageModel, ModelConfig, build_model
 from nestlearn.optim import OptimConfig, build_optimizer
 from nestlearn.train.schedule import lr_factor
-from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -124,59 +126,6 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.T
     )
 
 
-def count_correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
-    """``(correct, scored)`` of argmax predictions at positions with a target."""
-    mask = targets != IGNORE_INDEX
-    hits = (logits.argmax(-1) == targets) & mask
-    return int(hits.sum()), int(mask.sum())
-
-
-def sincos_positions(n: int, dim: int) -> torch.Tensor:
-    """``[n, dim]`` sinusoidal position code (Vaswani et al. 2017), as MAD's decoder uses."""
-    pos = torch.arange(n, dtype=torch.float32)[:, None]
-    freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
-    out = torch.zeros(n, dim)
-    out[:, 0::2] = torch.sin(pos * freq)
-    out[:, 1::2] = torch.cos(pos * freq[: dim // 2])
-    return out
-
-
-class AutoencoderReadout(nn.Module):
-    """MAD's compression decoder: ``h [B, D]`` (last position) -> logits ``[B, T, V]``.
-
-    ``norm -> Linear -> GELU -> norm -> Linear -> GELU`` applied to ``h + pos[t]`` for every
-    output position ``t``, then ``norm -> Linear(V)``.
-    """
-
-    def __init__(self, dim: int, vocab_size: int, max_len: int) -> None:
-        super().__init__()
-        self.register_buffer("pos", sincos_positions(max_len, dim), persistent=False)
-        self.decoder = nn.Sequential(
-            nn.LayerNorm(dim),
-            nn.Linear(dim, dim),
-            nn.GELU(),
-            nn.LayerNorm(dim),
-            nn.Linear(dim, dim),
-            nn.GELU(),
-            nn.LayerNorm(dim),
-            nn.Linear(dim, vocab_size),
-        )
-
-    def forward(self, h: torch.Tensor, length: int) -> torch.Tensor:
-        return self.decoder(h[:, None, :] + self.pos[:length].to(h.dtype))
-
-
-def final_hidden(model: LanguageModel, idx: torch.Tensor) -> torch.Tensor:
-    """Normalised hidden states ``[B, T, D]`` (the input of the LM head) for ``idx [B, T]``."""
-    captured: dict[str, torch.Tensor] = {}
-    hook = model.norm.register_forward_hook(lambda m, i, o: captured.__setitem__("h", o))
-    try:
-        model(idx)
-    finally:
-        hook.remove()
-    return captured["h"]
-
-
 def recipe_model(cfg: RecipeConfig, vocab_size: int, max_seq_len: int) -> LanguageModel:
     """A freshly initialised model of ``cfg.family`` for a task vocabulary."""
     mcfg = ModelConfig(
@@ -266,45 +215,6 @@ def _segment_batches(
         yield tensors[k][0][rows], tensors[k][1][rows]
 
 
-@torch.no_grad()
-def evaluate_token_task(
-    model: LanguageModel,
-    segments: list[TokenSegment],
-    *,
-    readout: AutoencoderReadout | None = None,
-    batch_size: int = 128,
-    max_examples: int | None = None,
-) -> tuple[float, dict[str, float]]:
-    """Accuracy over all scored positions of ``segments`` and per segment."""
-    was = model.training
-    model.eval()
-    total_c = total_n = 0
-    per: dict[str, float] = {}
-    try:
-        for seg in segments:
-            n = len(seg) if max_examples is None else min(len(seg), max_examples)
-            c = s = 0
-            for i in range(0, n, batch_size):
-                x = torch.from_numpy(seg.inputs[i : min(n, i + batch_size)])
-                y = torch.from_numpy(seg.targets[i : min(n, i + batch_size)])
-                logits = _logits(model, readout, x)
-                dc, ds = count_correct(logits, y)
-                c, s = c + dc, s + ds
-            per[seg.name] = c / s if s else float("nan")
-            total_c, total_n = total_c + c, total_n + s
-    finally:
-        model.train(was)
-    return (total_c / total_n if total_n else float("nan")), per
-
-
-def _logits(
-    model: LanguageModel, readout: AutoencoderReadout | None, x: torch.Tensor
-) -> torch.Tensor:
-    if readout is None:
-        return model(x)[0]
-    return readout(final_hidden(model, x)[:, -1], x.shape[1])
-
-
 def train_token_task(
     task: TokenTask,
     cfg: RecipeConfig | None = None,
@@ -326,7 +236,7 @@ def train_token_task(
     trained = nn.ModuleList([model] if readout is None else [model, readout])
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return masked_cross_entropy(_logits(model, readout, x), y)
+        return masked_cross_entropy(task_logits(model, readout, x), y)
 
     def evaluate() -> float:
         return evaluate_token_task(
