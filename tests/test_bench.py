@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from nestlearn import bench
+from nestlearn.cli import bench as bench_cli
 from nestlearn.layers.ffn import SwiGLU
 from nestlearn.models import FAMILIES, Family, ModelConfig
 from nestlearn.models.skeleton import Block
@@ -43,8 +44,8 @@ def fake_family():
 
 def _run(argv: list[str], capsys) -> list[dict]:
     parser = argparse.ArgumentParser()
-    bench.add_bench_args(parser)
-    assert bench.run_bench(parser.parse_args(argv)) == 0
+    bench_cli.add_args(parser)
+    assert bench_cli.run(parser.parse_args(argv)) == 0
     return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
 
 
@@ -102,10 +103,10 @@ def test_add_ratios_pure():
 
 def test_table_output_and_skip_decode(capsys):
     parser = argparse.ArgumentParser()
-    bench.add_bench_args(parser)
+    bench_cli.add_args(parser)
     args = parser.parse_args([*TINY, "--model", "transformer", "--model",
                               "transformer:n_layers=2", "--decode-context", "0"])  # fmt: skip
-    assert bench.run_bench(args) == 0
+    assert bench_cli.run(args) == 0
     out = capsys.readouterr().out
     assert "transformer:n_layers=2" in out and "vs 1st" in out and "MFU" in out
     lines = out.splitlines()

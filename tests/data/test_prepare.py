@@ -11,8 +11,10 @@ import pytest
 
 import nestlearn.data.prepare as prep
 import nestlearn.data.readers as readers
+from nestlearn.cli.prepare import add_args as add_prepare_args
+from nestlearn.cli.prepare import run as run_prepare
 from nestlearn.data.dataset import TokenShards
-from nestlearn.data.prepare import add_prepare_args, prepare, run_prepare
+from nestlearn.data.prepare import prepare
 from nestlearn.data.tokenizers import get_tokenizer
 
 EOS = 257  # the byte tokenizer's eos

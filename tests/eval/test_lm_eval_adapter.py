@@ -19,10 +19,10 @@ from lm_eval.tasks.winogrande import preprocess_winogrande as lm_wino  # noqa: E
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # noqa: E402
 
 from nestlearn.data import get_tokenizer  # noqa: E402
-from nestlearn.eval.lm_eval_adapter import NestlearnLM, evaluate_with_lm_eval  # noqa: E402
 from nestlearn.eval.zeroshot import TASKS, LMScorer, evaluate_tasks, rolling_windows  # noqa: E402
 from nestlearn.eval.zeroshot.specs import wikitext_detokenize  # noqa: E402
 from nestlearn.models import build_model, preset_config  # noqa: E402
+from nestlearn.studies.lm_eval_adapter import NestlearnLM, evaluate_with_lm_eval  # noqa: E402
 from tests.conftest import SHARED_DATASETS  # noqa: E402
 
 needs_data = pytest.mark.skipif(

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from nestlearn.eval.perplexity import evaluate_lm
 from nestlearn.eval.stream import evaluate_stream
 from nestlearn.models import build_model, frozen_memory, ntp_forward, preset_config
 from nestlearn.train.batches import ArrayTokens
+from nestlearn.train.validation import evaluate_lm
 
 V = 32
 pytestmark = pytest.mark.usefixtures("float64_norm_rope")  # exact float64 comparisons

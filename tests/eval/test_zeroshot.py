@@ -424,7 +424,7 @@ def test_lm_eval_backend_without_lm_eval_says_how_to_install(byte_run, monkeypat
 
     for name in ("lm_eval", "lm_eval.api.model", "lm_eval.api.registry"):
         monkeypatch.setitem(sys.modules, name, None)  # as if lm-eval were not installed
-    monkeypatch.delitem(sys.modules, "nestlearn.eval.lm_eval_adapter", raising=False)
+    monkeypatch.delitem(sys.modules, "nestlearn.studies.lm_eval_adapter", raising=False)
     monkeypatch.setenv("NESTLEARN_EVAL_BACKEND", "lm-eval")
     argv = ["eval", "--checkpoint", str(byte_run), "--tasks", "piqa", "--data-dir", str(Path("."))]
     assert main(argv) == 2

@@ -106,7 +106,7 @@ def test_trainer_resume_mid_outer_window_is_bit_identical(tiny_data, tmp_path):
 
 
 def test_recall_fit_attaches_the_outer_schedule():
-    from nestlearn.eval.recall import RecipeConfig, fit, recipe_model
+    from nestlearn.studies.recall import RecipeConfig, fit, recipe_model
 
     cfg = RecipeConfig(family="hope-attention", dim=32, n_layers=1, steps=4, batch_size=2,
                        mixer={"cms": {"mode": "outer", "periods": [2, 4]}})  # fmt: skip

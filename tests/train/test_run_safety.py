@@ -268,7 +268,7 @@ def test_out_of_vocabulary_ids_are_refused(tmp_path):
         ValueError, match=r"token id 2\d\d is outside the model's vocabulary \[0, 256\)"
     ):
         Trainer(_cfg("train.steps=2"), run_dir=tmp_path, data=data).fit()
-    from nestlearn.eval.perplexity import evaluate_lm
+    from nestlearn.train.validation import evaluate_lm
 
     model = Trainer(
         _cfg(), run_dir=tmp_path / "b", data=(ByteTok(),) + (ArrayTokens(arr % 256),) * 2

@@ -24,7 +24,7 @@ from nestlearn.data.corpus import (
 from nestlearn.data.dataset import TokenShards, cache_root, default_corpus
 
 # `prepare` itself is not re-exported: it would shadow the submodule nestlearn.data.prepare.
-from nestlearn.data.prepare import add_prepare_args, run_prepare
+# The `nestlearn prepare` command (its flags and summary line) is nestlearn.cli.prepare.
 from nestlearn.data.tokenizers import (
     TOKENIZER_NAMES,
     ByteTokenizer,
@@ -41,11 +41,9 @@ __all__ = [
     "HFTokenizer",
     "TokenShards",
     "Tokenizer",
-    "add_prepare_args",
     "cache_root",
     "corpus_documents",
     "default_corpus",
     "get_tokenizer",
     "load_manifest",
-    "run_prepare",
 ]

@@ -29,7 +29,7 @@ from nestlearn.data.synthetic.niah import NIAH_TASKS, TOKENS_TO_GENERATE, genera
 from nestlearn.data.tokenizers import Tokenizer
 from nestlearn.models import FAMILIES, LanguageModel
 from nestlearn.models.generation import generate
-from nestlearn.train.report import format_table
+from nestlearn.utils.tables import format_table
 
 logger = logging.getLogger(__name__)
 

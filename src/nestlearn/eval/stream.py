@@ -1,6 +1,6 @@
 """Perplexity over one token stream with the per-sequence state threaded through.
 
-:func:`nestlearn.eval.perplexity.evaluate_lm` scores independent windows, each from a fresh
+:func:`nestlearn.train.validation.evaluate_lm` scores independent windows, each from a fresh
 state, which is how a model is trained. A model that learns in context (Titans, Hope) can also
 be read as one long stream: every window continues from the state the previous one left, so
 the memory keeps learning over the whole text (``nestlearn eval --stream``), and the stream can

@@ -558,7 +558,7 @@ def attach_outer_schedule(model: nn.Module, optimizer: torch.optim.Optimizer) ->
     """Apply the outer schedule automatically at the start of every ``optimizer.step()``.
 
     Every training loop of nestlearn calls this once, right after building its optimizer (the
-    trainer, ``nestlearn.eval.recall.fit``, the continual-learning loops, ``bench``), so
+    trainer, ``nestlearn.studies.recall.fit``, the continual-learning loops, ``bench``), so
     ``cms.mode=outer`` acts wherever a model is trained. A loop of your own does the same::
 
         opt = torch.optim.AdamW(model.parameters())

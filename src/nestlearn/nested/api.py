@@ -1,7 +1,7 @@
 """Turning a :class:`~nestlearn.ops.nested.MemorySpec` into something to train and benchmark.
 
 * :func:`register_memory`: a family and a ``<name>-tiny`` preset in this process (Python use:
-  ``build_model``, ``run_bench``, ``run_compare``);
+  ``build_model``, ``bench_models``, ``run_compare``);
 * :func:`recipe`: a YAML recipe for ``nestlearn train --config`` (family ``nested``, the spec in
   ``model.mixer``), so the command line needs no registration;
 * :func:`bench_name`: the ``--model`` argument of ``nestlearn bench`` for the spec.

@@ -1,4 +1,4 @@
-"""Readable run summaries: loss-curve plots and small text tables."""
+"""Readable run summaries: the metrics file and loss-curve plots."""
 
 from __future__ import annotations
 
@@ -60,23 +60,3 @@ def plot_losses(runs: dict[str, str | Path], out: str | Path, title: str = "") -
     fig.savefig(out)
     plt.close(fig)
     return out
-
-
-def format_table(headers: list[str], rows: list[list[object]]) -> str:
-    """A plain aligned text table."""
-    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = [
-        "  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths)))
-        for r in cells
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        return f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)

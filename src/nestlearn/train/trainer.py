@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from nestlearn.data.mixture import MixtureValidation
-from nestlearn.eval.perplexity import evaluate_lm, token_byte_lengths
 from nestlearn.memory.cms import attach_outer_schedule
 from nestlearn.models import LanguageModel, build_model
 from nestlearn.optim import build_optimizer
@@ -65,6 +64,7 @@ from nestlearn.train.rundir import (
 from nestlearn.train.schedule import lr_factor
 from nestlearn.train.sources import open_data
 from nestlearn.train.tracking import Trackers, check_available, parse_log_to
+from nestlearn.train.validation import evaluate_lm, token_byte_lengths
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ module               tasks                               paper table (arXiv 2512
 ==================== =================================== ==========================================
 
 Every generator is deterministic given its seed. Scoring and the CPU training recipes live in
-``nestlearn.eval.niah``, ``nestlearn.eval.babilong``, ``nestlearn.eval.recall`` and
-``nestlearn.eval.formal``; see ``docs/evaluation_synthetic.md``.
+``nestlearn.eval.niah``, ``nestlearn.eval.babilong``, ``nestlearn.studies.recall`` and
+``nestlearn.studies.formal``; see ``docs/evaluation_synthetic.md``.
 """
 
 from nestlearn.data.synthetic.babilong import (

@@ -272,7 +272,7 @@ def compression(
     """Random tokens ending in a compression token; the targets are the whole input.
 
     MAD solves it as an autoencoder: the sequence is decoded from the hidden state at the last
-    position (see ``nestlearn.eval.recall``).
+    position (see ``nestlearn.studies.recall``).
     """
     plain = vocab_size - 1 - noise_vocab_size
     x = np.concatenate([rng.integers(0, plain, size=seq_len - 1), [vocab_size - 1]])

@@ -6,7 +6,7 @@ One YAML per task (``nestlearn_piqa``, ``nestlearn_arc_easy``, ``nestlearn_arc_c
 with lm-eval 0.4.13's prompts and metrics, reading local files through
 ``nestlearn_offline.py``. Use them with ``TaskManager(include_path=TASKS_DIR,
 metadata={"data_dir": DIR})`` or ``lm_eval --include_path <this folder> --metadata
-'{"data_dir": "DIR"}'``; :mod:`nestlearn.eval.lm_eval_adapter` does this for you.
+'{"data_dir": "DIR"}'``; :mod:`nestlearn.studies.lm_eval_adapter` does this for you.
 """
 
 from pathlib import Path

@@ -174,7 +174,7 @@ def paper_row(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
 
 def format_paper_table(rows: dict[str, dict[str, float | None]]) -> str:
     """Markdown-style table with one line per model label, in the paper's column layout."""
-    from nestlearn.train.report import format_table
+    from nestlearn.utils.tables import format_table
 
     headers = ["model"] + [c for c, _, _ in PAPER_COLUMNS] + ["Avg"]
     body = []

@@ -3,7 +3,7 @@
 Axis legend: B batch (requests scored together), T time (tokens), V vocabulary.
 
 The request semantics follow lm-evaluation-harness 0.4.13 (``TemplateLM`` + ``HFLM``), so the
-native scorer and the lm-eval adapter (:mod:`nestlearn.eval.lm_eval_adapter`) give the same
+native scorer and the lm-eval adapter (:mod:`nestlearn.studies.lm_eval_adapter`) give the same
 numbers:
 
 * **Encoding a pair**: trailing spaces of the context move to the continuation; the

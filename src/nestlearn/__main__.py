@@ -1,0 +1,5 @@
+"""``python -m nestlearn``: the ``nestlearn`` command."""
+
+from nestlearn.cli import main
+
+raise SystemExit(main())
