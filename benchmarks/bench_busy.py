@@ -24,22 +24,28 @@ import sys
 import time
 from typing import Any
 
-SETTINGS: tuple[tuple[int, str], ...] = ((2, ""), (2, "PASSIVE"), (1, ""))
-"""(threads, OMP_WAIT_POLICY); "" leaves the runtime's default (libgomp: spin, then sleep)."""
+SETTINGS: tuple[tuple[int, str], ...] = ((2, ""), (2, "PASSIVE"), (1, ""), (0, ""))
+"""(threads, OMP_WAIT_POLICY); "" leaves the runtime's default (libgomp: spin, then sleep);
+threads 0 = what the ``nestlearn`` CLI picks (``utils.threads.auto_threads``: one per core that
+no other process keeps busy)."""
 
 
 def _child(args: argparse.Namespace) -> int:
     import torch
 
     from nestlearn.bench import bench_model
+    from nestlearn.utils.threads import auto_threads
 
+    if args.threads == 0:
+        args.threads = auto_threads(torch.get_num_threads())
     torch.set_num_threads(args.threads)
     rec = bench_model(
         args.model, batch=args.batch, seq=args.seq, steps=args.steps, warmup=1,
         decode_context=(args.decode,), decode_tokens=args.decode_tokens, peak_gflops=1.0,
         threads=args.threads,
     )  # fmt: skip
-    print(json.dumps({"train": rec["train_tokens_per_s"], "decode": rec["decode_tokens_per_s"]}))
+    print(json.dumps({"train": rec["train_tokens_per_s"], "decode": rec["decode_tokens_per_s"],
+                      "threads": args.threads}))  # fmt: skip
     return 0
 
 
@@ -48,7 +54,9 @@ def _measure(args: argparse.Namespace, threads: int, policy: str) -> dict[str, f
     env.pop("OMP_WAIT_POLICY", None)
     if policy:
         env["OMP_WAIT_POLICY"] = policy
-    env["OMP_NUM_THREADS"] = str(threads)
+    env.pop("OMP_NUM_THREADS", None)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, __file__, "--child", "--threads", str(threads), "--model", args.model,
            "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps),
            "--decode", str(args.decode), "--decode-tokens", str(args.decode_tokens)]  # fmt: skip
@@ -88,13 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         idle = _measure(args, threads, policy)
         procs = _busy(args.competitors)
         try:
-            time.sleep(0.5)
+            time.sleep(1.0)
             busy = _measure(args, threads, policy)
         finally:
             for proc in procs:
                 proc.kill()
                 proc.wait()
-        row = {"threads": threads, "policy": policy or "default", "idle": idle, "busy": busy,
+        label = threads or f"auto ({idle['threads']} idle, {busy['threads']} busy)"
+        row = {"threads": label, "policy": policy or "default", "idle": idle, "busy": busy,
                "train_slowdown": round(idle["train"] / busy["train"], 2),
                "decode_slowdown": round(idle["decode"] / busy["decode"], 2)}  # fmt: skip
         rows.append(row)

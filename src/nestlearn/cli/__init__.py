@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from types import ModuleType
@@ -78,6 +79,29 @@ def _os_error(e: OSError) -> str:
     return f"{e.strerror or e}{where}; {fix}"
 
 
+def _busy_machine_threads() -> None:
+    """Fewer torch threads when other processes keep cores busy (``utils.threads``); a thread
+    count the user set (``OMP_NUM_THREADS``, or a command's own ``--threads`` /
+    ``train.threads``, applied later) wins."""
+    import logging
+
+    import torch
+
+    from nestlearn.utils.threads import auto_threads
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    now = torch.get_num_threads()
+    pick = auto_threads(now)
+    if pick < now:
+        logging.getLogger("nestlearn").info(
+            "other processes keep %d of this machine's cores busy: using %d torch thread(s) "
+            "instead of %d (set OMP_NUM_THREADS or the command's thread option to override)",
+            now - pick, pick, now,
+        )  # fmt: skip
+        torch.set_num_threads(pick)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -89,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from nestlearn.train.config import ConfigError
     from nestlearn.train.guards import TrainingStopped
 
+    _busy_machine_threads()
     try:
         return int(args.func(args) or 0)
     except (CheckpointWriteError, TrainingStopped) as e:
