@@ -50,6 +50,7 @@ def stacked_config(
     lr_max: float = 0.01,
     meta_grad: str = "first_order",
     objective: str = "next",
+    retention: float = 0.0,
 ) -> ModelConfig:
     """The ``transformer-cms`` config that holds ``cfg``'s weights with CMS levels.
 
@@ -66,6 +67,9 @@ def stacked_config(
         objective: the levels' in-context error signal: ``next`` (local next-input regression;
             cheap) or ``ntp`` (the model's next-token gradient: every call of the model then runs
             the exact driver :func:`~nestlearn.models.ntp.ntp_forward`). See docs/fidelity.md.
+        retention: the levels' pull toward the pretrained MLP at each boundary (``cms.retention``,
+            fidelity CMS-12); ``0`` (eq. 71 as written) keeps the stacking experiments as
+            measured.
     """
     if cfg.family != "transformer":
         raise ValueError(
@@ -85,6 +89,7 @@ def stacked_config(
         "learn_lr": bool(learn),
         "meta_grad": meta_grad,
         "norm_eps": cfg.norm_eps,
+        "retention": float(retention),
     }
     got = CMSConfig.from_dict(cms).level_hidden(cfg.dim)  # validates the options too
     if got != hidden:
@@ -107,6 +112,7 @@ def stack_levels(
     lr_max: float = 0.01,
     meta_grad: str = "first_order",
     objective: str = "next",
+    retention: float = 0.0,
 ) -> LanguageModel:
     """A ``transformer-cms`` copy of ``model`` whose CMS levels start at its MLPs.
 
@@ -127,6 +133,7 @@ def stack_levels(
         lr_max=lr_max,
         meta_grad=meta_grad,
         objective=objective,
+        retention=retention,
     )
     p = next(model.parameters())
     out = build_model(new_cfg, device=p.device).to(p.dtype)

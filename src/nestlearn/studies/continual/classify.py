@@ -350,10 +350,11 @@ def frozen_transformer(
             raise ValueError("frozen_transformer expects one CMS level per block (stack_levels)")
         level, ls = cms.levels[0], fs.levels[0]
         eta = float(cms.lrs()[0]) / cms.periods[0]
+        keep = 1.0 - cms.cfg.retention  # the boundary's retention (0 for stacked levels)
         w_in, w_out = (w.clone() for w in level.weights())
         if ls.delta is not None:
-            w_in += ls.delta[0][0].to(w_in.dtype)
-            w_out += ls.delta[1][0].to(w_out.dtype)
+            w_in += keep * ls.delta[0][0].to(w_in.dtype)
+            w_out += keep * ls.delta[1][0].to(w_out.dtype)
         if ls.grad is not None:
             w_in -= eta * ls.grad[0][0].to(w_in.dtype)
             w_out -= eta * ls.grad[1][0].to(w_out.dtype)
