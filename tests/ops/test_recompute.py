@@ -173,3 +173,137 @@ def test_bad_recompute_group_names_the_fix(bad) -> None:
     memory, kw = CASES["mlp2"]
     with pytest.raises(ValueError, match="recompute_group"):
         chunk_titans(**_titans_inputs(9, memory, False), chunk_size=4, recompute_group=bad)
+
+
+# ------------------------------------------------------------------------- self-modifying
+def _selfmod_inputs(T: int, names: tuple[str, ...], momentum: bool, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    F_, HID = 4, 6
+
+    def rn(*s: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*s, generator=g) * scale).requires_grad_()
+
+    def mem(heads: int) -> TitansState:
+        w = (rn(B, heads, HID, F_, scale=0.5), rn(B, heads, F_, HID, scale=0.4))
+        m = tuple(rn(*t.shape, scale=0.05) for t in w) if momentum else None
+        return TitansState(w, m)
+
+    n = len(names)
+    inp = {
+        "x": rn(B, T, H, F_, scale=0.5), "state": SelfModState(mem(n * H), mem(H)),
+        "names": names, "eta_readout": (rn(H, F_, scale=0.5), rn(H)),
+        "alpha_readout": (rn(H, F_, scale=0.5), rn(H, scale=0.1) - 2.0)
+        if "alpha" in names else None,
+        "momentum": (0.2 + 0.7 * torch.rand(B, T, H, generator=g)).requires_grad_()
+        if momentum else None,
+        "max_lr": 0.3,
+    }  # fmt: skip
+    for name in ("q", "k", "v"):
+        inp[name] = None if name in names else rn(B, T, H, F_)
+    return inp
+
+
+def _selfmod_leaves(inp: dict) -> list[torch.Tensor]:
+    out = [inp["x"], *inp["eta_readout"], *(inp["alpha_readout"] or ())]
+    out += [inp[n] for n in ("q", "k", "v", "momentum") if inp[n] is not None]
+    for st in inp["state"]:
+        out += list(st.weights) + list(st.momentum or ()) + list(st.anchor or ())
+    return out
+
+
+@pytest.mark.parametrize("group", [1, 2, 5])
+@pytest.mark.parametrize(
+    "names,momentum,strong",
+    [
+        pytest.param(("k", "v", "eta", "alpha"), True, True, id="hope"),
+        pytest.param(("k", "v", "eta", "alpha"), True, False, id="hope-chunk-start-rule"),
+        pytest.param(("v", "eta"), False, True, id="fixed-k-no-decay"),
+    ],
+)
+def test_selfmod_recompute_equals_plain(names, momentum: bool, strong: bool, group: int) -> None:
+    inp = _selfmod_inputs(29, names, momentum, seed=4)
+    kw = {"chunk_size": 4, "proj_chunk_size": 3, "optimizer": "dgd", "proj_lr_scale": 0.5}
+    if strong:
+        st = inp["state"]
+        kw |= {"exact_output": True, "hidden_chunk": True,
+               "hidden_prior": (st.proj.weights, st.memory.weights)}  # fmt: skip
+    leaves = _selfmod_leaves(inp)
+
+    def run(grp: int | None):
+        # two calls: the second starts mid-chunk for both memories (anchors in the state)
+        first = {**inp, **{n: inp[n][:, :10] for n in ("x", "q", "k", "v", "momentum")
+                           if inp[n] is not None}}  # fmt: skip
+        o1, st = chunk_selfmod_titans(**first, **kw, recompute_group=grp)
+        rest = {**inp, "state": st, **{n: inp[n][:, 10:] for n in ("x", "q", "k", "v", "momentum")
+                                       if inp[n] is not None}}  # fmt: skip
+        o2, st2 = chunk_selfmod_titans(**rest, **kw, recompute_group=grp)
+        return o1, o2, st2
+
+    _assert_same(_fwd_bwd(lambda: run(group), leaves), _fwd_bwd(lambda: run(None), leaves))
+
+
+def test_selfmod_checkpoints_both_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    count = _CountCheckpoints(monkeypatch)
+    inp = _selfmod_inputs(24, ("k", "v", "eta", "alpha"), True)
+    chunk_selfmod_titans(**inp, chunk_size=4, proj_chunk_size=3, recompute_group=2)
+    assert count.calls == 4 + 3  # 8 projection chunks, then 6 main-memory chunks, by 2
+    with torch.no_grad():
+        chunk_selfmod_titans(**inp, chunk_size=4, proj_chunk_size=3, recompute_group=2)
+    assert count.calls == 7
+
+
+# ------------------------------------------------------------------------------------- CMS
+@pytest.mark.parametrize("group", [1, 2, 3])
+@pytest.mark.parametrize(
+    "act,first_order,reset,mid",
+    [
+        pytest.param("swiglu", True, None, False, id="swiglu-first-order"),
+        pytest.param("swiglu", False, None, True, id="swiglu-full-mid-chunk"),
+        pytest.param("swiglu", True, 8, True, id="swiglu-first-order-nested-mid-chunk"),
+        pytest.param("gelu", False, 8, False, id="gelu-full-nested"),
+    ],
+)
+def test_cms_recompute_equals_plain(act: str, first_order: bool, reset, mid: bool, group) -> None:
+    g = torch.Generator().manual_seed(5)
+    Bc, T, Dc, Hc, C = 2, 27, 6, 5, 4
+    hin = 2 * Hc if act == "swiglu" else Hc
+
+    def t(*s: int, scale: float = 0.3) -> torch.Tensor:
+        return (torch.randn(*s, generator=g) * scale).requires_grad_()
+
+    x, w_in, w_out = t(Bc, T, Dc, scale=1.0), t(hin, Dc), t(Dc, Hc)
+    lr = torch.tensor(0.07, requires_grad=True)
+    rlr = torch.tensor(0.03, requires_grad=True) if reset else None
+    init = None
+    if mid:
+        init = CMSLevelState(
+            delta=(t(Bc, hin, Dc, scale=0.1), t(Bc, Dc, Hc, scale=0.1)),
+            grad=(t(Bc, hin, Dc, scale=0.1), t(Bc, Dc, Hc, scale=0.1)),
+            pending=t(Bc, 2, Dc, scale=0.1),
+            anchor=(t(Bc, hin, Dc, scale=0.1), t(Bc, Dc, Hc, scale=0.1)) if reset else None,
+            anchor_grad=(t(Bc, hin, Dc, scale=0.1), t(Bc, Dc, Hc, scale=0.1)) if reset else None,
+            position=6,
+        )
+    leaves = [x, w_in, w_out, lr] + ([rlr] if reset else []) + _tensors(init)
+    kw = dict(period=C, activation=act, first_order=first_order, reset_period=reset,
+              reset_lr=rlr)  # fmt: skip
+
+    def run(grp: int | None, keep: bool):
+        return chunk_cms_level(x, w_in, w_out, lr, init, **kw, output_final_state=keep,
+                               recompute_group=grp)  # fmt: skip
+
+    for keep in (True, False):
+        _assert_same(
+            _fwd_bwd(lambda: run(group, keep), leaves), _fwd_bwd(lambda: run(None, keep), leaves)
+        )
+
+
+def test_cms_groups_are_checkpointed_only_with_grad(monkeypatch: pytest.MonkeyPatch) -> None:
+    count = _CountCheckpoints(monkeypatch)
+    x = torch.randn(2, 40, 6, requires_grad=True)
+    w_in, w_out = torch.randn(10, 6) * 0.3, torch.randn(6, 5) * 0.3
+    chunk_cms_level(x, w_in, w_out, 0.05, period=4, recompute_group=4)
+    assert count.calls == 3  # 10 chunks by 4
+    with torch.inference_mode():
+        chunk_cms_level(x, w_in, w_out, 0.05, period=4, recompute_group=4)
+    assert count.calls == 3
