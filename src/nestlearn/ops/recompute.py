@@ -24,7 +24,17 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["check_recompute_group", "group_views", "recompute_active", "run_grouped"]
+__all__ = [
+    "DEFAULT_RECOMPUTE_GROUP",
+    "check_recompute_group",
+    "group_views",
+    "recompute_active",
+    "run_grouped",
+]
+
+DEFAULT_RECOMPUTE_GROUP = 8
+"""Chunks per recomputed group in the modules and configs (``docs/benchmarks.md``, "Training
+memory": hope-tiny at 16x256 and a hope-760m block at 1x2048 measured at G = 4, 8, 16)."""
 
 Carry = TypeVar("Carry")
 
