@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from nestlearn.ops.cms import CMSLevelState, chunk_cms_level, level_forward
+from nestlearn.ops.recompute import DEFAULT_RECOMPUTE_GROUP, check_recompute_group
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +121,22 @@ class CMSConfig:
     meta-learned ``W_0`` (docs/fidelity.md CMS-12). ``None`` = :data:`DEFAULT_RETENTION` for
     in-context levels of the sequential and independent variants, 0 otherwise (the nested
     variant restarts each level from its anchor instead and refuses ``r > 0``)."""
+    recompute_group: int | None = None
+    """Chunk-group recompute of the in-context levels (``nestlearn.ops.recompute``): in
+    training each level's chunk loop runs in checkpointed groups of this many chunks, so
+    backward keeps one fast-weight snapshot per group instead of one per chunk and re-runs each
+    group (same numbers; about one more forward of the level). ``0`` keeps every chunk's
+    tensors. ``None``: the block's ``model.mixer.recompute_group`` in the Hope families, else
+    8. Needs ``mode="in_context"``."""
 
     def __post_init__(self) -> None:
+        check_recompute_group(self.recompute_group, "cms.recompute_group")
+        if self.recompute_group and (self.mode != "in_context" or not self.enabled):
+            raise ValueError(
+                f"cms.recompute_group={self.recompute_group} acts on in-context levels, but "
+                f"cms.mode={self.mode!r}, cms.enabled={self.enabled} has none; drop "
+                "cms.recompute_group or set it to 0"
+            )
         self.periods = tuple(int(p) for p in self.periods)
         for key, allowed in _CHOICES.items():
             if getattr(self, key) not in allowed:
@@ -435,6 +450,8 @@ class ContinuumMemory(nn.Module):
         eta = lrs / torch.tensor(self.periods, dtype=lrs.dtype, device=lrs.device)  # eq. 71's eta
         nested = self.cfg.variant == "nested"
         K = len(self.levels)
+        group = self.cfg.recompute_group
+        group = DEFAULT_RECOMPUTE_GROUP if group is None else group
 
         def run(i: int, n: Tensor) -> Tensor:
             y, new[i] = chunk_cms_level(
@@ -445,6 +462,7 @@ class ContinuumMemory(nn.Module):
                 reset_lr=eta[i + 1] if nested and i < K - 1 else None,
                 first_order=self.cfg.meta_grad == "first_order",
                 update=not self.frozen, output_final_state=keep, retention=self.cfg.retention,
+                recompute_group=group,
             )  # fmt: skip
             return y
 

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestlearn.ops.conv import causal_depthwise_conv
+from nestlearn.ops.recompute import DEFAULT_RECOMPUTE_GROUP, check_recompute_group
 from nestlearn.ops.titans import TitansState, chunk_titans, naive_chunk_titans
 from nestlearn.ops.titans.common import memory_forward, read_weights
 
@@ -112,6 +113,10 @@ class NeuralMemory(nn.Module):
             meta-learned ``M_0`` instead of toward zero (needs ``hidden_chunk``), so over a long
             stream they stay near the weights training saw (docs/fidelity.md TITANS-2).
         naive: run the reference op ``naive_chunk_titans`` (tests and benchmarks only).
+        recompute_group: chunk-group recompute of the chunk loop in training (``chunk_titans``):
+            one memory snapshot per this many chunks is kept for backward, which re-runs each
+            group; ``0`` or ``None`` keeps every chunk's tensors. The reference op (``naive``)
+            keeps everything.
         init_seed: seed of this layer's own random init (``M_0``, conv), see ``reset_parameters``.
     """
 
@@ -136,11 +141,13 @@ class NeuralMemory(nn.Module):
         retain_to_init: bool = True,
         lr_init: float | None = None,
         naive: bool = False,
+        recompute_group: int | None = DEFAULT_RECOMPUTE_GROUP,
         init_seed: int = 0,
     ) -> None:
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
+        self.recompute_group = check_recompute_group(recompute_group)
         if memory not in ("mlp", "linear"):
             raise ValueError(f"memory must be 'mlp' or 'linear', got {memory!r}")
         if memory == "mlp" and depth < 2:
@@ -308,13 +315,17 @@ class NeuralMemory(nn.Module):
         else:
             if inner is None:
                 inner = self._initial_inner(B)
-            op = naive_chunk_titans if self.naive else chunk_titans
-            o, inner = op(
-                q, k, v, theta, eta, alpha, inner,
+            kw = dict(
                 chunk_size=self.chunk_size, activation=self.activation, optimizer=self.optimizer,
                 exact_output=self.exact_output, hidden_chunk=self.hidden_chunk,
                 hidden_prior=self._prior(B),
             )  # fmt: skip
+            if self.naive:
+                o, inner = naive_chunk_titans(q, k, v, theta, eta, alpha, inner, **kw)
+            else:
+                o, inner = chunk_titans(
+                    q, k, v, theta, eta, alpha, inner, **kw, recompute_group=self.recompute_group
+                )
         o = F.rms_norm(o, (F_,)) * self.out_norm_weight.to(o.dtype)  # per head
         o = o.reshape(B, T, self.dim) * torch.sigmoid(self.wg(x))
         y = self.wo(o)

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestlearn.ops.conv import causal_depthwise_conv
+from nestlearn.ops.recompute import DEFAULT_RECOMPUTE_GROUP, check_recompute_group
 from nestlearn.ops.selfmod import (
     PROJECTIONS,
     SelfModState,
@@ -108,6 +109,10 @@ class SelfModifyingTitans(nn.Module):
         retain_to_init: every memory's hidden layer retains toward its meta-learned initial
             weights instead of toward zero (needs ``hidden_chunk``; docs/fidelity.md TITANS-2).
         naive: run the per-token reference op (tests and ``bench --naive``).
+        recompute_group: chunk-group recompute in training (``chunk_selfmod_titans``): one
+            state snapshot per this many chunks of each pass is kept for backward, which re-runs
+            each group; ``0`` or ``None`` keeps every chunk's tensors. The reference op
+            (``naive``) keeps everything.
         init_seed: seed of this layer's own init (the layer index).
     """
 
@@ -136,9 +141,11 @@ class SelfModifyingTitans(nn.Module):
         lr_init: float | None = None,
         proj_lr_scale: float = 0.1,
         naive: bool = False,
+        recompute_group: int | None = DEFAULT_RECOMPUTE_GROUP,
         init_seed: int = 0,
     ) -> None:
         super().__init__()
+        self.recompute_group = check_recompute_group(recompute_group)
         if dim % n_heads:
             raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
         if chunk_size < 1 or proj_chunk_size < 1:
@@ -307,13 +314,18 @@ class SelfModifyingTitans(nn.Module):
         if self.memory_frozen:
             o = self._read_only(xm, inner, kw)
         else:
-            op = naive_selfmod_titans if self.naive else chunk_selfmod_titans
-            o, inner = op(
-                xm, inner, momentum=mom, chunk_size=self.chunk_size,
-                proj_chunk_size=self.proj_chunk_size, optimizer=self.optimizer,
-                exact_output=self.exact_output, hidden_chunk=self.hidden_chunk,
-                hidden_prior=self._prior(B), proj_lr_scale=self.proj_lr_scale, **kw,
+            kw |= dict(
+                momentum=mom, chunk_size=self.chunk_size, proj_chunk_size=self.proj_chunk_size,
+                optimizer=self.optimizer, exact_output=self.exact_output,
+                hidden_chunk=self.hidden_chunk, hidden_prior=self._prior(B),
+                proj_lr_scale=self.proj_lr_scale,
             )  # fmt: skip
+            if self.naive:
+                o, inner = naive_selfmod_titans(xm, inner, **kw)
+            else:
+                o, inner = chunk_selfmod_titans(
+                    xm, inner, **kw, recompute_group=self.recompute_group
+                )
         o = F.rms_norm(o, (F_,)) * self.out_norm_weight.to(o.dtype)  # per head
         o = o.reshape(B, T, D) * torch.sigmoid(self.wg(x))
         y = self.wo(o)

@@ -24,6 +24,7 @@ from nestlearn.memory.self_modifying import SelfModifyingTitans
 from nestlearn.models.config import ModelConfig
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
+from nestlearn.ops.recompute import DEFAULT_RECOMPUTE_GROUP, check_recompute_group
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ def _from_mapping(cls: type, family: str, opts: dict[str, Any]) -> Any:
             f"unknown model.mixer options {bad} for {family}; known: {', '.join(sorted(known))}"
         )
     out = cls(**opts)
+    check_recompute_group(out.recompute_group, "model.mixer.recompute_group")
     CMSConfig.from_dict(out.cms)  # validate now, naming unknown cms keys
     return out
 
@@ -99,6 +101,12 @@ class HopeOptions:
     which leaves k and v nearly equal at init and MQAR at 30% (docs/fidelity.md HOPE-11)."""
     naive: bool = False
     """Run the per-token reference op (tests and ``bench --naive`` only)."""
+    recompute_group: int | None = DEFAULT_RECOMPUTE_GROUP
+    """Chunk-group recompute in training: the self-modifying memories and the CMS levels keep
+    one state snapshot per this many chunks for backward, which re-runs each group (same
+    numbers, less memory, about one more forward of the loops; docs/benchmarks.md "Training
+    memory"). ``0`` keeps every chunk's tensors. ``cms.recompute_group``, when given, sets the
+    CMS's own. The naive reference op keeps everything."""
     cms: dict[str, Any] = field(default_factory=dict)
     """Continuum Memory System options (``CMSConfig``); ``cms.enabled=false`` = "w/o CMS"."""
 
@@ -120,12 +128,35 @@ class HopeAttentionOptions:
     """``model.mixer`` options of the ``hope-attention`` family (the attention is Transformer++'s:
     ``model.n_kv_heads``, ``model.rope_base`` ... apply)."""
 
+    recompute_group: int | None = DEFAULT_RECOMPUTE_GROUP
+    """Chunk-group recompute of the CMS levels in training (the attention has no chunk loop):
+    one fast-weight snapshot per this many chunks is kept for backward. ``0`` keeps every
+    chunk's tensors; ``cms.recompute_group``, when given, takes precedence."""
     cms: dict[str, Any] = field(default_factory=dict)
     """Continuum Memory System options (``CMSConfig``)."""
 
     @classmethod
     def from_mapping(cls, opts: dict[str, Any]) -> HopeAttentionOptions:
-        return _from_mapping(cls, "hope-attention", opts)
+        out = _from_mapping(cls, "hope-attention", opts)
+        cms = CMSConfig.from_dict(out.cms)
+        if out.recompute_group and "recompute_group" in opts and not (
+            cms.enabled and cms.mode == "in_context"
+        ):
+            raise ValueError(
+                f"model.mixer.recompute_group={out.recompute_group} acts on hope-attention's "
+                f"in-context CMS levels, but cms.mode={cms.mode!r}, cms.enabled={cms.enabled} "
+                "has none; drop it or set it to 0"
+            )
+        return out
+
+
+def _cms(o: HopeOptions | HopeAttentionOptions, dim: int) -> ContinuumMemory:
+    """The block's CMS; its recompute group defaults to the block's ``recompute_group``."""
+    opts = dict(o.cms)
+    cfg = CMSConfig.for_dim(opts, dim)
+    if "recompute_group" not in opts and cfg.enabled and cfg.mode == "in_context":
+        cfg.recompute_group = o.recompute_group or 0
+    return ContinuumMemory(dim, cfg)
 
 
 def build_hope_block(cfg: ModelConfig, layer: int) -> Block:
@@ -153,11 +184,10 @@ def build_hope_block(cfg: ModelConfig, layer: int) -> Block:
         lr_init=o.lr_init,
         proj_lr_scale=o.proj_lr_scale,
         naive=o.naive,
+        recompute_group=o.recompute_group,
         init_seed=layer,
     )
-    return Block(
-        cfg.dim, mixer, ContinuumMemory(cfg.dim, CMSConfig.for_dim(o.cms, cfg.dim)), cfg.norm_eps
-    )
+    return Block(cfg.dim, mixer, _cms(o, cfg.dim), cfg.norm_eps)
 
 
 def build_hope_attention_block(cfg: ModelConfig, layer: int) -> Block:
@@ -170,9 +200,7 @@ def build_hope_attention_block(cfg: ModelConfig, layer: int) -> Block:
         rope_interleaved=cfg.rope_interleaved,
         qk_norm=cfg.qk_norm,
     )
-    return Block(
-        cfg.dim, attn, ContinuumMemory(cfg.dim, CMSConfig.for_dim(o.cms, cfg.dim)), cfg.norm_eps
-    )
+    return Block(cfg.dim, attn, _cms(o, cfg.dim), cfg.norm_eps)
 
 
 register_family(

@@ -19,6 +19,7 @@ from nestlearn.memory.neural_memory import NeuralMemory
 from nestlearn.models.config import ModelConfig
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
+from nestlearn.ops.recompute import DEFAULT_RECOMPUTE_GROUP, check_recompute_group
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,11 @@ class TitansOptions:
     what training saw (docs/fidelity.md TITANS-2)."""
     naive: bool = False
     """Run the naive per-chunk reference op (tests and ``bench --naive`` only)."""
+    recompute_group: int | None = DEFAULT_RECOMPUTE_GROUP
+    """Chunk-group recompute in training: one memory snapshot per this many chunks is kept for
+    backward, which re-runs each group (same numbers, less memory, about one more forward of
+    the memory; docs/benchmarks.md "Training memory"). ``0`` keeps every chunk's tensors. The
+    naive reference op keeps everything."""
 
     @classmethod
     def from_mapping(cls, opts: dict[str, Any]) -> TitansOptions:
@@ -83,6 +89,7 @@ class TitansOptions:
                 f"unknown model.mixer options {bad} for titans; known: {sorted(known)}"
             )
         out = cls(**opts)
+        check_recompute_group(out.recompute_group, "model.mixer.recompute_group")
         if out.memory not in ("mlp", "linear"):
             raise ValueError(f"model.mixer.memory must be mlp or linear, got {out.memory!r}")
         if out.optimizer not in ("gd", "dgd"):
@@ -116,6 +123,7 @@ def build_neural_memory(cfg: ModelConfig, o: TitansOptions, layer: int) -> Neura
         retain_to_init=o.retain_to_init,
         lr_init=o.lr_init,
         naive=o.naive,
+        recompute_group=o.recompute_group,
         init_seed=layer,
     )
 

@@ -31,6 +31,7 @@ Axis legend: B batch, T tokens, C tokens of a chunk, D width, H hidden, Hin = 2H
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,7 @@ from nestlearn.ops.cms.common import (
     scale,
     scaled_sub,
 )
+from nestlearn.ops.recompute import check_recompute_group, recompute_active, run_grouped
 
 __all__ = ["chunk_cms_level", "fold_pending"]
 
@@ -70,6 +72,7 @@ def chunk_cms_level(
     update: bool = True,
     output_final_state: bool = False,
     retention: float = 0.0,
+    recompute_group: int | None = None,
 ) -> tuple[Tensor, CMSLevelState | None]:
     """Read and update one CMS level over ``T`` tokens, chunk-parallel.
 
@@ -92,6 +95,10 @@ def chunk_cms_level(
             gradient is skipped).
         retention: fraction of the fast-weight offset ``Delta`` removed at every chunk boundary,
             before the chunk's step, in ``[0, 1)`` (not with ``reset_period``).
+        recompute_group: chunk-group recompute (``nestlearn.ops.recompute``): while a gradient
+            is recorded, the chunk loop runs in checkpointed groups of this many chunks and keeps
+            one fast-weight snapshot per group for backward; ``None`` or ``0`` keeps every
+            chunk's tensors. Same numbers either way.
 
     Returns:
         ``(y [B, T, D] in x.dtype, final_state or None)``.
@@ -107,6 +114,9 @@ def chunk_cms_level(
     """
     check_inputs(x, w_in, w_out, period, activation, objective, reset_period, initial_state)
     check_retention(retention, reset_period)
+    group = check_recompute_group(recompute_group)
+    if not recompute_active(group, x, w_in, w_out, lr, reset_lr, initial_state):
+        group = 0
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=x.device.type, enabled=False):
         y, st = _run(
@@ -124,6 +134,7 @@ def chunk_cms_level(
             update,
             output_final_state,
             1.0 - float(retention),
+            group,
         )
     return y.to(x.dtype), st
 
@@ -143,17 +154,16 @@ def _run(
     update: bool,
     keep_state: bool,
     keep: float,
+    group: int = 0,
 ) -> tuple[Tensor, CMSLevelState | None]:
     B, T, _ = x.shape
     pos = st.position
-    grad, anchor, agrad = st.grad, st.anchor, st.anchor_grad
+    neg_lr = -lr
+
     # Delta = base - lr * S: S sums the gradients applied since ``base`` was set, so the learning
     # rate multiplies activation-sized products (see level_forward) and, first-order, nothing
     # weight-sized enters the backward pass.
-    base, S = st.delta, None
-    neg_lr = -lr
-
-    def terms() -> list[Term]:
+    def terms(base: Pair | None, S: Pair | None) -> list[Term]:
         return ([] if base is None else [(None, base)]) + ([] if S is None else [(neg_lr, S)])
 
     def grads(xk: Tensor, v: Tensor, b: Tensor, h: Tensor, a: Tensor, tm: list[Term]) -> Pair:
@@ -168,22 +178,25 @@ def _run(
         return level_grads(xk, v, b, h, a, w_out, tm, act)
 
     def grads_of(
-        keys: Tensor, targets: Tensor, fwd: tuple[Tensor, Tensor, Tensor] | None = None
+        keys: Tensor,
+        targets: Tensor,
+        tm: list[Term],
+        fwd: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> Pair:
-        """Summed terms of the pairs (keys[j], targets[j]) at the current weights."""
-        tm = terms()
+        """Summed terms of the pairs (keys[j], targets[j]) at the weights ``tm``."""
         b, h, a = fwd if fwd is not None else level_forward(keys, w_in, w_out, tm, act)
         return grads(keys, targets, b, h, a, tm)
 
+    grad, anchor, agrad, base = st.grad, st.anchor, st.anchor_grad, st.delta
     # ``buf`` holds the inputs of the current chunk's tokens whose terms are not accumulated yet
     # (at least the last one: its target is the next input). Deferring them is exact, since
     # every term of a chunk is taken at the chunk's weights, and it keeps decoding cheap: the
     # terms are computed once per chunk as one batched matmul.
     buf = st.pending if local else None
     if not update and st.pending is not None and st.pending.shape[1] > 1:  # freezing: keep the
-        grad = add(grad, grads_of(st.pending[:, :-1], st.pending[:, 1:]))  # finished terms
+        grad = add(grad, grads_of(st.pending[:, :-1], st.pending[:, 1:], terms(base, None)))
     if buf is not None and T > 0 and pos % C == 0:  # the previous chunk ended at the call edge
-        grad = add(grad, grads_of(buf, torch.cat([buf[:, 1:], x[:, :1]], dim=1)))
+        grad = add(grad, grads_of(buf, torch.cat([buf[:, 1:], x[:, :1]], dim=1), terms(base, None)))
         buf = None
     max_buf = max(1, (w_in.numel() + w_out.numel()) // x.shape[-1])  # never larger than a grad
 
@@ -201,10 +214,13 @@ def _run(
     # x W_0^T for every token at once: one large matmul instead of one per chunk
     h0_all = F.linear(x, w_in).split(sizes, dim=1) if T > C else (None,) * len(bounds)
 
-    ys = []
-    for i, (s, e) in enumerate(bounds):
-        p = pos + s
-        if update and p % C == 0 and p > 0:  # eq. 71: apply the finished chunk's sum
+    Carry = tuple[Any, ...]  # (base, S, grad, anchor, agrad, buf)
+
+    def boundary(i: int, c: Carry) -> Carry:
+        """Eq. 71 at the start of segment ``i``: apply the finished chunk's sum (and eq. 72)."""
+        base, S, grad, anchor, agrad, buf = c
+        p = pos + bounds[i][0]
+        if update and p % C == 0 and p > 0:
             if local:  # (1 - r) (base - lr S) - lr g = (1 - r) base - lr ((1 - r) S + g)
                 base, S = scale(base, keep), add(scale(S, keep), grad)
             else:  # a driver differentiates against ``state.delta``: it must be the weights used
@@ -215,20 +231,40 @@ def _run(
                     anchor = scaled_sub(anchor, reset_lr if reset_lr is not None else lr, agrad)
                     agrad, base, S = None, anchor, None
             grad = None
-        xs = xs_all[i]
-        fwd = level_forward(xs, w_in, w_out, terms(), act, h0_all[i])
-        ys.append(fwd[0])
-        if local and e < T:  # the chunk ends inside the call: all its terms now
-            grad = add(grad, grads_of(xs, tg_all[i], fwd))
-            if buf is not None:
-                grad = add(grad, grads_of(buf, torch.cat([buf[:, 1:], xs[:, :1]], dim=1)))
-                buf = None
-        elif local and keep_state:  # the call ends inside this chunk: defer its terms
-            keys = xs if buf is None else torch.cat([buf, xs], dim=1)
-            if keys.shape[1] > max_buf:  # very long chunks: flush all but the last key
-                grad = add(grad, grads_of(keys[:, :-1], keys[:, 1:]))
-                keys = keys[:, -1:]
-            buf = keys
+        return base, S, grad, anchor, agrad, buf
+
+    def seg_range(i0: int, i1: int, c: Carry) -> tuple[list[Tensor], Carry]:
+        ys = []
+        for i in range(i0, i1):
+            if i == 0 or i > i0:  # a later range's first boundary ran at the end of the last
+                c = boundary(i, c)
+            base, S, grad, anchor, agrad, buf = c
+            e = bounds[i][1]
+            xs, tm = xs_all[i], terms(base, S)
+            fwd = level_forward(xs, w_in, w_out, tm, act, h0_all[i])
+            ys.append(fwd[0])
+            if local and e < T:  # the chunk ends inside the call: all its terms now
+                grad = add(grad, grads_of(xs, tg_all[i], tm, fwd))
+                if buf is not None:
+                    grad = add(grad, grads_of(buf, torch.cat([buf[:, 1:], xs[:, :1]], dim=1), tm))
+                    buf = None
+            elif local and keep_state:  # the call ends inside this chunk: defer its terms
+                keys = xs if buf is None else torch.cat([buf, xs], dim=1)
+                if keys.shape[1] > max_buf:  # very long chunks: flush all but the last key
+                    grad = add(grad, grads_of(keys[:, :-1], keys[:, 1:], tm))
+                    keys = keys[:, -1:]
+                buf = keys
+            c = (base, S, grad, anchor, agrad, buf)
+        if i1 < len(bounds):
+            # the next range starts with a boundary: apply it here, so the snapshot the next
+            # range keeps for backward holds S alone, not S and the finished chunk's sum
+            c = boundary(i1, c)
+        return ys, c
+
+    groups, (base, S, grad, anchor, agrad, buf) = run_grouped(
+        len(bounds), group, seg_range, (base, None, grad, anchor, agrad, buf)
+    )
+    ys = [y for g in groups for y in g]
     y = torch.cat(ys, dim=1) if ys else x.new_zeros(B, 0, w_out.shape[0])
     if not keep_state:
         return y, None

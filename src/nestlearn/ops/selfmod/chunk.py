@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nestlearn.ops.recompute import check_recompute_group, recompute_active, run_grouped
 from nestlearn.ops.selfmod.common import (
     SelfModState,
     check_selfmod_inputs,
@@ -25,7 +26,7 @@ from nestlearn.ops.selfmod.common import (
     project,
 )
 from nestlearn.ops.titans import chunk_titans
-from nestlearn.ops.titans.common import Activation, Optimizer
+from nestlearn.ops.titans.common import Activation, Optimizer, TitansState
 
 __all__ = ["chunk_selfmod_titans"]
 
@@ -50,6 +51,7 @@ def chunk_selfmod_titans(
     hidden_chunk: bool = False,
     hidden_prior: tuple[tuple[Tensor, ...], tuple[Tensor, ...]] | None = None,
     proj_lr_scale: float = 1.0,
+    recompute_group: int | None = None,
 ) -> tuple[Tensor, SelfModState]:
     """Self-modifying Titans over a sequence, chunk-parallel.
 
@@ -73,6 +75,10 @@ def chunk_selfmod_titans(
             meta-learned initial memories), or ``None`` (toward zero); needs ``hidden_chunk``.
         proj_lr_scale: the projection memories learn at ``proj_lr_scale * eta_t`` (the main
             memory at ``eta_t``).
+        recompute_group: chunk-group recompute (``nestlearn.ops.recompute``): while a gradient
+            is recorded, both passes run in checkpointed groups of this many chunks (of their own
+            chunk size) and keep one state snapshot per group for backward; ``None`` or ``0``
+            keeps every chunk's tensors. Same numbers either way.
 
     Returns:
         ``(o [B, T, H, F], final_state)``; ``o_t = M_{memory, t-1}(q_t)`` in ``x.dtype``. Threading
@@ -81,6 +87,11 @@ def chunk_selfmod_titans(
     check_selfmod_inputs(
         x, names, q, k, v, momentum, alpha_readout, state, chunk_size, proj_chunk_size
     )
+    group = check_recompute_group(recompute_group)
+    if not recompute_active(
+        group, x, state, q, k, v, momentum, eta_readout, alpha_readout, hidden_prior
+    ):
+        group = 0
     B, T = x.shape[:2]
     H, Fd = x.shape[-2:]
     n = len(names)
@@ -109,19 +120,26 @@ def chunk_selfmod_titans(
     def cut(t: Tensor | None) -> list[Tensor | None]:
         return [None] * len(sizes) if t is None else list(t.split(sizes, dim=1))
 
-    outs = []
-    for xc, qc, kc, vc, m in zip(cut(xs), cut(qs), cut(ks), cut(vs), cut(mom)):
-        p = project(
-            gradient_point(proj), xc, names, q=qc, k=kc, v=vc, eta_readout=eta_readout,
-            alpha_readout=alpha_readout, max_lr=max_lr, activation=activation,
-        )  # fmt: skip
-        _, proj = chunk_titans(
-            None, rep(p.k), rep(p.v), rep(p.eta * proj_lr_scale), rep(m), rep(p.alpha), proj,  # type: ignore[arg-type]
-            chunk_size=proj_chunk_size, activation=activation, optimizer=optimizer,
-            self_target=True, exact_output=exact_output, hidden_chunk=hidden_chunk,
-            hidden_prior=None if hidden_prior is None else hidden_prior[0],
-        )  # fmt: skip
-        outs.append(p)
+    pieces = list(zip(cut(xs), cut(qs), cut(ks), cut(vs), cut(mom)))
+
+    def chunk_range(i0: int, i1: int, proj: TitansState) -> tuple[list, TitansState]:
+        outs = []
+        for xc, qc, kc, vc, m in pieces[i0:i1]:
+            p = project(
+                gradient_point(proj), xc, names, q=qc, k=kc, v=vc, eta_readout=eta_readout,
+                alpha_readout=alpha_readout, max_lr=max_lr, activation=activation,
+            )  # fmt: skip
+            _, proj = chunk_titans(
+                None, rep(p.k), rep(p.v), rep(p.eta * proj_lr_scale), rep(m), rep(p.alpha), proj,  # type: ignore[arg-type]
+                chunk_size=proj_chunk_size, activation=activation, optimizer=optimizer,
+                self_target=True, exact_output=exact_output, hidden_chunk=hidden_chunk,
+                hidden_prior=None if hidden_prior is None else hidden_prior[0],
+            )  # fmt: skip
+            outs.append(p)
+        return outs, proj
+
+    groups, proj = run_grouped(len(pieces), group, chunk_range, proj)
+    outs = [p for g in groups for p in g]
     if len(outs) == 1:
         P = outs[0]
     else:
@@ -133,7 +151,7 @@ def chunk_selfmod_titans(
         P.q, P.k, P.v, P.eta, mom, P.alpha, st.memory,
         chunk_size=chunk_size, activation=activation, optimizer=optimizer, read="before",
         self_target=True, exact_output=exact_output, hidden_chunk=hidden_chunk,
-        hidden_prior=None if hidden_prior is None else hidden_prior[1],
+        hidden_prior=None if hidden_prior is None else hidden_prior[1], recompute_group=group,
     )  # fmt: skip
     assert o is not None
     return o.to(x.dtype), SelfModState(proj, memory)

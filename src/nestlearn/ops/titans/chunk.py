@@ -31,10 +31,18 @@ Dk / Dv key / value dims, o / i a memory layer's output / input dims.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nestlearn.ops.recompute import (
+    check_recompute_group,
+    group_views,
+    recompute_active,
+    run_grouped,
+)
 from nestlearn.ops.scan import decay_matrix, exp_flush, log_gate
 from nestlearn.ops.titans.common import (
     Activation,
@@ -68,6 +76,7 @@ def chunk_titans(
     exact_output: bool = False,
     hidden_chunk: bool = False,
     hidden_prior: tuple[Tensor, ...] | None = None,
+    recompute_group: int | None = None,
 ) -> tuple[Tensor | None, TitansState]:
     """Multi-head Titans neural-memory update and read, chunk-parallel.
 
@@ -93,6 +102,12 @@ def chunk_titans(
             gradient point, ``v_hat_t = M_{W^g}(v_t)`` (self-generated values, Nested Learning
             eqs. 83/90); MLP memories only. The target is a constant of the inner gradient but
             stays differentiable for the outer loss.
+        exact_output, hidden_chunk, hidden_prior: the strong-write rule (``README.md``, "Exact
+            output layer").
+        recompute_group: chunk-group recompute (``nestlearn.ops.recompute``): while a gradient
+            is recorded, the chunk loop runs in groups of this many chunks and keeps only a state
+            snapshot per group for backward, which re-runs each group; ``None`` or ``0`` keeps
+            every chunk's tensors. Same outputs and gradients either way; only memory changes.
 
     Returns:
         ``(y, final_state)``: ``y`` is ``[B, T, H, Dv]`` in ``q.dtype``; ``final_state`` carries the
@@ -112,6 +127,9 @@ def chunk_titans(
         q, k, v, theta, eta, alpha, initial_state, chunk_size, optimizer, read, self_target
     )
     check_prior(hidden_prior, hidden_chunk, initial_state)
+    group = check_recompute_group(recompute_group)
+    if not recompute_active(group, q, k, v, theta, eta, alpha, initial_state, hidden_prior):
+        group = 0
     B, T, H, Dk = k.shape
     cdt = torch.float64 if k.dtype == torch.float64 else torch.float32
     prior = None if hidden_prior is None else tuple(
@@ -147,6 +165,7 @@ def chunk_titans(
             exact_output,
             C,
             prior,
+            group,
         )
         ys.append(y)
         off = off + head
@@ -171,6 +190,7 @@ def chunk_titans(
             exact_output,
             C,
             prior,
+            group,
         )
         ys.append(y)
         off = rest % C
@@ -299,9 +319,11 @@ def _segment(
     exact_output: bool = False,
     chunk_size: int = 0,
     prior: tuple[Tensor, ...] | None = None,
+    group: int = 0,
 ) -> tuple[Tensor | None, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
     """Run chunks of length ``cl`` over ``ins = [q, k, v, theta, eta, alpha]`` (``[B, T, H, ...]``).
 
+    ``group > 0``: the chunk loop runs in checkpointed groups of ``group`` chunks (recompute).
     Returns ``(y [B, T, H, Dv] or None without q, W_end, S_end, W_at_start_of_last_chunk)``.
     """
     q, k, v, theta, eta, alpha = ins
@@ -324,13 +346,13 @@ def _segment(
     Sg = None if S is None else tuple(s.reshape(G, *s.shape[2:]) for s in S)
     Ag = None if anchor is None else tuple(a.reshape(G, *a.shape[2:]) for a in anchor)
     if len(W) == 1 and pre is not None:
-        Y, Wn, Sn, Wl = _linear_exact_chunks(Q, K, V, co, pre, Wg, Sg)
+        Y, Wn, Sn, Wl = _linear_exact_chunks(Q, K, V, co, pre, Wg, Sg, group)
     elif len(W) == 1:
-        Y, Wn, Sn, Wl = _linear_chunks(Q, K, V, co, Wg, Sg, Ag, activation)
+        Y, Wn, Sn, Wl = _linear_chunks(Q, K, V, co, Wg, Sg, Ag, activation, group)
     else:
         Y, Wn, Sn, Wl = _mlp_chunks(
             Q, K, V, co, Wg, Sg, Ag, activation, self_target, hidden_chunk, complete_last, pre,
-            chunk_size, prior,
+            chunk_size, prior, group,
         )
 
     def back(ts: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -349,8 +371,11 @@ def _linear_chunks(
     S: tuple[Tensor, ...] | None,
     A: tuple[Tensor, ...] | None,
     activation: Activation,
-) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
-    """Linear memory ``M: [G, Dv, Dk]``; chunk tensors ``[N, G, C, D]``. README "linear memory"."""
+    group: int = 0,
+) -> tuple[Tensor | None, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
+    """Linear memory ``M: [G, Dv, Dk]``; chunk tensors ``[N, G, C, D]``. README "linear memory".
+
+    ``group > 0``: the chunk loop and its reads run in checkpointed groups of ``group`` chunks."""
     del activation
     N, Dk = K.shape[0], K.shape[-1]
     mom = S is not None
@@ -391,42 +416,59 @@ def _linear_chunks(
         BBx = BB
         X = W[0]
     Ts, Bs = Tc.unbind(0), BBx.unbind(0)
-    starts = []
-    for c in range(N):
-        starts.append(X)
-        if c == 0 and A is not None:
-            # first chunk mid-way: writes use the anchor, decays/momentum act on the start state
-            P = A[0] @ FF[0]
-            M0 = W[0]
-            if mom:
-                assert S is not None and gammaC is not None and HC is not None
-                X = BBx[0] + torch.cat(
-                    [betaC[0] * M0 + gammaC[0] * S[0] - P[..., :Dk], HC[0] * S[0] - P[..., Dk:]],
-                    dim=-1,
-                )
+    lhs_g = Yc_g = R0 = None
+    if Q is not None:
+        # the reads' weight-independent parts, batched over chunks
+        qk = Q @ K.mT  # [N, G, C, C]
+        AS = co.cS * qk  # cS is zero above the diagonal, so this is also the causal mask
+        WA = 2.0 * AS if co.cM is None else 2.0 * AS + co.cM * qk
+        R = WA @ K  # [N, G, C, Dk]: in-chunk writes seen by the reads, as a multiple of M^g
+        Yc = 2.0 * (AS @ V)  # [N, G, C, Dv]: the value part of the same writes
+        lhs = co.beta.unsqueeze(-1) * Q - R
+        if mom:
+            assert co.gamma is not None
+            lhs = torch.cat([lhs, co.gamma.unsqueeze(-1) * Q], dim=-1)
+        lhs_g, Yc_g = group_views(lhs, group), group_views(Yc, group)
+        R0 = R[0]
+
+    def chunk_range(c0: int, c1: int, X: Tensor) -> tuple[tuple[Tensor | None, Tensor], Tensor]:
+        starts = []
+        for c in range(c0, c1):
+            starts.append(X)
+            if c == 0 and A is not None:
+                # first chunk mid-way: writes use the anchor, decays/momentum act on the start
+                P = A[0] @ FF[0]
+                M0 = W[0]
+                if mom:
+                    assert S is not None and gammaC is not None and HC is not None
+                    X = BBx[0] + torch.cat(
+                        [betaC[0] * M0 + gammaC[0] * S[0] - P[..., :Dk],
+                         HC[0] * S[0] - P[..., Dk:]],
+                        dim=-1,
+                    )  # fmt: skip
+                else:
+                    X = torch.baddbmm(BBx[0] + betaC[0] * M0, A[0], FF[0], alpha=-1.0)
             else:
-                X = torch.baddbmm(BBx[0] + betaC[0] * M0, A[0], FF[0], alpha=-1.0)
-        else:
-            X = torch.baddbmm(Bs[c], X, Ts[c])
+                X = torch.baddbmm(Bs[c], X, Ts[c])
+        if lhs_g is None or Yc_g is None:
+            return (None, starts[-1]), X
+        g = c0 // group if group > 0 else 0
+        Xst = torch.stack(starts)  # [n, G, Dv, Dk or 2Dk]: state at each chunk start
+        Y = lhs_g[g] @ Xst.mT + Yc_g[g]
+        if c0 == 0 and A is not None:
+            # first chunk: its writes were computed at the anchor, not at its start weights
+            assert R0 is not None
+            Y = torch.cat([(Y[0] + R0 @ (W[0] - A[0]).mT).unsqueeze(0), Y[1:]])
+        return (Y, starts[-1]), X
+
+    outs, X = run_grouped(N, group, chunk_range, X)
     M_end = X[..., :Dk]
     S_end = (X[..., Dk:],) if mom else None
+    last_start = (outs[-1][1][..., :Dk],)
     if Q is None:
-        return None, (M_end,), S_end, (starts[-1][..., :Dk],)
-    qk = Q @ K.mT  # [N, G, C, C]
-    AS = co.cS * qk  # cS is zero above the diagonal, so this is also the causal mask
-    WA = 2.0 * AS if co.cM is None else 2.0 * AS + co.cM * qk
-    R = WA @ K  # [N, G, C, Dk]: in-chunk writes seen by the reads, as a multiple of M^g
-    Yc = 2.0 * (AS @ V)  # [N, G, C, Dv]: the value part of the same writes
-    Xst = torch.stack(starts)  # [N, G, Dv, Dk or 2Dk]: state at each chunk start
-    lhs = co.beta.unsqueeze(-1) * Q - R
-    if mom:
-        assert co.gamma is not None
-        lhs = torch.cat([lhs, co.gamma.unsqueeze(-1) * Q], dim=-1)
-    Y = lhs @ Xst.mT + Yc
-    if A is not None:
-        # first chunk: its writes were computed at the anchor, not at its start weights
-        Y = torch.cat([(Y[0] + R[0] @ (W[0] - A[0]).mT).unsqueeze(0), Y[1:]])
-    return Y, (M_end,), S_end, (starts[-1][..., :Dk],)
+        return None, (M_end,), S_end, last_start
+    Y = outs[0][0] if len(outs) == 1 else torch.cat([o[0] for o in outs])
+    return Y, (M_end,), S_end, last_start
 
 
 def _linear_exact_chunks(
@@ -437,6 +479,7 @@ def _linear_exact_chunks(
     pre: tuple[Tensor, Tensor | None, Tensor, Tensor | None],
     W: tuple[Tensor, ...],
     S: tuple[Tensor, ...] | None,
+    group: int = 0,
 ) -> tuple[Tensor | None, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
     """Linear memory with every gradient at the token's running weights (``exact_output``).
 
@@ -467,43 +510,68 @@ def _linear_exact_chunks(
     bCs = co.beta_end[..., None, None].unbind(0)
     gCs = [None] * N if co.gamma_end is None else list(co.gamma_end[..., None, None].unbind(0))
     hCs = [None] * N if co.H_end is None else list(co.H_end[..., None, None].unbind(0))
-    Wc, Sc = W[0], (S[0] if S is not None else None)
-    Ds, Ps, starts = [], [], []
-    for c in range(N):
-        starts.append((Wc, Sc))
-        Kc, Vc = Ks[c], Vs[c]
-        base = bbs[c] * (Kc @ Wc.mT)
-        if mom:
-            assert Sc is not None
-            base = torch.baddbmm(base, ggs[c] * Kc, Sc.mT)
-        P = torch.linalg.solve_triangular(Mx[c], base + R2[c], upper=False, unitriangular=True)
-        D = nrms[c] * 2.0 * (P - Vc)  # the normalised gradient rows
-        Ds.append(D)
-        Ps.append(P)
-        g = cSe[c] * D
-        if cMe[c] is not None:
-            g = torch.addcmul(g, cMe[c], P)
-        if mom:
-            assert Sc is not None
-            newW = torch.baddbmm(torch.addcmul(bCs[c] * Wc, gCs[c], Sc), g.mT, Kc, alpha=-1.0)
-            Sc = torch.baddbmm(hCs[c] * Sc, (wSe[c] * D).mT, Kc, alpha=-1.0)
-        else:
-            newW = torch.baddbmm(bCs[c] * Wc, g.mT, Kc, alpha=-1.0)
-        Wc = newW
+    reads = Q is not None
+    bQ_g = cq_g = mq_g = gQ_g = None
+    if reads:
+        assert Q is not None
+        # the reads' weight-independent parts, batched over chunks
+        qk = Q @ K.mT
+        bQ_g = group_views(co.beta.unsqueeze(-1) * Q, group)
+        cq_g = group_views(co.cS * qk, group)
+        mq_g = None if co.cM is None else group_views(co.cM * qk, group)
+        gQ_g = None if co.gamma is None else group_views(co.gamma.unsqueeze(-1) * Q, group)
+
+    def chunk_range(
+        c0: int, c1: int, carry: tuple[Tensor, Tensor | None]
+    ) -> tuple[tuple[Tensor | None, Tensor], tuple[Tensor, Tensor | None]]:
+        Wc, Sc = carry
+        Ds, Ps, starts = [], [], []
+        for c in range(c0, c1):
+            starts.append((Wc, Sc))
+            Kc, Vc = Ks[c], Vs[c]
+            base = bbs[c] * (Kc @ Wc.mT)
+            if mom:
+                assert Sc is not None
+                base = torch.baddbmm(base, ggs[c] * Kc, Sc.mT)
+            P = torch.linalg.solve_triangular(
+                Mx[c], base + R2[c], upper=False, unitriangular=True
+            )
+            D = nrms[c] * 2.0 * (P - Vc)  # the normalised gradient rows
+            Ds.append(D)
+            Ps.append(P)
+            g = cSe[c] * D
+            if cMe[c] is not None:
+                g = torch.addcmul(g, cMe[c], P)
+            if mom:
+                assert Sc is not None
+                newW = torch.baddbmm(
+                    torch.addcmul(bCs[c] * Wc, gCs[c], Sc), g.mT, Kc, alpha=-1.0
+                )
+                Sc = torch.baddbmm(hCs[c] * Sc, (wSe[c] * D).mT, Kc, alpha=-1.0)
+            else:
+                newW = torch.baddbmm(bCs[c] * Wc, g.mT, Kc, alpha=-1.0)
+            Wc = newW
+        if bQ_g is None or cq_g is None:
+            return (None, starts[-1][0]), (Wc, Sc)
+        k = c0 // group if group > 0 else 0
+        Dst, Pst = torch.stack(Ds), torch.stack(Ps)
+        W0s = torch.stack([w for w, _ in starts])
+        Y = bQ_g[k] @ W0s.mT - cq_g[k] @ Dst
+        if mq_g is not None:
+            Y = Y - mq_g[k] @ Pst
+        if gQ_g is not None:
+            S0s = torch.stack([s for _, s in starts])  # type: ignore[misc]
+            Y = Y + gQ_g[k] @ S0s.mT
+        return (Y, starts[-1][0]), (Wc, Sc)
+
+    outs, (Wc, Sc) = run_grouped(
+        N, group, chunk_range, (W[0], S[0] if S is not None else None)
+    )
     S_end = (Sc,) if mom else None
-    last_start = (starts[-1][0],)
-    if Q is None:
+    last_start = (outs[-1][1],)
+    if not reads:
         return None, (Wc,), S_end, last_start
-    qk = Q @ K.mT
-    Dst, Pst = torch.stack(Ds), torch.stack(Ps)
-    W0s = torch.stack([w for w, _ in starts])
-    Y = (co.beta.unsqueeze(-1) * Q) @ W0s.mT - (co.cS * qk) @ Dst
-    if co.cM is not None:
-        Y = Y - (co.cM * qk) @ Pst
-    if mom:
-        assert co.gamma is not None
-        S0s = torch.stack([s for _, s in starts])  # type: ignore[misc]
-        Y = Y + (co.gamma.unsqueeze(-1) * Q) @ S0s.mT
+    Y = outs[0][0] if len(outs) == 1 else torch.cat([o[0] for o in outs])
     return Y, (Wc,), S_end, last_start
 
 
@@ -522,8 +590,11 @@ def _mlp_chunks(
     pre: tuple[Tensor, Tensor | None, Tensor, Tensor | None] | None = None,
     chunk_size: int = 0,
     prior: tuple[Tensor, ...] | None = None,
+    group: int = 0,
 ) -> tuple[Tensor | None, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...]]:
     """Residual MLP memory, weights ``[G, o, i]``; chunk tensors ``[N, G, C, D]``. README "MLP".
+
+    ``group > 0``: the chunk loop runs in checkpointed groups of ``group`` chunks (recompute).
 
     ``Q is None``: update only (no reads). ``self_target``: the target of token ``s`` is
     ``M_{W^g}(v_s)`` (NL eq. 83), so the error is ``2 (M(k_s) - M(v_s))`` at the anchor.
@@ -576,131 +647,144 @@ def _mlp_chunks(
         bbs, ggs, cSbs = (per_chunk(x) for x in (pre[0].unsqueeze(-1), None if pre[1] is None
                                                  else pre[1].unsqueeze(-1), pre[2]))
         eyeC = torch.eye(C, dtype=K.dtype, device=K.device)
-    Wc, Sc = list(W), (list(S) if S is not None else None)
-    Wa = list(A) if A is not None else Wc
-    ys = []
-    last_start = Wc
-    for c in range(N):
-        Kc, KQc, cSc = Ks[c], KQbs[c], cSs[c]
-        assert Kc is not None and KQc is not None and cSc is not None
-        b_c, g_c, bC, gC, hC = betas[c], gammas[c], betaCs[c], gammaCs[c], HCs[c]
+
+    def chunk_range(
+        c0: int, c1: int, carry: tuple[tuple[Tensor, ...], tuple[Tensor, ...] | None]
+    ) -> tuple[tuple[list[Tensor], tuple[Tensor, ...]], tuple[tuple[Tensor, ...], Any]]:
+        Wc = list(carry[0])
+        Sc = None if carry[1] is None else list(carry[1])
+        ys: list[Tensor] = []
         last_start = Wc
-        # 1. write path at the anchor: forward, then the hand-derived backward of ||M(k) - v||^2
-        read0 = hv = None
-        if Wa is Wc:  # aligned chunk: every layer-0 input in one matmul
-            h_all = (KQc @ Wc[0].mT).split(C, dim=-2)
-            h0 = h_all[0]
-            if self_target:
-                hv = h_all[1]
-            if reads:
-                read0 = h_all[-1]
-        else:  # first chunk mid-way: writes at the anchor, reads at the current weights
-            n_w = 2 if self_target else 1
-            hw = KQc[:, : n_w * C] @ Wa[0].mT
-            h0 = hw[:, :C]
-            if self_target:
-                hv = hw[:, C:]
-            if reads:
-                read0 = KQc[:, n_w * C :] @ (Wa[0] if hidden_chunk else Wc[0]).mT
-        Z, Hs = [Kc], [h0]
-        for li in range(1, L):
-            Z.append(act(Hs[-1]))
-            Hs.append(Z[-1] @ Wa[li].mT)  # [G, C, o]
-        Dl: list[Tensor] = [Kc] * L  # placeholder, every entry is overwritten
-        out_pred = Hs[-1]
-        if exact_output:
-            # the output layer at its running weights W_{t-1} = bb_t W + gg_t S - sum_{j<t} ...
-            zL = Z[L - 1]
-            out_pred = bbs[c] * (zL @ Wc[L - 1].mT)
-            if mom:
-                assert Sc is not None
-                out_pred = torch.baddbmm(out_pred, ggs[c] * zL, Sc[L - 1].mT)
-        Dl[L - 1] = torch.add(KV2s[c], out_pred, alpha=2.0)  # 2 (M(k) - v), residual memory
-        if self_target:
-            assert hv is not None
+        for c in range(c0, c1):
+            # the first chunk of a call that starts mid-chunk writes at its anchor
+            Wa = list(A) if c == 0 and A is not None else Wc
+            Kc, KQc, cSc = Ks[c], KQbs[c], cSs[c]
+            assert Kc is not None and KQc is not None and cSc is not None
+            b_c, g_c, bC, gC, hC = betas[c], gammas[c], betaCs[c], gammaCs[c], HCs[c]
+            last_start = Wc
+            # 1. write path at the anchor: forward, then the hand-derived backward of ||M(k) - v||^2
+            read0 = hv = None
+            if Wa is Wc:  # aligned chunk: every layer-0 input in one matmul
+                h_all = (KQc @ Wc[0].mT).split(C, dim=-2)
+                h0 = h_all[0]
+                if self_target:
+                    hv = h_all[1]
+                if reads:
+                    read0 = h_all[-1]
+            else:  # first chunk mid-way: writes at the anchor, reads at the current weights
+                n_w = 2 if self_target else 1
+                hw = KQc[:, : n_w * C] @ Wa[0].mT
+                h0 = hw[:, :C]
+                if self_target:
+                    hv = hw[:, C:]
+                if reads:
+                    read0 = KQc[:, n_w * C :] @ (Wa[0] if hidden_chunk else Wc[0]).mT
+            Z, Hs = [Kc], [h0]
             for li in range(1, L):
-                hv = act(hv) @ Wa[li].mT
-            Dl[L - 1] = torch.add(Dl[L - 1], hv, alpha=-2.0)  # target M(v) = v + hv
-        if exact_output:
-            # every earlier write of the chunk has moved the output layer: solve the per-token
-            # recurrence D_t = E_t - 2 sum_{j<t} cSb[t, j] (z_j . z_t) D_j (unit lower triangular)
-            # (the output layer's step is normalised by its input energy, nrm_j = 1 / max(1,
-            # ||z_j||^2), so a write never removes more than 2 theta of the error)
-            nrm = 1.0 / zL.pow(2).sum(-1, keepdim=True).clamp_min(1.0)  # [G, C, 1]
-            Ab = 2.0 * cSbs[c] * (zL @ (nrm * zL).mT)
-            DL = torch.linalg.solve_triangular(
-                Ab + eyeC, Dl[L - 1], upper=False, unitriangular=True
-            )
-            Dn = nrm * DL
-            back = bbs[c] * (DL @ Wc[L - 1])
-            if mom:
-                assert Sc is not None
-                back = torch.baddbmm(back, ggs[c] * DL, Sc[L - 1])
-            back = torch.baddbmm(back, cSbs[c] * (DL @ Dn.mT), zL, alpha=-1.0)
-            Dl[L - 2] = act_bwd(back, Hs[L - 2])
-            Dl[L - 1] = Dn
-            top = L - 2
-        else:
-            top = L - 1
-        for li in range(top, 0, -1):
-            Dl[li - 1] = act_bwd(Dl[li] @ Wa[li], Hs[li - 1])
-        if hidden_chunk:
-            # hidden layers take the chunk's mean gradient (mini-batch GD), not the sum
-            Dl[:-1] = [d * (1.0 / chunk_size) for d in Dl[:-1]]
-        if reads:
-            # 2. read path with per-token weights W_t = beta_t W + gamma_t S - sum_s c_ts delta_s
-            # z_s^T (row scalings are applied to the narrow input r; baddbmm fuses each subtraction)
-            Qc = Qs[c]
-            assert Qc is not None
-            r = Qc
-            for li in range(L):
-                if hidden_chunk and li < L - 1:
-                    # hidden layers are read at the chunk-start weights
-                    a = read0 if li == 0 else r @ Wa[li].mT
-                    assert a is not None
-                    r = act(a)
-                    continue
-                if li == 0:
-                    assert read0 is not None
-                    a = read0
-                elif li == L - 1:  # the residual q is folded into the last matmul
-                    a = torch.baddbmm(Qc, b_c * r, Wc[li].mT)
-                else:
-                    a = torch.bmm(b_c * r, Wc[li].mT)
+                Z.append(act(Hs[-1]))
+                Hs.append(Z[-1] @ Wa[li].mT)  # [G, C, o]
+            Dl: list[Tensor] = [Kc] * L  # placeholder, every entry is overwritten
+            out_pred = Hs[-1]
+            if exact_output:
+                # the output layer at its running weights W_{t-1} = bb_t W + gg_t S - sum_{j<t} ...
+                zL = Z[L - 1]
+                out_pred = bbs[c] * (zL @ Wc[L - 1].mT)
                 if mom:
                     assert Sc is not None
-                    rg = Qgs[c] if li == 0 else g_c * r
-                    a = torch.baddbmm(a, rg, Sc[li].mT)
-                if li == 0:
-                    a = torch.baddbmm(a, AS1s[c], Dl[0], alpha=-1.0)
-                    if AM1s[c] is not None:
-                        # DGD: -theta (W^g k_s)(k_s . q_t)
-                        a = torch.baddbmm(a, AM1s[c], Hs[0], alpha=-1.0)
-                else:
-                    a = torch.baddbmm(a, cSc * (r @ Z[li].mT), Dl[li], alpha=-1.0)
-                r = act(a) if li < L - 1 else a
-            ys.append(r)
-        # 3. chunk end: the last row of the coefficients applies every write at once
-        newW, newS = [], []
-        for li in range(L):
-            g = lasts[c] * Dl[li]  # [G, C, o]
-            if li == 0 and lastMs[c] is not None:
-                g = torch.addcmul(g, lastMs[c], Hs[0])
-            if mom:
-                assert Sc is not None
-                decayed = torch.addcmul(bC * Wc[li], gC, Sc[li])
-                newW.append(torch.baddbmm(decayed, g.mT, Z[li], alpha=-1.0))
-                newS.append(torch.baddbmm(hC * Sc[li], (wSs[c] * Dl[li]).mT, Z[li], alpha=-1.0))
+                    out_pred = torch.baddbmm(out_pred, ggs[c] * zL, Sc[L - 1].mT)
+            Dl[L - 1] = torch.add(KV2s[c], out_pred, alpha=2.0)  # 2 (M(k) - v), residual memory
+            if self_target:
+                assert hv is not None
+                for li in range(1, L):
+                    hv = act(hv) @ Wa[li].mT
+                Dl[L - 1] = torch.add(Dl[L - 1], hv, alpha=-2.0)  # target M(v) = v + hv
+            if exact_output:
+                # every earlier write of the chunk has moved the output layer: solve the per-token
+                # recurrence D_t = E_t - 2 sum_{j<t} cSb[t, j] (z_j . z_t) D_j (unit lower
+                # triangular)
+                # (the output layer's step is normalised by its input energy, nrm_j = 1 / max(1,
+                # ||z_j||^2), so a write never removes more than 2 theta of the error)
+                nrm = 1.0 / zL.pow(2).sum(-1, keepdim=True).clamp_min(1.0)  # [G, C, 1]
+                Ab = 2.0 * cSbs[c] * (zL @ (nrm * zL).mT)
+                DL = torch.linalg.solve_triangular(
+                    Ab + eyeC, Dl[L - 1], upper=False, unitriangular=True
+                )
+                Dn = nrm * DL
+                back = bbs[c] * (DL @ Wc[L - 1])
+                if mom:
+                    assert Sc is not None
+                    back = torch.baddbmm(back, ggs[c] * DL, Sc[L - 1])
+                back = torch.baddbmm(back, cSbs[c] * (DL @ Dn.mT), zL, alpha=-1.0)
+                Dl[L - 2] = act_bwd(back, Hs[L - 2])
+                Dl[L - 1] = Dn
+                top = L - 2
             else:
-                newW.append(torch.baddbmm(bC * Wc[li], g.mT, Z[li], alpha=-1.0))
-            if prior is not None and li < L - 1:
-                # retention pulls a hidden layer toward its prior (sum_r DM[C, r] (1 - a_r) = 1 - b)
-                newW[li] = torch.addcmul(newW[li], 1.0 - bC, prior[li])
-        if hidden_chunk and (c < N - 1 or complete_last):
-            # the hidden layers advance once per chunk: keep each row's chunk-start norm
-            newW = [_renorm_rows(w, ref) for w, ref in zip(newW[:-1], Wa[:-1])] + [newW[-1]]
-        Wc = newW
-        Sc = newS if mom else None
-        Wa = Wc
-    Y = torch.stack(ys) if reads else None
-    return Y, tuple(Wc), None if Sc is None else tuple(Sc), tuple(last_start)
+                top = L - 1
+            for li in range(top, 0, -1):
+                Dl[li - 1] = act_bwd(Dl[li] @ Wa[li], Hs[li - 1])
+            if hidden_chunk:
+                # hidden layers take the chunk's mean gradient (mini-batch GD), not the sum
+                Dl[:-1] = [d * (1.0 / chunk_size) for d in Dl[:-1]]
+            if reads:
+                # 2. read path with per-token weights W_t = beta_t W + gamma_t S -
+                # sum_s c_ts delta_s z_s^T (row scalings are applied to the narrow input r;
+                # baddbmm fuses each subtraction)
+                Qc = Qs[c]
+                assert Qc is not None
+                r = Qc
+                for li in range(L):
+                    if hidden_chunk and li < L - 1:
+                        # hidden layers are read at the chunk-start weights
+                        a = read0 if li == 0 else r @ Wa[li].mT
+                        assert a is not None
+                        r = act(a)
+                        continue
+                    if li == 0:
+                        assert read0 is not None
+                        a = read0
+                    elif li == L - 1:  # the residual q is folded into the last matmul
+                        a = torch.baddbmm(Qc, b_c * r, Wc[li].mT)
+                    else:
+                        a = torch.bmm(b_c * r, Wc[li].mT)
+                    if mom:
+                        assert Sc is not None
+                        rg = Qgs[c] if li == 0 else g_c * r
+                        a = torch.baddbmm(a, rg, Sc[li].mT)
+                    if li == 0:
+                        a = torch.baddbmm(a, AS1s[c], Dl[0], alpha=-1.0)
+                        if AM1s[c] is not None:
+                            # DGD: -theta (W^g k_s)(k_s . q_t)
+                            a = torch.baddbmm(a, AM1s[c], Hs[0], alpha=-1.0)
+                    else:
+                        a = torch.baddbmm(a, cSc * (r @ Z[li].mT), Dl[li], alpha=-1.0)
+                    r = act(a) if li < L - 1 else a
+                ys.append(r)
+            # 3. chunk end: the last row of the coefficients applies every write at once
+            newW, newS = [], []
+            for li in range(L):
+                g = lasts[c] * Dl[li]  # [G, C, o]
+                if li == 0 and lastMs[c] is not None:
+                    g = torch.addcmul(g, lastMs[c], Hs[0])
+                if mom:
+                    assert Sc is not None
+                    decayed = torch.addcmul(bC * Wc[li], gC, Sc[li])
+                    newW.append(torch.baddbmm(decayed, g.mT, Z[li], alpha=-1.0))
+                    newS.append(torch.baddbmm(hC * Sc[li], (wSs[c] * Dl[li]).mT, Z[li], alpha=-1.0))
+                else:
+                    newW.append(torch.baddbmm(bC * Wc[li], g.mT, Z[li], alpha=-1.0))
+                if prior is not None and li < L - 1:
+                    # retention pulls a hidden layer toward its prior
+                    # (sum_r DM[C, r] (1 - a_r) = 1 - b)
+                    newW[li] = torch.addcmul(newW[li], 1.0 - bC, prior[li])
+            if hidden_chunk and (c < N - 1 or complete_last):
+                # the hidden layers advance once per chunk: keep each row's chunk-start norm
+                newW = [_renorm_rows(w, ref) for w, ref in zip(newW[:-1], Wa[:-1])] + [newW[-1]]
+            Wc = newW
+            Sc = newS if mom else None
+        return (ys, tuple(last_start)), (tuple(Wc), None if Sc is None else tuple(Sc))
+
+    outs, (Wn, Sn) = run_grouped(
+        N, group, chunk_range, (tuple(W), None if S is None else tuple(S))
+    )
+    Y = torch.stack([y for o in outs for y in o[0]]) if reads else None
+    return Y, Wn, Sn, outs[-1][1]
