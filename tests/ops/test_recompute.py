@@ -294,7 +294,8 @@ def test_cms_recompute_equals_plain(act: str, first_order: bool, reset, mid: boo
 
     for keep in (True, False):
         _assert_same(
-            _fwd_bwd(lambda: run(group, keep), leaves), _fwd_bwd(lambda: run(None, keep), leaves)
+            _fwd_bwd(lambda k=keep: run(group, k), leaves),
+            _fwd_bwd(lambda k=keep: run(None, k), leaves),
         )
 
 

@@ -101,6 +101,12 @@ class RunConfig:
     """Under torchrun: ``ddp`` or ``fsdp`` (FSDP2, one shard unit per block)."""
     threads: int = 0
     """CPU threads for torch; 0 leaves torch's default."""
+    mmap_threshold_kb: int = 1024
+    """CPU runs on Linux (glibc): C heap requests of at least this many KiB get their own
+    mapping, returned to the system when freed, instead of glibc's threshold that rises to 32
+    MiB and lets the heap fragment (hope-tiny at 16 x 256: 3.8 GB resident against 2.1 GB with
+    1024; ``nestlearn.train.heap``, docs/benchmarks.md "Training memory"). 0 keeps glibc's
+    default."""
     log_every: int = 1
     """Write a metrics line every N steps."""
     eval_every: int = 100
@@ -137,7 +143,8 @@ class RunConfig:
         for key in ("steps", "grad_accum", "log_every", "keep_last"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
-        for key in ("eval_every", "ckpt_every", "eval_tokens", "threads", "dead_grad_steps"):
+        for key in ("eval_every", "ckpt_every", "eval_tokens", "threads", "dead_grad_steps",
+                    "mmap_threshold_kb"):
             if getattr(self, key) < 0:
                 raise ValueError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if self.grad_clip < 0:

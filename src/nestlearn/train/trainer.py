@@ -54,6 +54,7 @@ from nestlearn.train.distributed import (
     wrap_model,
 )
 from nestlearn.train.guards import stop_dead, stop_diverged
+from nestlearn.train.heap import set_mmap_threshold
 from nestlearn.train.memory_stats import memory_stats
 from nestlearn.train.rundir import (
     check_state_shapes,
@@ -117,6 +118,8 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
+        if self.device.type == "cpu":
+            set_mmap_threshold(cfg.train.mmap_threshold_kb * 1024)
         self.dist: DistInfo = init_distributed(self.device)
         cfg.check(self.dist.world_size)
         # The model's init has its own generators (build_model's seed); this seeds torch's
