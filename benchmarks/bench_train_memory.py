@@ -98,19 +98,20 @@ def child_kept(group: int, preset: str, seq: int) -> dict:
 
     gc.collect()
     rss0 = _vm("VmRSS")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y, _ = block(x)
-    fwd_s = time.perf_counter() - t0
+    fwd_s, fwd_cpu = time.perf_counter() - t0, time.process_time() - c0
     gc.collect()
     kept = _vm("VmRSS") - rss0 - y.numel() * y.element_size() / 2**20
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     y.backward(torch.ones_like(y))
-    bwd_s = time.perf_counter() - t0
+    bwd_s, bwd_cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"group": group, "kept_mb": round(kept, 1),
             "hooked_saved_mb": round(sum(seen.values()) / 2**20, 1),
             "peak_rss_mb": round(_vm("VmHWM"), 1), "fwd_s": round(fwd_s, 2),
-            "bwd_s": round(bwd_s, 2)}  # fmt: skip
+            "bwd_s": round(bwd_s, 2), "fwd_cpu_s": round(fwd_cpu, 2),
+            "bwd_cpu_s": round(bwd_cpu, 2)}  # fmt: skip
 
 
 def child_speed(groups: list[int], batch: int, seq: int, reps: int) -> dict:
