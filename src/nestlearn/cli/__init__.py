@@ -92,6 +92,8 @@ def _busy_machine_threads() -> None:
     if os.environ.get("OMP_NUM_THREADS"):
         return
     now = torch.get_num_threads()
+    if now <= 1:  # nothing to lower: skip the 0.1 s measurement
+        return
     pick = auto_threads(now)
     if pick < now:
         logging.getLogger("nestlearn").info(
