@@ -200,8 +200,10 @@ class LanguageModel(nn.Module):
             elif isinstance(module, RMSNorm):
                 module.reset_parameters()
             elif hasattr(module, "reset_parameters") and not isinstance(
-                module, (nn.Linear, nn.Embedding)
+                module, (nn.Linear, nn.Embedding, nn.RNNBase)
             ):
+                # torch's recurrent layers draw from the global generator: their owner (e.g.
+                # LSTMMixer) sets them from its own, and must not be overwritten afterwards
                 module.reset_parameters()
             if hasattr(module, "reset_buffers"):
                 module.reset_buffers()
