@@ -26,7 +26,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from nestlearn.ops.cms import CMSLevelState, chunk_cms_level, level_forward
 from nestlearn.ops.recompute import DEFAULT_RECOMPUTE_GROUP, check_recompute_group
+from nestlearn.utils.config import from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -223,12 +224,7 @@ class CMSConfig:
     @classmethod
     def from_dict(cls, options: dict[str, Any] | None) -> CMSConfig:
         """Build from a mapping (e.g. YAML), naming unknown keys."""
-        options = dict(options or {})
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(options) - known)
-        if bad:
-            raise ValueError(f"unknown cms options {bad}; known: {', '.join(sorted(known))}")
-        return cls(**options)
+        return from_dict(cls, dict(options or {}), "cms.", what="cms options")
 
     @classmethod
     def for_dim(cls, options: dict[str, Any] | None, dim: int) -> CMSConfig:

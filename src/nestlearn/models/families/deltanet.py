@@ -7,7 +7,7 @@ Hope beats. Model options go in ``model.mixer`` (:class:`DeltaNetOptions`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,17 +17,11 @@ from nestlearn.layers.ffn import SwiGLU
 from nestlearn.models.config import ModelConfig
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
+from nestlearn.utils.config import from_dict
 
 TINY_TARGET = 3_346_176
 """Parameters of ``transformer-tiny`` with the byte tokenizer (vocab 259): every ``*-tiny`` preset
 is matched to it (and to ``hope-tiny``) within 5%."""
-
-
-@dataclass(frozen=True)
-class LinearFamily(Family):
-    """A family whose mixer also runs the naive reference op (``nestlearn bench --naive``)."""
-
-    supports_naive: bool = True
 
 
 @dataclass
@@ -65,13 +59,7 @@ class DeltaNetOptions:
 
 def mixer_options(cls: type, cfg: ModelConfig) -> Any:
     """Validate ``cfg.mixer`` into the options dataclass ``cls`` (unknown keys fail)."""
-    known = [f.name for f in fields(cls)]
-    bad = sorted(set(cfg.mixer) - set(known))
-    if bad:
-        raise ValueError(
-            f"unknown model.mixer keys {bad} for family {cfg.family!r}; known: {', '.join(known)}"
-        )
-    return cls(**cfg.mixer)
+    return from_dict(cls, cfg.mixer, "model.mixer.", what="model.mixer keys", owner=cfg.family)
 
 
 def _mixer(cfg: ModelConfig, gated: bool) -> DeltaNetMixer:
@@ -100,17 +88,19 @@ def build_gated_deltanet_block(cfg: ModelConfig, layer: int) -> Block:
 
 
 register_family(
-    LinearFamily(
+    Family(
         "deltanet",
         build_deltanet_block,
         "DeltaNet (delta-rule linear attention, short conv, output gate) + SwiGLU",
+        supports_naive=True,
     )
 )
 register_family(
-    LinearFamily(
+    Family(
         "gated-deltanet",
         build_gated_deltanet_block,
         "Gated DeltaNet (delta rule with per-token decay) + SwiGLU",
+        supports_naive=True,
     )
 )
 

@@ -18,7 +18,7 @@ Options (``model.mixer``) are validated by :class:`Mamba2Options`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from nestlearn.layers.attention import CausalSelfAttention
@@ -27,6 +27,7 @@ from nestlearn.layers.mamba2 import Mamba2Mixer
 from nestlearn.models.config import ModelConfig
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
+from nestlearn.utils.config import from_dict
 
 
 @dataclass(kw_only=True)
@@ -71,14 +72,7 @@ class Mamba2Options:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, family: str) -> Mamba2Options:
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(cfg.mixer) - known)
-        if bad:
-            raise ValueError(
-                f"unknown model.mixer options {bad} for family {family!r}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        return cls(**cfg.mixer)
+        return from_dict(cls, cfg.mixer, "model.mixer.", what="model.mixer options", owner=family)
 
 
 def _mamba2(cfg: ModelConfig, opts: Mamba2Options, layer: int) -> Mamba2Mixer:
@@ -119,18 +113,20 @@ def build_samba_block(cfg: ModelConfig, layer: int) -> Block:
     return Block(cfg.dim, mixer, SwiGLU(cfg.dim, cfg.ffn_width), cfg.norm_eps)
 
 
-@dataclass(frozen=True)
-class _NaiveCapableFamily(Family):
-    supports_naive: bool = True
-    """``nestlearn bench --naive`` may set ``mixer.naive=True`` (per-token reference scan)."""
-
-
 register_family(
-    _NaiveCapableFamily("mamba2", build_mamba2_block, "Mamba2 (SSD) blocks, no MLP (Mamba2 recipe)")
+    Family(
+        "mamba2",
+        build_mamba2_block,
+        "Mamba2 (SSD) blocks, no MLP (Mamba2 recipe)",
+        supports_naive=True,
+    )
 )
 register_family(
-    _NaiveCapableFamily(
-        "samba", build_samba_block, "Samba: Mamba2 -> MLP -> sliding-window attention -> MLP"
+    Family(
+        "samba",
+        build_samba_block,
+        "Samba: Mamba2 -> MLP -> sliding-window attention -> MLP",
+        supports_naive=True,
     )
 )
 

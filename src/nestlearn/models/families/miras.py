@@ -27,10 +27,10 @@ import torch
 from nestlearn.layers.ffn import SwiGLU
 from nestlearn.layers.nested import NestedMixer
 from nestlearn.models.config import ModelConfig
-from nestlearn.models.families.deltanet import LinearFamily
-from nestlearn.models.registry import FAMILIES, register_family, register_preset
+from nestlearn.models.registry import FAMILIES, Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
 from nestlearn.ops.nested import MemorySpec
+from nestlearn.utils.config import check_keys, from_dict
 
 # the parameter target these presets were sized to: hope-tiny (vocab 259) before its
 # per-memory convs (3,343,164 since), 0.4% apart, well inside the 5% the issue asks for
@@ -87,16 +87,17 @@ def split_mixer(family: str, mixer: dict[str, Any]) -> tuple[MemorySpec, NestedO
     """``model.mixer`` -> the family's spec with overrides, and the layer options."""
     spec_keys = {f.name for f in fields(MemorySpec)}
     opt_keys = {f.name for f in fields(NestedOptions)}
-    bad = sorted(set(mixer) - spec_keys - opt_keys)
-    if bad:
-        raise ValueError(
-            f"unknown model.mixer keys {bad} for family {family!r}; known: memory spec fields "
-            f"{', '.join(sorted(spec_keys))}; layer options {', '.join(sorted(opt_keys))}"
-        )
+    check_keys(
+        mixer, sorted(spec_keys | opt_keys), what="model.mixer keys", prefix="model.mixer.",
+        owner=family,
+    )  # fmt: skip
     spec = MemorySpec.from_dict(
         {**SPECS.get(family, {}), **{k: v for k, v in mixer.items() if k in spec_keys}}
     )
-    opts = NestedOptions(**{k: v for k, v in mixer.items() if k in opt_keys})
+    opts = from_dict(
+        NestedOptions, {k: v for k, v in mixer.items() if k in opt_keys}, "model.mixer.",
+        what="model.mixer keys", owner=family,
+    )  # fmt: skip
     return spec, opts
 
 
@@ -132,7 +133,7 @@ def register_nested_family(
     families here and by :func:`nestlearn.nested.register_memory` for user-defined memories."""
     SPECS[name] = dict(spec)
     MemorySpec.from_dict(SPECS[name])  # fail now on a bad spec
-    register_family(LinearFamily(name, build_block, description))
+    register_family(Family(name, build_block, description, supports_naive=True))
     preset = preset or f"{name}-tiny"
     register_preset(
         preset,

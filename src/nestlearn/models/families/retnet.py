@@ -15,8 +15,8 @@ import torch
 from nestlearn.layers.ffn import SwiGLU
 from nestlearn.layers.retnet import RetNetMixer
 from nestlearn.models.config import ModelConfig
-from nestlearn.models.families.deltanet import LinearFamily, matched_ffn_hidden, mixer_options
-from nestlearn.models.registry import register_family, register_preset
+from nestlearn.models.families.deltanet import matched_ffn_hidden, mixer_options
+from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
 
 
@@ -61,10 +61,11 @@ def build_retnet_block(cfg: ModelConfig, layer: int) -> Block:
 
 
 register_family(
-    LinearFamily(
+    Family(
         "retnet",
         build_retnet_block,
         "RetNet (multi-scale retention, fixed per-head decay, xPos rotation) + SwiGLU",
+        supports_naive=True,
     )
 )
 

@@ -15,8 +15,8 @@ from nestlearn.layers.comba import CombaMixer
 from nestlearn.layers.ffn import SwiGLU
 from nestlearn.layers.rwkv7 import RWKV7Mixer
 from nestlearn.models.config import ModelConfig
-from nestlearn.models.families.deltanet import DeltaNetOptions, LinearFamily, mixer_options
-from nestlearn.models.registry import register_family, register_preset
+from nestlearn.models.families.deltanet import DeltaNetOptions, mixer_options
+from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
 
 # the parameter target these presets were sized to: hope-tiny (vocab 259) before its
@@ -76,17 +76,19 @@ def build_comba_block(cfg: ModelConfig, layer: int) -> Block:
 
 
 register_family(
-    LinearFamily(
+    Family(
         "rwkv7",
         build_rwkv7_block,
         "RWKV-7 (DPLR delta rule: per-channel decay + in-context rate, token shift) + SwiGLU",
+        supports_naive=True,
     )
 )
 register_family(
-    LinearFamily(
+    Family(
         "comba",
         build_comba_block,
         "Comba (gated delta rule with erase key p = d k and output correction) + SwiGLU",
+        supports_naive=True,
     )
 )
 

@@ -10,13 +10,14 @@ Options (``model.mixer``) are validated by :class:`TTTOptions`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from nestlearn.layers.ffn import SwiGLU
 from nestlearn.layers.ttt import TTTMixer
 from nestlearn.models.config import ModelConfig
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
+from nestlearn.utils.config import from_dict
 
 
 @dataclass(kw_only=True)
@@ -49,14 +50,9 @@ class TTTOptions:
 
 def _builder(kind: str):
     def build(cfg: ModelConfig, layer: int) -> Block:
-        known = {f.name for f in fields(TTTOptions)}
-        bad = sorted(set(cfg.mixer) - known)
-        if bad:
-            raise ValueError(
-                f"unknown model.mixer options {bad} for family 'ttt-{kind}'; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        o = TTTOptions(**cfg.mixer)
+        o: TTTOptions = from_dict(
+            TTTOptions, cfg.mixer, "model.mixer.", what="model.mixer options", owner=f"ttt-{kind}"
+        )
         mixer = TTTMixer(
             cfg.dim,
             cfg.n_heads,
@@ -75,17 +71,18 @@ def _builder(kind: str):
     return build
 
 
-@dataclass(frozen=True)
-class _NaiveCapableFamily(Family):
-    supports_naive: bool = True
-    """``nestlearn bench --naive`` may set ``mixer.naive=True`` (per-token reference op)."""
-
-
 register_family(
-    _NaiveCapableFamily("ttt-linear", _builder("linear"), "TTT-Linear (T): TTT layer + SwiGLU")
+    Family(
+        "ttt-linear", _builder("linear"), "TTT-Linear (T): TTT layer + SwiGLU", supports_naive=True
+    )
 )
 register_family(
-    _NaiveCapableFamily("ttt-mlp", _builder("mlp"), "TTT-MLP (T): TTT layer (MLP inner) + SwiGLU")
+    Family(
+        "ttt-mlp",
+        _builder("mlp"),
+        "TTT-MLP (T): TTT layer (MLP inner) + SwiGLU",
+        supports_naive=True,
+    )
 )
 
 # ------------------------------------------------------------------------------------ presets
