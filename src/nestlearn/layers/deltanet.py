@@ -36,6 +36,7 @@ from nestlearn.ops.delta_rule import (
     naive_recurrent_delta_rule,
     naive_recurrent_gated_delta_rule,
 )
+from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["DeltaNetMixer", "DeltaNetState", "ShortConv", "delta_op_flops"]
 
@@ -121,6 +122,9 @@ class DeltaNetMixer(nn.Module):
             has its own); ``LanguageModel.init_weights`` sets it from the model's seed.
     """
 
+    supports_naive = True
+    """``naive=True`` runs the per-token reference recurrence (``nestlearn bench --naive``)."""
+
     def __init__(
         self,
         dim: int,
@@ -162,7 +166,7 @@ class DeltaNetMixer(nn.Module):
             self.dt_bias = nn.Parameter(torch.empty(n_heads))
         self.wg = nn.Linear(dim, HV, bias=False) if output_gate else None
         self.o_norm = RMSNorm(self.head_v, norm_eps)
-        self.wo = nn.Linear(HV, dim, bias=False)
+        self.wo = mark_residual_out(nn.Linear(HV, dim, bias=False))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestlearn.ops.ssd import chunk_ssd, naive_ssd
+from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["Mamba2Mixer", "Mamba2State"]
 
@@ -67,6 +68,9 @@ class Mamba2Mixer(nn.Module):
         init_seed: seed of this layer's own random init (conv, ``dt``, ``A``): see
             :meth:`reset_parameters`.
     """
+
+    supports_naive = True
+    """``naive=True`` runs the per-token reference scan (``nestlearn bench --naive``)."""
 
     def __init__(
         self,
@@ -115,7 +119,7 @@ class Mamba2Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(n_heads))
         self.D = nn.Parameter(torch.empty(n_heads))
         self.norm_weight = nn.Parameter(torch.empty(inner))
-        self.out_proj = nn.Linear(inner, dim, bias=False)
+        self.out_proj = mark_residual_out(nn.Linear(inner, dim, bias=False))
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()

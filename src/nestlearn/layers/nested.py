@@ -41,6 +41,7 @@ from nestlearn.ops.nested import (
     param_shapes,
     project,
 )
+from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["NestedMixer", "NestedMixerState"]
 
@@ -79,6 +80,9 @@ class NestedMixer(nn.Module):
             (:func:`~nestlearn.ops.nested.nested_memory`).
         init_seed: seed of this layer's own init (``M_0``, conv), e.g. the layer index.
     """
+
+    supports_naive = True
+    """``backend="naive"`` runs the per-token reference loop (``nestlearn bench --naive``)."""
 
     def __init__(
         self,
@@ -139,7 +143,7 @@ class NestedMixer(nn.Module):
             self.mem_norm_weight = self.mem_norm_bias = None
         self.out_norm_weight = nn.Parameter(torch.empty(n_heads, F_))
         self.wg = nn.Linear(dim, dim, bias=False)
-        self.wo = nn.Linear(dim, dim, bias=False)
+        self.wo = mark_residual_out(nn.Linear(dim, dim, bias=False))
         if self.gate_bias.device.type != "meta":
             self.reset_parameters()
 

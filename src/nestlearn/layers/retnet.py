@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from nestlearn.layers.rope import apply_rope, rope_cos_sin, rope_frequencies
 from nestlearn.ops.retention import chunk_retention, naive_recurrent_retention
+from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["HeadGroupNorm", "RetNetMixer", "RetNetState", "retnet_gammas"]
 
@@ -93,6 +94,9 @@ class RetNetMixer(nn.Module):
             ``"fla"``.
     """
 
+    supports_naive = True
+    """``naive=True`` runs the per-token reference recurrence (``nestlearn bench --naive``)."""
+
     def __init__(
         self,
         dim: int,
@@ -127,7 +131,7 @@ class RetNetMixer(nn.Module):
         self.wv = nn.Linear(dim, HV, bias=False)
         self.wg = nn.Linear(dim, HV, bias=False)
         self.group_norm = HeadGroupNorm(n_heads, self.head_v, norm_eps)
-        self.wo = nn.Linear(HV, dim, bias=False)
+        self.wo = mark_residual_out(nn.Linear(HV, dim, bias=False))
         self.register_buffer("inv_freq", rope_frequencies(K, rope_base), persistent=False)
 
     def reset_buffers(self) -> None:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestlearn.ops.rwkv7 import chunk_rwkv7, naive_recurrent_rwkv7
+from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["RWKV7Mixer", "RWKV7State"]
 
@@ -75,6 +76,9 @@ class RWKV7Mixer(nn.Module):
             ``torch`` or ``fla``.
     """
 
+    supports_naive = True
+    """``naive=True`` runs the per-token reference recurrence (``nestlearn bench --naive``)."""
+
     def __init__(
         self,
         dim: int,
@@ -108,7 +112,7 @@ class RWKV7Mixer(nn.Module):
         self.wr = nn.Linear(dim, dim, bias=False)
         self.wk = nn.Linear(dim, dim, bias=False)
         self.wv = nn.Linear(dim, dim, bias=False)
-        self.wo = nn.Linear(dim, dim, bias=False)
+        self.wo = mark_residual_out(nn.Linear(dim, dim, bias=False))
         rw, ra = _lora_rank(dim, 2.5, F_), _lora_rank(dim, 2.5, F_)
         rg = max(32, int(round(5 * math.sqrt(dim) / 32) * 32))
         self.w_down, self.w_up = (

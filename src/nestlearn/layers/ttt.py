@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from nestlearn.layers.rope import rope_cos_sin, rope_frequencies
 from nestlearn.ops.ttt import TTTState, chunk_ttt, naive_ttt
+from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["TTTMixer", "TTTMixerState"]
 
@@ -80,6 +81,9 @@ class TTTMixer(nn.Module):
         init_seed: seed of this layer's own random init (``W0``): see :meth:`reset_parameters`.
     """
 
+    supports_naive = True
+    """``naive=True`` runs the per-token reference op (``nestlearn bench --naive``)."""
+
     def __init__(
         self,
         dim: int,
@@ -124,7 +128,7 @@ class TTTMixer(nn.Module):
         self.ttt_norm_bias = nn.Parameter(torch.empty(n_heads, Fd))
         self.post_norm = nn.LayerNorm(dim, eps=ln_eps)
         self.wg = nn.Linear(dim, dim, bias=False) if gate else None
-        self.wo = nn.Linear(dim, dim, bias=False)
+        self.wo = mark_residual_out(nn.Linear(dim, dim, bias=False))
         self.register_buffer("inv_freq", rope_frequencies(Fd, rope_base), persistent=False)
 
     # ------------------------------------------------------------------ init

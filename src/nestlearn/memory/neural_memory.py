@@ -58,6 +58,7 @@ from nestlearn.ops.conv import causal_depthwise_conv
 from nestlearn.ops.recompute import DEFAULT_RECOMPUTE_GROUP, check_recompute_group
 from nestlearn.ops.titans import TitansState, chunk_titans, naive_chunk_titans
 from nestlearn.ops.titans.common import memory_forward, read_weights
+from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["NeuralMemory", "NeuralMemoryOptions", "NeuralMemoryState"]
 
@@ -229,7 +230,7 @@ class NeuralMemory(nn.Module):
         )
         self.out_norm_weight = nn.Parameter(torch.empty(n_heads, F_))
         self.wg = nn.Linear(dim, dim, bias=False)
-        self.wo = nn.Linear(dim, dim, bias=False)
+        self.wo = mark_residual_out(nn.Linear(dim, dim, bias=False))
         self.memory_frozen = False
         if self.gate_bias.device.type != "meta":
             self.reset_parameters()

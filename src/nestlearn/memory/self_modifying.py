@@ -54,6 +54,7 @@ from nestlearn.ops.selfmod import (
 from nestlearn.ops.selfmod.common import gradient_point
 from nestlearn.ops.titans import TitansState, memory_forward
 from nestlearn.ops.titans.common import read_weights
+from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["SelfModifyingOptions", "SelfModifyingTitans", "SelfModifyingTitansState"]
 
@@ -257,7 +258,7 @@ class SelfModifyingTitans(nn.Module):
         )
         self.out_norm_weight = nn.Parameter(torch.empty(n_heads, F_))
         self.wg = nn.Linear(dim, dim, bias=False)
-        self.wo = nn.Linear(dim, dim, bias=False)
+        self.wo = mark_residual_out(nn.Linear(dim, dim, bias=False))
         if self.eta_bias.device.type != "meta":
             self.reset_parameters()
 
