@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from nestlearn.layers.deltanet import DeltaNetMixer
+from nestlearn.layers.deltanet import DeltaNetMixer, DeltaNetMixerOptions
 from nestlearn.layers.ffn import SwiGLU
 from nestlearn.models.config import ModelConfig
 from nestlearn.models.registry import Family, register_family, register_preset
@@ -25,36 +25,10 @@ is matched to it (and to ``hope-tiny``) within 5%."""
 
 
 @dataclass
-class DeltaNetOptions:
-    """``model.mixer`` options of the ``deltanet`` and ``gated-deltanet`` families."""
-
-    head_dim: int | None = None
-    """Key/query head dim; ``None`` means ``dim / n_heads``."""
-    expand_v: float = 1.0
-    """Value head dim = ``head_dim * expand_v`` (Gated DeltaNet's paper shapes use 2)."""
-    conv_size: int = 4
-    """Width of the causal depthwise short convolution on q, k, v."""
-    output_gate: bool = True
-    """Multiply the normalised output by ``SiLU(W_g x)``."""
-    chunk_size: int | None = None
-    """Chunk length of the chunked delta rule (exact at any value); null = the op's fastest
-    (64 when training, 16 for inference on CPU)."""
-    naive: bool = False
-    """Use the per-token reference loop (for benchmarks and debugging)."""
-    backend: str = "auto"
-    """``auto`` (fla kernels on CUDA + bf16 when installed), ``torch`` or ``fla``."""
-
-    def __post_init__(self) -> None:
-        if self.head_dim is not None and self.head_dim <= 0:
-            raise ValueError(f"model.mixer.head_dim must be positive or null, got {self.head_dim}")
-        if self.conv_size < 1:
-            raise ValueError(f"model.mixer.conv_size must be >= 1, got {self.conv_size}; try 4")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"model.mixer.chunk_size must be >= 1, got {self.chunk_size}; try 64")
-        if self.backend not in ("auto", "torch", "fla"):
-            raise ValueError(
-                f"model.mixer.backend must be auto, torch or fla, got {self.backend!r}"
-            )
+class DeltaNetOptions(DeltaNetMixerOptions):
+    """``model.mixer`` options of the ``deltanet`` and ``gated-deltanet`` families: the layer's
+    own (:class:`~nestlearn.layers.deltanet.DeltaNetMixerOptions`, every field documented
+    there)."""
 
 
 def mixer_options(cls: type, cfg: ModelConfig) -> Any:
@@ -64,19 +38,7 @@ def mixer_options(cls: type, cfg: ModelConfig) -> Any:
 
 def _mixer(cfg: ModelConfig, gated: bool) -> DeltaNetMixer:
     opt: DeltaNetOptions = mixer_options(DeltaNetOptions, cfg)
-    return DeltaNetMixer(
-        cfg.dim,
-        cfg.n_heads,
-        head_dim=opt.head_dim,
-        expand_v=opt.expand_v,
-        conv_size=opt.conv_size,
-        gated=gated,
-        output_gate=opt.output_gate,
-        chunk_size=opt.chunk_size,
-        norm_eps=cfg.norm_eps,
-        naive=opt.naive,
-        backend=opt.backend,
-    )
+    return DeltaNetMixer(cfg.dim, cfg.n_heads, opt, gated=gated, norm_eps=cfg.norm_eps)
 
 
 def build_deltanet_block(cfg: ModelConfig, layer: int) -> Block:

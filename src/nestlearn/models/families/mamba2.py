@@ -23,7 +23,7 @@ from typing import Any
 
 from nestlearn.layers.attention import CausalSelfAttention
 from nestlearn.layers.ffn import SwiGLU
-from nestlearn.layers.mamba2 import Mamba2Mixer
+from nestlearn.layers.mamba2 import Mamba2Mixer, Mamba2MixerOptions
 from nestlearn.models.config import ModelConfig
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
@@ -31,21 +31,11 @@ from nestlearn.utils.config import from_dict
 
 
 @dataclass(kw_only=True)
-class Mamba2Options:
-    """``model.mixer`` options of the ``mamba2`` and ``samba`` families."""
+class Mamba2Options(Mamba2MixerOptions):
+    """``model.mixer`` options of the ``mamba2`` and ``samba`` families: the mixer's own
+    (:class:`~nestlearn.layers.mamba2.Mamba2MixerOptions`, every field documented there) and
+    these."""
 
-    d_state: int = 128
-    """SSD state size N (Mamba2 paper: 128 at scale; 64 is also common)."""
-    expand: int = 2
-    """Inner width = expand * dim."""
-    head_dim: int = 64
-    """Channels per SSD head (Mamba2: 64)."""
-    n_groups: int = 1
-    """Groups of heads sharing B and C (Mamba2: 1)."""
-    conv_width: int = 4
-    """Causal depthwise conv width (Mamba2: 4)."""
-    chunk_size: int = 64
-    """SSD chunk length: speed only, results do not depend on it."""
     ffn: str = "none"
     """``"none"`` (Mamba2 recipe) or ``"swiglu"`` (a SwiGLU FFN after every mixer). Samba
     always has the FFN."""
@@ -53,13 +43,9 @@ class Mamba2Options:
     """Samba only: sliding-window attention span in tokens (Samba paper: 2048)."""
     pattern: str = "MS"
     """Samba only: mixer of block i is ``pattern[i % len(pattern)]``; M = Mamba2, S = SWA."""
-    naive: bool = False
-    """Run the per-token reference scan instead of the chunked one (checks and benchmarks)."""
 
     def __post_init__(self) -> None:
-        for key in ("d_state", "expand", "head_dim", "n_groups", "conv_width", "chunk_size"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"model.mixer.{key} must be >= 1, got {getattr(self, key)}")
+        super().__post_init__()
         if self.ffn not in ("none", "swiglu"):
             raise ValueError(f"model.mixer.ffn must be 'none' or 'swiglu', got {self.ffn!r}")
         if self.window < 1:
@@ -76,18 +62,7 @@ class Mamba2Options:
 
 
 def _mamba2(cfg: ModelConfig, opts: Mamba2Options, layer: int) -> Mamba2Mixer:
-    return Mamba2Mixer(
-        cfg.dim,
-        d_state=opts.d_state,
-        expand=opts.expand,
-        head_dim=opts.head_dim,
-        n_groups=opts.n_groups,
-        conv_width=opts.conv_width,
-        chunk_size=opts.chunk_size,
-        norm_eps=cfg.norm_eps,
-        naive=opts.naive,
-        init_seed=layer,
-    )
+    return Mamba2Mixer(cfg.dim, opts, norm_eps=cfg.norm_eps, init_seed=layer)
 
 
 def build_mamba2_block(cfg: ModelConfig, layer: int) -> Block:
