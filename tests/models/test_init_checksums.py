@@ -3,7 +3,8 @@ that declared the mixer options once and tagged residual-output layers explicitl
 
 ``data/init_checksums.json`` was written by the code before that change; a sha256 over every
 state-dict entry (name, dtype, shape, bytes) of ``build_model(preset, seed=0)``. A change that
-moves one draw of the init, reorders parameters, or changes a residual scale fails here.
+moves one draw of the init, reorders parameters, or changes a residual scale fails here. A family
+added later is not required to appear in the list (adding one touches no shared file).
 """
 
 from __future__ import annotations
@@ -56,13 +57,6 @@ def test_init_is_bit_identical(name: str) -> None:
         f"{name}: the seed-0 weights changed; an init change must be deliberate (regenerate "
         "tests/models/data/init_checksums.json and say why in the commit)"
     )
-
-
-def test_every_tiny_preset_is_listed() -> None:
-    from nestlearn.models import PRESETS
-
-    tiny = {p for p in PRESETS if p.endswith("-tiny")}
-    assert tiny <= set(CHECKSUMS), f"add {sorted(tiny - set(CHECKSUMS))} to the checksum list"
 
 
 def test_init_does_not_read_the_global_generator() -> None:
