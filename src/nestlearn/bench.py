@@ -25,6 +25,7 @@ Timings are only compared within one run; nothing here asserts on absolute time.
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import gc
 import logging
@@ -33,7 +34,7 @@ import os
 import re
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -42,6 +43,8 @@ import torch.nn.functional as F
 
 from nestlearn.memory.cms import attach_outer_schedule
 from nestlearn.models import FAMILIES, PRESETS, ModelConfig, build_model
+from nestlearn.models.compiling import compile_model
+from nestlearn.ops import compiled
 from nestlearn.optim.build import build_optimizer
 from nestlearn.optim.config import OptimConfig
 
@@ -284,6 +287,23 @@ def _train_and_fwd_times(
     return train_s, fwd_s
 
 
+@contextlib.contextmanager
+def _eager() -> Iterator[None]:
+    """Run compiled modules and chunk steps eagerly inside the block (restored after)."""
+    mode = compiled.enabled_mode()
+    compiled.disable()
+    stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    try:
+        if stance is None:
+            yield
+        else:
+            with stance("force_eager"):
+                yield
+    finally:
+        if mode is not None:
+            compiled.enable(mode)
+
+
 def _decode_tokens_per_s(
     model: torch.nn.Module,
     *,
@@ -375,7 +395,10 @@ def bench_model(
     _reset_peak_memory(device)
 
     net = build_model(cfg, device=device, seed=seed).to(dtype=torch_dtype)
-    run = torch.compile(net) if compile else net
+    if compile:  # chunk steps compiled for the chunked memories, other blocks whole
+        for line in compile_model(net):
+            logger.info("%s: compile %s", name, line)
+    run = net
     gen = torch.Generator(device="cpu").manual_seed(seed)
     idx = torch.randint(0, cfg.vocab_size, (batch, seq), generator=gen).to(device)
     targets = torch.randint(0, cfg.vocab_size, (batch, seq), generator=gen).to(device)
@@ -389,11 +412,14 @@ def bench_model(
             continue
         logger.info("%s: decode at context %d", name, c)
         # Decoding runs eagerly even with --compile: a growing state recompiles every step.
-        decode_at[str(c)] = _decode_tokens_per_s(
-            net, vocab=cfg.vocab_size, context=c, batch=decode_batch, tokens=decode_tokens,
-            warmup=warmup, device=device, gen=gen,
-        )  # fmt: skip
+        with _eager():
+            decode_at[str(c)] = _decode_tokens_per_s(
+                net, vocab=cfg.vocab_size, context=c, batch=decode_batch, tokens=decode_tokens,
+                warmup=warmup, device=device, gen=gen,
+            )  # fmt: skip
     peak_mem = _peak_memory_mb(device)
+    if compile:
+        compiled.disable()  # the next model of a bench run decides for itself
 
     train_tps = batch * seq / train_s
     flops = int(net.flops_per_token(seq))

@@ -148,7 +148,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the model for the train and forward measurements",
+        help="torch.compile the model for the train and forward measurements: one compiled "
+        "chunk step for the chunked memories (Titans, Hope, CMS), other blocks whole; the "
+        "warm-up steps absorb the compile; decoding stays eager",
     )
     p.add_argument(
         "--peak-size",

@@ -193,6 +193,9 @@ class SelfModifyingTitans(nn.Module):
     """
 
     supports_naive = True
+    chunk_steps = True
+    """Runs a Python loop over chunks (``nestlearn.ops.compiled``): ``train.compile`` compiles
+    its chunk steps, not the whole layer, whose unrolled loop would take minutes to compile."""
     """``options.naive`` runs the per-token reference op (``nestlearn bench --naive``)."""
 
     def __init__(

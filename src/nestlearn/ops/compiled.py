@@ -36,6 +36,8 @@ MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagrap
 
 _mode: str | None = None
 _cache: dict[tuple[Callable[..., Any], str], Callable[..., Any]] = {}
+handed_out = 0
+"""How many times :func:`chunk_step` returned a compiled function (tests, diagnostics)."""
 
 RECOMPILE_LIMIT = 64
 """Dynamo's per-function recompile limit while compiled steps are on: one step function meets
@@ -84,6 +86,8 @@ def chunk_step(fn: F) -> F:
     """
     if _mode is None or torch.compiler.is_compiling():
         return fn
+    global handed_out
+    handed_out += 1
     key = (fn, _mode)
     out = _cache.get(key)
     if out is None:

@@ -108,7 +108,13 @@ class RunConfig:
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun each rank takes its local GPU)."""
     compile: bool = False
-    """``torch.compile`` every block (applied by the trainer, per block)."""
+    """``torch.compile`` the model (``nestlearn.models.compiling.compile_model``): layers that
+    loop over chunks (Titans, Hope, the CMS) get one compiled chunk step reused for every chunk;
+    every other block or FFN is compiled whole. First steps pay the compile (docs/benchmarks.md,
+    "Compiled chunk steps")."""
+    compile_mode: str = "default"
+    """``torch.compile`` mode with ``compile``: ``default``, ``reduce-overhead`` (CUDA graphs on
+    GPUs), ``max-autotune`` or ``max-autotune-no-cudagraphs``."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass (about one extra forward per
     step, far less activation memory; the paper-size Hope presets need it on one GPU)."""
@@ -170,6 +176,17 @@ class RunConfig:
             raise ValueError(f"train.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"train.parallel must be ddp or fsdp, got {self.parallel!r}")
+        from nestlearn.ops.compiled import MODES
+
+        if self.compile_mode not in MODES:
+            raise ValueError(
+                f"train.compile_mode must be one of {', '.join(MODES)}, got {self.compile_mode!r}"
+            )
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(
+                f"train.compile_mode={self.compile_mode} has no effect without train.compile=true; "
+                "add train.compile=true or drop it"
+            )
         from nestlearn.train.tracking import WANDB_MODES, parse_log_to
 
         parse_log_to(self.log_to)

@@ -34,6 +34,7 @@ from torch import nn
 from nestlearn.data.mixture import MixtureValidation
 from nestlearn.memory.cms import attach_outer_schedule
 from nestlearn.models import LanguageModel, build_model
+from nestlearn.models.compiling import compile_model
 from nestlearn.optim import build_optimizer
 from nestlearn.train.batches import IGNORE_INDEX, BatchSampler, TokenSource
 from nestlearn.train.checkpoint import (
@@ -170,8 +171,8 @@ class Trainer:
         self.finished = self.start_step >= cfg.train.steps
         self.model.set_activation_checkpointing(cfg.train.activation_checkpointing)
         if cfg.train.compile:
-            for block in self.model.blocks:
-                block.compile()
+            for line in compile_model(self.model, cfg.train.compile_mode):
+                logger.info("compile: %s", line)
         # wrap before building the optimizer: FSDP2 replaces parameters by sharded DTensors
         self.wrapped: nn.Module = wrap_model(self.model, self.dist, self.device, cfg.train.parallel)
         self.optimizer = build_optimizer(self.model, cfg.optim)

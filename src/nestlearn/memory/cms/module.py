@@ -111,6 +111,9 @@ class ContinuumMemory(nn.Module):
     """
 
     supports_naive = False
+    chunk_steps = True
+    """Runs a Python loop over chunks (``nestlearn.ops.compiled``): ``train.compile`` compiles
+    its chunk steps, not the whole layer, whose unrolled loop would take minutes to compile."""
     """No reference op to switch to (``nestlearn.layers.protocol.Mixer``)."""
 
     def __init__(self, dim: int, cfg: CMSConfig | None = None) -> None:

@@ -51,6 +51,7 @@ from nestlearn.ops.cms.common import (
     scale,
     scaled_sub,
 )
+from nestlearn.ops.compiled import chunk_step
 from nestlearn.ops.recompute import check_recompute_group, recompute_active, run_grouped
 
 __all__ = ["chunk_cms_level", "fold_pending"]
@@ -215,6 +216,7 @@ def _run(
     h0_all = F.linear(x, w_in).split(sizes, dim=1) if T > C else (None,) * len(bounds)
 
     Carry = tuple[Any, ...]  # (base, S, grad, anchor, agrad, buf)
+    full_step = chunk_step(cms_chunk_step)
 
     def boundary(i: int, c: Carry) -> Carry:
         """Eq. 71 at the start of segment ``i``: apply the finished chunk's sum (and eq. 72)."""
@@ -241,6 +243,15 @@ def _run(
             base, S, grad, anchor, agrad, buf = c
             e = bounds[i][1]
             xs, tm = xs_all[i], terms(base, S)
+            if local and e < T and xs.shape[1] == C and buf is None:
+                # a whole chunk inside the call: read and sum its terms in one (optionally
+                # compiled) step
+                y, g = full_step(xs, tg_all[i], w_in, w_out, base, S, neg_lr, h0_all[i],
+                                 act=act, first_order=first_order)  # fmt: skip
+                ys.append(y)
+                grad = add(grad, g)
+                c = (base, S, grad, anchor, agrad, buf)
+                continue
             fwd = level_forward(xs, w_in, w_out, tm, act, h0_all[i])
             ys.append(fwd[0])
             if local and e < T:  # the chunk ends inside the call: all its terms now
@@ -270,6 +281,36 @@ def _run(
         return y, None
     delta = scaled_sub(base, lr, S)
     return y, CMSLevelState(delta, grad, buf, anchor, agrad, pos + T)
+
+
+def cms_chunk_step(
+    xs: Tensor,
+    tg: Tensor,
+    w_in: Tensor,
+    w_out: Tensor,
+    base: Pair | None,
+    S: Pair | None,
+    neg_lr: Tensor,
+    h0: Tensor | None,
+    *,
+    act: str,
+    first_order: bool,
+) -> tuple[Tensor, Pair]:
+    """One whole chunk of a level: its outputs at ``W_c = W_0 + base - lr S`` and the sum of its
+    ``"next"`` terms (pairs ``(x_t, x_{t+1})``) at the same weights. A pure tensor function, so
+    :mod:`nestlearn.ops.compiled` can compile it once for every chunk."""
+    tm: list[Term] = ([] if base is None else [(None, base)]) + (
+        [] if S is None else [(neg_lr, S)]
+    )
+    b, h, a = level_forward(xs, w_in, w_out, tm, act, h0)
+    if first_order:  # inner gradients as constants: the outer loss sees W_c = W_0 + const
+        with torch.no_grad():
+            tmd = [
+                (None if c is None else c.detach(), (p[0].detach(), p[1].detach())) for c, p in tm
+            ]
+            ts = (t.detach() for t in (xs, tg, b, h, a, w_out))
+            return b, level_grads(*ts, tmd, act)
+    return b, level_grads(xs, tg, b, h, a, w_out, tm, act)
 
 
 def fold_pending(
