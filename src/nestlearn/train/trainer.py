@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import signal
 import time
 from collections.abc import Callable
@@ -32,7 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from nestlearn.data.mixture import MixtureValidation
-from nestlearn.memory.cms import attach_outer_schedule
 from nestlearn.models import LanguageModel, build_model
 from nestlearn.optim import build_optimizer
 from nestlearn.train.batches import IGNORE_INDEX, BatchSampler, TokenSource
@@ -55,6 +53,7 @@ from nestlearn.train.distributed import (
 )
 from nestlearn.train.guards import stop_dead, stop_diverged
 from nestlearn.train.heap import set_mmap_threshold
+from nestlearn.train.loop import finish_step, prepare_optimizer, set_lr_factor
 from nestlearn.train.memory_stats import memory_stats
 from nestlearn.train.rundir import (
     check_state_shapes,
@@ -174,10 +173,7 @@ class Trainer:
                 block.compile()
         # wrap before building the optimizer: FSDP2 replaces parameters by sharded DTensors
         self.wrapped: nn.Module = wrap_model(self.model, self.dist, self.device, cfg.train.parallel)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        attach_outer_schedule(self.model, self.optimizer)  # cms.mode=outer (docs/cms.md)
-        for g in self.optimizer.param_groups:
-            g.setdefault("initial_lr", g["lr"])
+        self.optimizer = prepare_optimizer(self.model, build_optimizer(self.model, cfg.optim))
         if ckpt is not None and ckpt.optimizer is not None:
             self._load_optimizer(ckpt.optimizer, ckpt.path)
         self.token_bytes = token_byte_lengths(self.tokenizer, cfg.model.vocab_size)
@@ -431,8 +427,7 @@ class Trainer:
                 factor = lr_factor(
                     step, total, cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio
                 )
-                for g in self.optimizer.param_groups:
-                    g["lr"] = g["initial_lr"] * factor
+                set_lr_factor(self.optimizer, factor)
                 rows = self.sampler.rows(step)[self.dist.rank :: W]
                 batches = [self.sampler.make(rows[j * micro : (j + 1) * micro]) for j in range(A)]
                 if reset:  # mean over the step's real targets, whatever their split over ranks
@@ -454,19 +449,17 @@ class Trainer:
                             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / A
                     loss.backward()
                     loss_sum += loss.detach()
-                if cfg.train.grad_clip > 0:
-                    gnorm = torch.nn.utils.clip_grad_norm_(
-                        self.model.parameters(), cfg.train.grad_clip
-                    )
-                else:
-                    gnorm = _grad_norm(self.model)
                 loss_val = float(all_reduce_mean(loss_sum.detach(), self.dist).item())
-                gnorm_val = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
-                if not (math.isfinite(loss_val) and math.isfinite(gnorm_val)):
-                    self.optimizer.zero_grad(set_to_none=True)  # the bad update is never applied
-                    stop_diverged(self, step, loss_val, gnorm_val, zero_grad_since)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                gnorm_val = finish_step(
+                    self.optimizer,
+                    self.model.parameters(),
+                    step=step,
+                    loss=loss_val,
+                    grad_clip=cfg.train.grad_clip,  # the bad update is never applied
+                    on_diverged=lambda s, lo, gn, dead=zero_grad_since: stop_diverged(
+                        self, s, lo, gn, dead
+                    ),
+                )
                 step += 1
                 self.tokens_seen += B * T
                 dt = time.perf_counter() - t0
@@ -569,8 +562,3 @@ def _sum_over_ranks(n: int, info: DistInfo) -> int:
         t = t.cuda()
     torch.distributed.all_reduce(t)
     return int(t.item())
-
-
-def _grad_norm(model: nn.Module) -> torch.Tensor:
-    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-    return torch.stack(norms).norm() if norms else torch.zeros(())

@@ -43,12 +43,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
 
-from nestlearn.memory.cms import attach_outer_schedule
+from nestlearn.train.loop import finish_step, prepare_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -366,6 +366,13 @@ def frozen_transformer(
     return out.eval()
 
 
+def _ewc_diverged(step: int, loss: float, gnorm: float) -> NoReturn:
+    raise FloatingPointError(
+        f"EWC fine-tuning diverged at step {step + 1}: loss {loss}, gradient norm {gnorm}; "
+        "lower --ewc-lr"
+    )
+
+
 class EWCLearner(Learner):
     """Fine-tuning on each task's demonstrations with an EWC penalty on the earlier tasks."""
 
@@ -376,11 +383,12 @@ class EWCLearner(Learner):
         super().__init__(model, window)
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         self.opt = torch.optim.AdamW(self.params.values(), lr=lr, weight_decay=0.0)
-        attach_outer_schedule(self.model, self.opt)  # cms.mode=outer (docs/cms.md)
+        prepare_optimizer(self.model, self.opt)  # cms.mode=outer (docs/cms.md)
         self.epochs, self.batch_size, self.lam = epochs, batch_size, ewc_lambda
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
         self.rng = random.Random(seed)
+        self.steps = 0  # optimizer steps over all tasks so far
 
     def _loss(self, demos: list[Demo]) -> torch.Tensor:
         dev = self.model.embed.weight.device
@@ -398,6 +406,7 @@ class EWCLearner(Learner):
         super().observe(demos)
         self.model.train()
         order = list(demos)
+        self.opt.zero_grad(set_to_none=True)
         for _ in range(self.epochs):
             self.rng.shuffle(order)
             for s in range(0, len(order), self.batch_size):
@@ -408,10 +417,10 @@ class EWCLearner(Learner):
                         for n, p in self.params.items()
                     )
                     loss = loss + 0.5 * self.lam * pen
-                self.opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.params.values(), 1.0)
-                self.opt.step()
+                finish_step(self.opt, self.params.values(), step=self.steps, grad_clip=1.0,
+                            loss=float(loss.detach()), on_diverged=_ewc_diverged)  # fmt: skip
+                self.steps += 1
         # diagonal empirical Fisher of this task, one demonstration at a time, summed over tasks
         self.model.eval()
         fisher = {n: torch.zeros_like(p) for n, p in self.params.items()}

@@ -36,7 +36,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -44,11 +44,11 @@ import torch.nn.functional as F
 
 from nestlearn.data.corpus import corpus_documents, split_documents
 from nestlearn.data.tokenizers import get_tokenizer
-from nestlearn.memory.cms import attach_outer_schedule
 from nestlearn.models import PRESETS, ModelConfig, build_model, preset_config
 from nestlearn.optim import build_optimizer
 from nestlearn.optim.config import OptimConfig
 from nestlearn.train.batches import ArrayTokens, batch_starts, make_batch
+from nestlearn.train.loop import fit_steps, prepare_optimizer
 from nestlearn.train.validation import evaluate_lm, token_byte_lengths
 
 logger = logging.getLogger(__name__)
@@ -215,8 +215,7 @@ def _train_model(
     t_model = time.perf_counter()
     torch.manual_seed(seed)
     model = build_model(cfg, seed=seed)
-    opt = build_optimizer(model, OptimConfig(name="adamw", lr=lr))
-    attach_outer_schedule(model, opt)  # cms.mode=outer (docs/cms.md)
+    opt = prepare_optimizer(model, build_optimizer(model, OptimConfig(name="adamw", lr=lr)))
     total = steps_per_phase * len(domains)
     warm = warmup_steps(total)
     ev_kw = {"seq_len": seq_len, "batch_size": batch_size, "token_bytes": token_bytes}
@@ -230,27 +229,17 @@ def _train_model(
     step = 0
     for k, domain in enumerate(domains, start=1):
         src = train[domain]
-        model.train()
         t0 = time.perf_counter()
-        phase_losses = []
-        for _ in range(steps_per_phase):
-            factor = min(1.0, (step + 1) / warm)
-            for g in opt.param_groups:
-                g["lr"] = lr * factor
-            x, y = make_batch(src, batch_starts(len(src), seq_len, batch_size, seed, step), seq_len)
-            logits, _ = model(x)  # logits [B, T, V]
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            value = float(loss.detach())
-            step += 1
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"{name}: loss is {value} at step {step} ({domain}); lower lr"
-                )
-            phase_losses.append(value)
+        batches = (
+            make_batch(src, batch_starts(len(src), seq_len, batch_size, seed, s), seq_len)
+            for s in range(step, step + steps_per_phase)
+        )
+        phase_losses, _ = fit_steps(
+            model, opt, batches, functools.partial(lm_loss, model=model), start=step,
+            steps=steps_per_phase, lr_factor=lambda s: min(1.0, (s + 1) / warm), grad_clip=GRAD_CLIP,
+            on_diverged=_diverged(name, domain),
+        )  # fmt: skip
+        step += steps_per_phase
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         rows.append(_evaluate_all(model, held_out, **ev_kw))
@@ -284,6 +273,19 @@ def _train_model(
             "total": total_s,
         },
     }
+
+
+def lm_loss(x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    logits, _ = model(x)  # logits [B, T, V]
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+
+def _diverged(name: str, domain: str) -> Callable[[int, float, float], NoReturn]:
+    def raise_(step: int, loss: float, gnorm: float) -> NoReturn:
+        what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {gnorm}"
+        raise FloatingPointError(f"{name}: {what} at step {step + 1} ({domain}); lower lr")
+
+    return raise_
 
 
 def _bpb_line(row: Mapping[str, Mapping[str, float]]) -> str:
