@@ -36,13 +36,9 @@ from nestlearn.optim import build_optimizer
 from nestlearn.train.batches import IGNORE_INDEX, BatchSampler, TokenSource
 from nestlearn.train.checkpoint import (
     Checkpoint,
-    CheckpointError,
-    load_latest,
     recover,
-    save_checkpoint,
-    set_aside_newer,
 )
-from nestlearn.train.config import ConfigError, TrainConfig, config_dict, dump_config
+from nestlearn.train.config import TrainConfig, dump_config
 from nestlearn.train.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -55,11 +51,10 @@ from nestlearn.train.guards import stop_dead, stop_diverged
 from nestlearn.train.heap import set_mmap_threshold
 from nestlearn.train.loop import finish_step, prepare_optimizer, set_lr_factor
 from nestlearn.train.memory_stats import memory_stats
+from nestlearn.train.resume import load_model_state, load_optimizer_state, save_trainer
 from nestlearn.train.rundir import (
-    check_state_shapes,
     claim_run_dir,
     tidy_run_dir,
-    truncate_metrics,
 )
 from nestlearn.train.schedule import lr_factor
 from nestlearn.train.sources import open_data
@@ -165,7 +160,7 @@ class Trainer:
         self.params = self.model.num_params()
         self.start_step = 0
         self.tokens_seen = 0
-        ckpt = self._load_model(checkpoint) if resume else None
+        ckpt = load_model_state(self, checkpoint) if resume else None
         self.finished = self.start_step >= cfg.train.steps
         self.model.set_activation_checkpointing(cfg.train.activation_checkpointing)
         if cfg.train.compile:
@@ -175,7 +170,7 @@ class Trainer:
         self.wrapped: nn.Module = wrap_model(self.model, self.dist, self.device, cfg.train.parallel)
         self.optimizer = prepare_optimizer(self.model, build_optimizer(self.model, cfg.optim))
         if ckpt is not None and ckpt.optimizer is not None:
-            self._load_optimizer(ckpt.optimizer, ckpt.path)
+            load_optimizer_state(self, ckpt.optimizer, ckpt.path)
         self.token_bytes = token_byte_lengths(self.tokenizer, cfg.model.vocab_size)
         self.autocast = self._autocast_factory()
         self.sampler = BatchSampler(
@@ -217,109 +212,10 @@ class Trainer:
     def _fsdp(self) -> bool:
         return self.cfg.train.parallel == "fsdp" and self.dist.enabled
 
-    def _load_model(self, ckpt: Checkpoint | None) -> Checkpoint | None:
-        """Load the checkpoint's weights (before wrapping) and RNG state; return it.
-
-        Every resume cuts ``metrics.jsonl`` back to the checkpoint's step (to 0 without one),
-        and sets aside checkpoints newer than it (they failed verification)."""
-        if ckpt is None:
-            ckpt = load_latest(self.ckpt_dir, map_location="cpu")
-        if ckpt is None:
-            logger.info("no checkpoint in %s: starting from step 0", self.ckpt_dir)
-            if self.dist.is_main:
-                truncate_metrics(self.metrics_path, 0)
-            return None
-        check_state_shapes(
-            self.model.state_dict(),
-            ckpt,
-            "model.* overrides cannot change the shape of a run being resumed; drop them, or "
-            "start a new run in another --out",
-        )
-        missing, unexpected = self.model.load_state_dict(ckpt.model, strict=False)
-        missing = [k for k in missing if not (k == "head.weight" and self.cfg.model.tie_embeddings)]
-        if missing or unexpected:
-            raise ConfigError(
-                f"checkpoint {ckpt.path} does not fit this model (missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}); was model.* changed? Resume without it"
-            )
-        if "torch_cpu" in ckpt.rng:
-            torch.set_rng_state(ckpt.rng["torch_cpu"])
-        if "torch_cuda" in ckpt.rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt.rng["torch_cuda"], self.device)
-        self.start_step = ckpt.step
-        self.tokens_seen = int(ckpt.trainer.get("tokens_seen", 0))
-        if self.start_step >= self.cfg.train.steps:
-            logger.info("%s is at step %d of train.steps=%d", ckpt.path, ckpt.step,
-                        self.cfg.train.steps)  # fmt: skip
-            return ckpt
-        logger.info("resumed from %s (step %d)", ckpt.path, ckpt.step)
-        if self.dist.is_main:
-            set_aside_newer(self.ckpt_dir, ckpt.step)
-            truncate_metrics(self.metrics_path, ckpt.step)
-        return ckpt
-
-    def _load_optimizer(self, state: dict[str, Any], where: Path) -> None:
-        # The config is the truth for hyper-parameters (an optim.lr override on --resume must
-        # act): keep the freshly built groups' settings, take only the state from the file.
-        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        try:
-            if self._fsdp():
-                from torch.distributed.checkpoint.state_dict import (
-                    StateDictOptions,
-                    set_optimizer_state_dict,
-                )
-
-                set_optimizer_state_dict(
-                    self.model,
-                    self.optimizer,
-                    state,
-                    options=StateDictOptions(full_state_dict=True),
-                )
-            else:
-                self.optimizer.load_state_dict(state)
-        except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as e:
-            raise CheckpointError(
-                f"the optimizer state in {where} does not fit optim.name="
-                f"{self.cfg.optim.name} ({str(e)[:200]}); was optim.name changed? Resume with "
-                "the run's optimizer, or start a new run"
-            ) from None
-        for g, f in zip(self.optimizer.param_groups, fresh):
-            g.update(f)
-
     # ------------------------------------------------------------ checkpoint
     def save(self, step: int) -> Path | None:
         """Checkpoint after ``step`` completed steps (rank 0 writes; all ranks take part)."""
-        if self._fsdp():
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                get_model_state_dict,
-                get_optimizer_state_dict,
-            )
-
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            model_sd = get_model_state_dict(self.model, options=opts)
-            optim_sd = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
-        else:
-            model_sd = self.model.state_dict()
-            optim_sd = self.optimizer.state_dict()
-        path = None
-        if self.dist.is_main:
-            rng = {"torch_cpu": torch.get_rng_state()}
-            if self.device.type == "cuda":
-                rng["torch_cuda"] = torch.cuda.get_rng_state(self.device)
-            path = save_checkpoint(
-                self.ckpt_dir,
-                step,
-                model_sd,
-                optim_sd,
-                {"tokens_seen": self.tokens_seen, "params": self.params},
-                rng,
-                keep_last=self.cfg.train.keep_last,
-                config=config_dict(self.cfg),
-            )
-        if self.dist.enabled:
-            torch.distributed.barrier()
-        return path
+        return save_trainer(self, step)
 
     # ------------------------------------------------------------------ eval
     def evaluate_split(self, split: str) -> dict[str, float]:
