@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
-from nestlearn.data.prepare import atomic_write_bytes
 from nestlearn.studies import report_md as R
 from nestlearn.studies.reproduce_index import write_index
 from nestlearn.studies.reproduce_suites import SUITES, Suite
+from nestlearn.utils.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

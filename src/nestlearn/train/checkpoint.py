@@ -41,6 +41,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from nestlearn.utils.files import fsync_dir, fsync_file, sha256_file
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
@@ -59,32 +61,6 @@ class CheckpointError(RuntimeError):
 
 class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (disk full, read-only folder); earlier ones are intact."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 def _meta_digest(meta: dict[str, Any]) -> str:
@@ -209,7 +185,7 @@ def save_checkpoint(
         if final.exists():
             os.replace(final, aside)  # the old copy stays until the new one is in place
         os.replace(tmp, final)
-        _fsync_dir(ckpt_dir)
+        fsync_dir(ckpt_dir)
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if aside.exists() and not final.exists():
@@ -275,13 +251,13 @@ def _write_files(
         "optimizer": opt_struct,
         "rng": rng_struct,
         "trainer": trainer_state or {},
-        "sha256": {name: _sha256(tmp / name) for name in files},
+        "sha256": {name: sha256_file(tmp / name) for name in files},
     }
     meta["meta_sha256"] = _meta_digest(meta)
     (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     for f in tmp.iterdir():
-        _fsync_file(f)
-    _fsync_dir(tmp)
+        fsync_file(f)
+    fsync_dir(tmp)
 
 
 def prune(ckpt_dir: str | Path, keep_last: int, newest: Path | None = None) -> list[Path]:
@@ -395,7 +371,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if not f.is_file() or f.is_symlink():
             raise CheckpointError(f"{f} is missing")
         try:
-            ok = _sha256(f) == digest
+            ok = sha256_file(f) == digest
         except OSError as e:
             raise CheckpointError(f"{f} is unreadable ({e})") from e
         if not ok:
