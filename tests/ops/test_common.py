@@ -60,17 +60,29 @@ def test_checks_name_the_bad_value():
     check_chunk_size(None, hint=16)
 
 
-def test_the_dtype_rule_is_written_once_in_ops():
-    """Every op family takes the compute dtype from ``ops.common`` (STYLE: written once)."""
+def test_the_dtype_rule_is_written_once_in_ops_and_optim():
+    """Every op family and optimizer takes the compute dtype from ``utils.dtypes`` (through
+    ``ops.common`` for the ops): STYLE's "written once"."""
     import re
     from pathlib import Path
 
-    ops = Path(__file__).resolve().parents[2] / "src" / "nestlearn" / "ops"
+    pkg = Path(__file__).resolve().parents[2] / "src" / "nestlearn"
     rule = re.compile(r"float64 if .*float64 else torch\.float32|def compute_dtype\(")
     copies = [
-        str(p.relative_to(ops))
-        for p in sorted(ops.rglob("*.py"))
-        if p.name != "common.py" or p.parent != ops
+        str(p.relative_to(pkg))
+        for sub in ("ops", "optim")
+        for p in sorted((pkg / sub).rglob("*.py"))
         if rule.search(p.read_text(encoding="utf-8"))
     ]
-    assert not copies, f"import compute_dtype from nestlearn.ops.common instead: {copies}"
+    assert not copies, f"import compute_dtype from nestlearn.ops.common (ops) or nestlearn.utils.dtypes: {copies}"
+
+
+def test_check_keys_names_every_tensor():
+    from nestlearn.ops.common import check_keys
+
+    q = torch.zeros(2, 5, 3, 4)
+    assert check_keys(q=q, k=q) == (2, 5, 3, 4)
+    with pytest.raises(ValueError, match=r"q and k must both be .* got \(2, 5, 3, 4\) and \(2, 5"):
+        check_keys(q=q, k=torch.zeros(2, 5, 3, 2))
+    with pytest.raises(ValueError, match=r"q, k and p must all be"):
+        check_keys(q=q, k=q, p=torch.zeros(1))

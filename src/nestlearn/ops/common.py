@@ -2,7 +2,8 @@
 
 - **Compute dtype** (STYLE example 9): inner math (scans, memory gradients, CMS updates) runs in
   float32, or in float64 when the inputs are float64 so that the equivalence tests can compare
-  fast and naive ops to rounding; outputs are cast back to the input dtype.
+  fast and naive ops to rounding; outputs are cast back to the input dtype. The rule is
+  :func:`nestlearn.utils.dtypes.compute_dtype` (the optimizers use it too), re-exported here.
 - **Chunking**: pad the time axis to a whole number of chunks, lay a tensor out heads-first for
   batched per-chunk matmuls, shift a per-chunk sequence right by one.
 - **Input checks**: the shape rules the linear-recurrence ops (delta rule, retention, Comba,
@@ -20,10 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nestlearn.ops.conv import causal_depthwise_conv
+from nestlearn.utils.dtypes import compute_dtype
 
 __all__ = [
     "causal_depthwise_conv",
     "check_chunk_size",
+    "check_keys",
     "check_matrix_state",
     "check_not_empty",
     "check_per_token",
@@ -33,16 +36,6 @@ __all__ = [
     "pad_axis",
     "shift_right",
 ]
-
-
-# ----------------------------------------------------------------------------- dtype
-def compute_dtype(x: Tensor | torch.dtype) -> torch.dtype:
-    """float64 for float64 inputs, float32 for everything else (float32, bfloat16, float16).
-
-    ``x`` is a tensor or a dtype.
-    """
-    dtype = x if isinstance(x, torch.dtype) else x.dtype
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ----------------------------------------------------------------------------- chunking
@@ -80,6 +73,18 @@ def shift_right(x: Tensor, dim: int, fill: float) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- input checks
+def check_keys(**tensors: Tensor) -> tuple[int, int, int, int]:
+    """The named tensors (queries, keys, ...) are ``[B, T, H, K]`` with one shape; returns it."""
+    names, ts = list(tensors), list(tensors.values())
+    if ts[0].ndim != 4 or any(t.shape != ts[0].shape for t in ts[1:]):
+        listed = ", ".join(names[:-1]) + " and " + names[-1]
+        shapes = ", ".join(str(tuple(t.shape)) for t in ts[:-1]) + f" and {tuple(ts[-1].shape)}"
+        both = "both" if len(ts) == 2 else "all"
+        raise ValueError(f"{listed} must {both} be [B, T, H, K] with equal shapes, got {shapes}")
+    B, T, H, K = ts[0].shape
+    return B, T, H, K
+
+
 def check_values(v: Tensor, B: int, T: int, H: int, dim: str = "V") -> None:
     """``v`` is ``[B, T, H, <dim>]``; ``ValueError`` with the expected shape otherwise."""
     if v.ndim != 4 or v.shape[:3] != (B, T, H):

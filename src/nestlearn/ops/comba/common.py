@@ -12,6 +12,7 @@ from torch import Tensor
 
 from nestlearn.ops.common import (
     check_chunk_size,
+    check_keys,
     check_matrix_state,
     check_not_empty,
     check_per_token,
@@ -33,12 +34,7 @@ def check_comba_inputs(
     chunk_size: int | None,
 ) -> None:
     """Raise ``ValueError`` naming the bad shape and the expected one."""
-    if q.ndim != 4 or k.shape != q.shape or p.shape != q.shape:
-        raise ValueError(
-            f"q, k and p must all be [B, T, H, K] with equal shapes, got {tuple(q.shape)}, "
-            f"{tuple(k.shape)} and {tuple(p.shape)}"
-        )
-    B, T, H, K = q.shape
+    B, T, H, K = check_keys(q=q, k=k, p=p)
     check_values(v, B, T, H)
     check_per_token((B, T, H), g=g, beta=beta)
     check_not_empty(T)

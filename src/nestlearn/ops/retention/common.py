@@ -11,6 +11,7 @@ from torch import Tensor
 
 from nestlearn.ops.common import (
     check_chunk_size,
+    check_keys,
     check_matrix_state,
     check_not_empty,
     check_values,
@@ -29,12 +30,7 @@ def check_retention_inputs(
     chunk_size: int | None,
 ) -> None:
     """Raise ``ValueError`` naming the bad shape and the expected one."""
-    if q.ndim != 4 or k.shape != q.shape:
-        raise ValueError(
-            f"q and k must both be [B, T, H, K] with equal shapes, got {tuple(q.shape)} and "
-            f"{tuple(k.shape)}"
-        )
-    B, T, H, K = q.shape
+    B, T, H, K = check_keys(q=q, k=k)
     check_values(v, B, T, H)
     if gamma.shape != (H,):
         raise ValueError(
