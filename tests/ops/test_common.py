@@ -74,7 +74,9 @@ def test_the_dtype_rule_is_written_once_in_ops_and_optim():
         for p in sorted((pkg / sub).rglob("*.py"))
         if rule.search(p.read_text(encoding="utf-8"))
     ]
-    assert not copies, f"import compute_dtype from nestlearn.ops.common (ops) or nestlearn.utils.dtypes: {copies}"
+    assert not copies, (
+        f"import compute_dtype from nestlearn.ops.common (ops) or nestlearn.utils.dtypes: {copies}"
+    )
 
 
 def test_check_keys_names_every_tensor():
