@@ -41,7 +41,10 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from nestlearn.utils.files import fsync_dir, fsync_file, sha256_file
+# module-level names the writer calls through (tests wrap them here to kill a write midway)
+from nestlearn.utils.files import fsync_dir as _fsync_dir
+from nestlearn.utils.files import fsync_file as _fsync_file
+from nestlearn.utils.files import sha256_file as _sha256
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +188,7 @@ def save_checkpoint(
         if final.exists():
             os.replace(final, aside)  # the old copy stays until the new one is in place
         os.replace(tmp, final)
-        fsync_dir(ckpt_dir)
+        _fsync_dir(ckpt_dir)
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if aside.exists() and not final.exists():
@@ -251,13 +254,13 @@ def _write_files(
         "optimizer": opt_struct,
         "rng": rng_struct,
         "trainer": trainer_state or {},
-        "sha256": {name: sha256_file(tmp / name) for name in files},
+        "sha256": {name: _sha256(tmp / name) for name in files},
     }
     meta["meta_sha256"] = _meta_digest(meta)
     (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     for f in tmp.iterdir():
-        fsync_file(f)
-    fsync_dir(tmp)
+        _fsync_file(f)
+    _fsync_dir(tmp)
 
 
 def prune(ckpt_dir: str | Path, keep_last: int, newest: Path | None = None) -> list[Path]:
@@ -371,7 +374,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if not f.is_file() or f.is_symlink():
             raise CheckpointError(f"{f} is missing")
         try:
-            ok = sha256_file(f) == digest
+            ok = _sha256(f) == digest
         except OSError as e:
             raise CheckpointError(f"{f} is unreadable ({e})") from e
         if not ok:
