@@ -167,3 +167,24 @@ def test_zero_shot_hook_switches_protocol_modules():
     assert set_memory_updates(model, False)
     assert all(b.mixer.memory_frozen for b in model.blocks)
     assert set_memory_updates(model, True) and not model.blocks[0].mixer.memory_frozen
+
+
+def test_the_cms_forms_switch_only_the_cms() -> None:
+    """``set_cms_frozen`` / ``frozen_cms`` are ``set_memory_frozen(..., only=ContinuumMemory)``:
+    a Hope model's self-modifying Titans keep learning, and the context form restores."""
+    from nestlearn.memory.cms import frozen_cms, set_cms_frozen
+    from nestlearn.memory.self_modifying import SelfModifyingTitans
+
+    cfg = ModelConfig(family="hope", vocab_size=32, dim=16, n_layers=2, n_heads=2, max_seq_len=32)
+    model = build_model(cfg)
+    cms = [m for m in model.modules() if isinstance(m, ContinuumMemory)]
+    titans = [m for m in model.modules() if isinstance(m, SelfModifyingTitans)]
+    set_cms_frozen(model, True)
+    assert all(m.frozen for m in cms) and not any(m.memory_frozen for m in titans)
+    set_cms_frozen(model, False)
+    with frozen_cms(model):
+        assert all(m.frozen for m in cms) and not any(m.memory_frozen for m in titans)
+    assert not any(m.frozen for m in cms)
+    with frozen_memory(model) as n:
+        assert n == len(cms) + len(titans) and all(m.memory_frozen for m in cms + titans)
+    assert not any(m.memory_frozen for m in cms + titans)

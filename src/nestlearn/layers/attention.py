@@ -18,6 +18,7 @@ from torch import nn
 
 from nestlearn.layers.norm import RMSNorm
 from nestlearn.layers.rope import apply_rope, rope_cos_sin, rope_frequencies
+from nestlearn.utils.residual import mark_residual_out
 
 
 @dataclass
@@ -53,6 +54,9 @@ class CausalSelfAttention(nn.Module):
     prefill followed by token-by-token decoding equals one full call.
     """
 
+    supports_naive = False
+    """No reference op to switch to (``nestlearn.layers.protocol.Mixer``)."""
+
     def __init__(
         self,
         dim: int,
@@ -78,7 +82,7 @@ class CausalSelfAttention(nn.Module):
         self.wq = nn.Linear(dim, n_heads * self.head_dim, bias=bias)
         self.wk = nn.Linear(dim, n_kv_heads * self.head_dim, bias=bias)
         self.wv = nn.Linear(dim, n_kv_heads * self.head_dim, bias=bias)
-        self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=bias)
+        self.wo = mark_residual_out(nn.Linear(n_heads * self.head_dim, dim, bias=bias))
         self.q_norm = RMSNorm(self.head_dim) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim) if qk_norm else None
         self.register_buffer(

@@ -20,25 +20,50 @@ than 1 for small models.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from nestlearn.layers.deltanet import RECURRENT_MAX_T, DeltaNetMixer
+from nestlearn.layers.deltanet import RECURRENT_MAX_T, DeltaNetMixer, DeltaNetMixerOptions
 from nestlearn.ops.comba import chunk_comba, naive_recurrent_comba
 
 __all__ = ["CombaMixer"]
 
 
+@dataclass
+class CombaMixerOptions(DeltaNetMixerOptions):
+    """Options of :class:`CombaMixer`: DeltaNet's and the output correction's init (the
+    ``comba`` family's ``model.mixer`` options)."""
+
+    correction_init: float = 0.02
+    """Output-correction factor ``D_h`` at init (``o = S^T (q - D p)``)."""
+
+
 class CombaMixer(DeltaNetMixer):
     """Comba: gated delta rule with a separate erase key and an output correction.
 
-    Args are :class:`DeltaNetMixer`'s (always gated), plus ``correction_init``: ``D_h`` at init.
+    Args are :class:`DeltaNetMixer`'s (always gated), with :class:`CombaMixerOptions` (which
+    adds ``correction_init``, ``D_h`` at init).
     """
 
-    def __init__(self, dim: int, n_heads: int, *, correction_init: float = 0.02, **kw) -> None:
-        kw["gated"] = True
-        self.correction_init = correction_init
-        super().__init__(dim, n_heads, **kw)
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        options: CombaMixerOptions | None = None,
+        *,
+        norm_eps: float = 1e-6,
+        init_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        if options is None:
+            options = CombaMixerOptions(**kwargs)
+        elif kwargs:
+            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
+        self.correction_init = options.correction_init
+        super().__init__(dim, n_heads, options, gated=True, norm_eps=norm_eps, init_seed=init_seed)
         self.decay = nn.Parameter(torch.empty(n_heads))
         self.correction = nn.Parameter(torch.empty(n_heads))
         if self.decay.device.type != "meta":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ from nestlearn.ops.delta_rule import (
     naive_recurrent_delta_rule,
     naive_recurrent_gated_delta_rule,
 )
+from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["DeltaNetMixer", "DeltaNetState", "ShortConv", "delta_op_flops"]
 
@@ -96,6 +98,39 @@ class ShortConv(nn.Module):
         return F.silu(y.transpose(1, 2)), new_tail
 
 
+@dataclass
+class DeltaNetMixerOptions:
+    """Options of :class:`DeltaNetMixer`, declared once: the ``deltanet`` and ``gated-deltanet``
+    families' ``model.mixer`` options are these fields (``DeltaNetOptions``)."""
+
+    head_dim: int | None = None
+    """Key/query head dim K; ``None`` means ``dim / n_heads``."""
+    expand_v: float = 1.0
+    """Value head dim V = ``head_dim * expand_v`` (Gated DeltaNet's paper shapes use 2)."""
+    conv_size: int = 4
+    """Width W of the causal depthwise short convolution on q, k, v (4 in both papers)."""
+    output_gate: bool = True
+    """Multiply the normalised output by ``SiLU(W_g x)``."""
+    chunk_size: int | None = None
+    """Chunk length of the chunked delta rule (exact at any value); null = the op's fastest
+    (64 when training, 16 for inference on CPU)."""
+    naive: bool = False
+    """Use the per-token reference loop instead of the chunked op (benchmarks, debugging)."""
+    backend: str = "auto"
+    """``auto`` (flash-linear-attention kernels on CUDA with bf16/fp16 activations when the
+    package is installed, else the PyTorch chunked op), ``torch`` or ``fla``."""
+
+    def __post_init__(self) -> None:
+        if self.head_dim is not None and self.head_dim <= 0:
+            raise ValueError(f"head_dim must be positive or null, got {self.head_dim}")
+        if self.conv_size < 1:
+            raise ValueError(f"conv_size must be >= 1, got {self.conv_size}; try 4")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}; try 64")
+        if self.backend not in ("auto", "torch", "fla"):
+            raise ValueError(f"backend must be auto, torch or fla, got {self.backend!r}")
+
+
 class DeltaNetMixer(nn.Module):
     """DeltaNet (``gated=False``) or Gated DeltaNet (``gated=True``) token mixer.
 
@@ -106,38 +141,36 @@ class DeltaNetMixer(nn.Module):
     Args:
         dim: model width ``D``.
         n_heads: heads ``H``.
-        head_dim: key/query head dim ``K`` (default ``D / H``).
-        expand_v: value head dim ``V = K * expand_v``.
-        conv_size: short-conv width ``W`` (4 in both papers).
+        options: the layer's options (:class:`DeltaNetMixerOptions`, fields documented there);
+            or give them as keywords (``DeltaNetMixer(64, 4, conv_size=2)``), not both.
         gated: add the per-token decay ``alpha_t`` (Gated DeltaNet).
-        output_gate: multiply the normalised output by ``SiLU(W_g x)``.
-        chunk_size: chunk length of the chunked op (any value gives the same result); ``None``
-            lets the op pick the fastest (64 when training, 16 for inference).
         norm_eps: epsilon of the per-head output RMSNorm.
-        naive: run the per-token reference loop instead of the chunked op (benchmarks, debugging).
-        backend: ``"auto"`` (flash-linear-attention kernels on CUDA with bf16/fp16 activations when
-            the package is installed, else the PyTorch chunked op), ``"torch"`` or ``"fla"``.
         init_seed: seed of this layer's own random init (``A_log``, ``dt_bias``; the short conv
             has its own); ``LanguageModel.init_weights`` sets it from the model's seed.
     """
+
+    supports_naive = True
+    """``naive=True`` runs the per-token reference recurrence (``nestlearn bench --naive``)."""
 
     def __init__(
         self,
         dim: int,
         n_heads: int,
+        options: DeltaNetMixerOptions | None = None,
         *,
-        head_dim: int | None = None,
-        expand_v: float = 1.0,
-        conv_size: int = 4,
         gated: bool = False,
-        output_gate: bool = True,
-        chunk_size: int | None = None,
         norm_eps: float = 1e-6,
-        naive: bool = False,
-        backend: str = "auto",
         init_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
+        if options is None:
+            options = DeltaNetMixerOptions(**kwargs)
+        elif kwargs:
+            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
+        self.options = o = options
+        head_dim, expand_v, conv_size, output_gate = o.head_dim, o.expand_v, o.conv_size, o.output_gate
+        chunk_size, naive, backend = o.chunk_size, o.naive, o.backend
         self.init_seed = init_seed
         K = head_dim or dim // n_heads
         V = K * expand_v
@@ -146,8 +179,6 @@ class DeltaNetMixer(nn.Module):
                 f"value head dim = head_dim * expand_v = {K} * {expand_v} must be a positive "
                 "integer; pick expand_v so it is"
             )
-        if backend not in ("auto", "torch", "fla"):
-            raise ValueError(f"backend must be auto, torch or fla, got {backend!r}")
         self.dim, self.n_heads, self.head_k, self.head_v = dim, n_heads, K, int(V)
         self.gated, self.chunk_size, self.naive, self.backend = gated, chunk_size, naive, backend
         HK, HV = n_heads * K, n_heads * self.head_v
@@ -162,7 +193,7 @@ class DeltaNetMixer(nn.Module):
             self.dt_bias = nn.Parameter(torch.empty(n_heads))
         self.wg = nn.Linear(dim, HV, bias=False) if output_gate else None
         self.o_norm = RMSNorm(self.head_v, norm_eps)
-        self.wo = nn.Linear(HV, dim, bias=False)
+        self.wo = mark_residual_out(nn.Linear(HV, dim, bias=False))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

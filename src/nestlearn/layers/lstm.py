@@ -40,6 +40,9 @@ class LSTMMixer(nn.Module):
         init_seed: seed of this layer's own init, so the result does not depend on the global RNG.
     """
 
+    supports_naive = False
+    """No reference op to switch to (``nestlearn.layers.protocol.Mixer``)."""
+
     def __init__(self, dim: int, *, init_seed: int = 0) -> None:
         super().__init__()
         self.dim, self.init_seed = dim, init_seed

@@ -21,13 +21,15 @@ decoding costs O(1) per token and prefill + token-by-token decode equals one ful
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestlearn.ops.ssd import chunk_ssd, naive_ssd
+from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["Mamba2Mixer", "Mamba2State"]
 
@@ -49,17 +51,40 @@ class Mamba2State(NamedTuple):
         return Mamba2State(self.conv.detach(), self.ssm.detach())
 
 
+@dataclass(kw_only=True)
+class Mamba2MixerOptions:
+    """Options of :class:`Mamba2Mixer`, declared once: the ``mamba2`` and ``samba`` families'
+    ``model.mixer`` options are these fields plus the families' own (``Mamba2Options``)."""
+
+    d_state: int = 128
+    """SSD state size N (Mamba2 paper: 128 at scale; 64 is also common)."""
+    expand: int = 2
+    """Inner width E = expand * dim."""
+    head_dim: int = 64
+    """Channels per SSD head P (Mamba2: 64); E must be a multiple of it."""
+    n_groups: int = 1
+    """Groups G of heads sharing B and C (Mamba2: 1)."""
+    conv_width: int = 4
+    """Causal depthwise conv width W (Mamba2: 4)."""
+    chunk_size: int = 64
+    """SSD chunk length: speed only, results do not depend on it."""
+    naive: bool = False
+    """Run the per-token reference scan (``naive_ssd``) instead of the chunked one (checks and
+    benchmarks)."""
+
+    def __post_init__(self) -> None:
+        for key in ("d_state", "expand", "head_dim", "n_groups", "conv_width", "chunk_size"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+
+
 class Mamba2Mixer(nn.Module):
     """Mamba2 mixer: ``x: [B, T, D] -> [B, T, D]`` with the house ``(y, state)`` signature.
 
     Args:
         dim: model width ``D``.
-        d_state: SSD state size ``N`` (Mamba2 paper: 64 or 128).
-        expand: inner width ``E = expand * D``.
-        head_dim: channels per head ``P`` (Mamba2: 64); ``E`` must be a multiple of it.
-        n_groups: groups ``G`` of heads sharing ``B``/``C`` (Mamba2: 1).
-        conv_width: depthwise causal conv width ``W`` (Mamba2: 4).
-        chunk_size: SSD chunk length (speed only; results do not depend on it).
+        options: the layer's options (:class:`Mamba2MixerOptions`, fields documented there); or
+            give them as keywords (``Mamba2Mixer(64, d_state=16)``), not both.
         dt_min, dt_max, dt_init_floor: range of the initial step sizes (log-uniform).
         a_init_range: range of the initial ``-A`` (uniform).
         norm_eps: epsilon of the gated RMSNorm.
@@ -68,25 +93,30 @@ class Mamba2Mixer(nn.Module):
             :meth:`reset_parameters`.
     """
 
+    supports_naive = True
+    """``naive=True`` runs the per-token reference scan (``nestlearn bench --naive``)."""
+
     def __init__(
         self,
         dim: int,
+        options: Mamba2MixerOptions | None = None,
         *,
-        d_state: int = 128,
-        expand: int = 2,
-        head_dim: int = 64,
-        n_groups: int = 1,
-        conv_width: int = 4,
-        chunk_size: int = 64,
         dt_min: float = 1e-3,
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
         a_init_range: tuple[float, float] = (1.0, 16.0),
         norm_eps: float = 1e-5,
-        naive: bool = False,
         init_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
+        if options is None:
+            options = Mamba2MixerOptions(**kwargs)
+        elif kwargs:
+            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
+        self.options = o = options
+        d_state, expand, head_dim, n_groups = o.d_state, o.expand, o.head_dim, o.n_groups
+        conv_width, chunk_size, naive = o.conv_width, o.chunk_size, o.naive
         inner = expand * dim
         if inner % head_dim:
             raise ValueError(
@@ -96,8 +126,6 @@ class Mamba2Mixer(nn.Module):
         n_heads = inner // head_dim
         if n_heads % n_groups:
             raise ValueError(f"heads {n_heads} must be a multiple of n_groups={n_groups}")
-        if conv_width < 1:
-            raise ValueError(f"conv_width must be >= 1, got {conv_width}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         if not 0 < a_init_range[0] <= a_init_range[1]:
@@ -115,7 +143,7 @@ class Mamba2Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(n_heads))
         self.D = nn.Parameter(torch.empty(n_heads))
         self.norm_weight = nn.Parameter(torch.empty(inner))
-        self.out_proj = nn.Linear(inner, dim, bias=False)
+        self.out_proj = mark_residual_out(nn.Linear(inner, dim, bias=False))
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()

@@ -20,6 +20,7 @@ next token (for the rotation), :class:`RetNetState`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 
 from nestlearn.layers.rope import apply_rope, rope_cos_sin, rope_frequencies
 from nestlearn.ops.retention import chunk_retention, naive_recurrent_retention
+from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["HeadGroupNorm", "RetNetMixer", "RetNetState", "retnet_gammas"]
 
@@ -77,35 +79,62 @@ class HeadGroupNorm(nn.Module):
         return (xf * self.weight.to(cdt) + self.bias.to(cdt)).to(x.dtype)
 
 
+@dataclass
+class RetNetMixerOptions:
+    """Options of :class:`RetNetMixer`, declared once: the ``retnet`` family's ``model.mixer``
+    options are these fields (``RetNetOptions``)."""
+
+    expand_v: float = 2.0
+    """Value width ``H V = expand_v * dim`` (2 in RetNet)."""
+    chunk_size: int | None = None
+    """Chunk length of the chunkwise retention (exact at any value); null = the op's fastest
+    (64 when training, 32 for inference on CPU)."""
+    naive: bool = False
+    """Use the per-token reference loop instead of the chunkwise op (benchmarks, debugging)."""
+    backend: str = "auto"
+    """``auto`` (fla kernels on CUDA with bf16/fp16 when installed), ``torch`` or ``fla``."""
+
+    def __post_init__(self) -> None:
+        if not self.expand_v > 0:
+            raise ValueError(f"expand_v must be > 0, got {self.expand_v}; try 2")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}; try 64")
+        if self.backend not in ("auto", "torch", "fla"):
+            raise ValueError(f"backend must be auto, torch or fla, got {self.backend!r}")
+
+
 class RetNetMixer(nn.Module):
     """Multi-scale retention: ``forward(x [B, T, D], *, state=None) -> (y [B, T, D], state)``.
 
     Args:
         dim: model width ``D``.
         n_heads: heads ``H``; key head dim ``K = D / H`` (must be even for the rotation).
-        expand_v: value width ``H V = expand_v * D`` (2 in RetNet).
-        chunk_size: chunk length of the chunkwise op (any value gives the same result); ``None``
-            lets the op pick the fastest (64 when training, 32 for inference).
+        options: the layer's options (:class:`RetNetMixerOptions`, fields documented there); or
+            give them as keywords (``RetNetMixer(64, 4, expand_v=1.0)``), not both.
         rope_base: base of the rotation frequencies.
         norm_eps: GroupNorm epsilon.
-        naive: run the per-token reference loop instead of the chunkwise op.
-        backend: ``"auto"`` (fla kernels on CUDA with bf16/fp16 when installed), ``"torch"``,
-            ``"fla"``.
     """
+
+    supports_naive = True
+    """``naive=True`` runs the per-token reference recurrence (``nestlearn bench --naive``)."""
 
     def __init__(
         self,
         dim: int,
         n_heads: int,
+        options: RetNetMixerOptions | None = None,
         *,
-        expand_v: float = 2.0,
-        chunk_size: int | None = None,
         rope_base: float = 10000.0,
         norm_eps: float = 1e-6,
-        naive: bool = False,
-        backend: str = "auto",
+        **kwargs: Any,
     ) -> None:
         super().__init__()
+        if options is None:
+            options = RetNetMixerOptions(**kwargs)
+        elif kwargs:
+            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
+        self.options = o = options
+        expand_v, chunk_size, naive, backend = o.expand_v, o.chunk_size, o.naive, o.backend
         if dim % n_heads:
             raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
         K = dim // n_heads
@@ -115,8 +144,6 @@ class RetNetMixer(nn.Module):
                 f"value head dim = (dim / n_heads) * expand_v = {K} * {expand_v} must be a "
                 "positive integer; pick expand_v so it is"
             )
-        if backend not in ("auto", "torch", "fla"):
-            raise ValueError(f"backend must be auto, torch or fla, got {backend!r}")
         self.dim, self.n_heads, self.head_k, self.head_v = dim, n_heads, K, int(V)
         self.chunk_size, self.rope_base, self.naive, self.backend = (
             chunk_size, rope_base, naive, backend
@@ -127,7 +154,7 @@ class RetNetMixer(nn.Module):
         self.wv = nn.Linear(dim, HV, bias=False)
         self.wg = nn.Linear(dim, HV, bias=False)
         self.group_norm = HeadGroupNorm(n_heads, self.head_v, norm_eps)
-        self.wo = nn.Linear(HV, dim, bias=False)
+        self.wo = mark_residual_out(nn.Linear(HV, dim, bias=False))
         self.register_buffer("inv_freq", rope_frequencies(K, rope_base), persistent=False)
 
     def reset_buffers(self) -> None:

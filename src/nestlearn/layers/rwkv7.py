@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestlearn.ops.rwkv7 import chunk_rwkv7, naive_recurrent_rwkv7
+from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["RWKV7Mixer", "RWKV7State"]
 
@@ -62,36 +64,60 @@ def _lora_rank(dim: int, factor: float, head_dim: int) -> int:
     return max(32, int(round(factor * math.sqrt(dim) * (head_dim / 64) / 32) * 32))
 
 
+@dataclass
+class RWKV7MixerOptions:
+    """Options of :class:`RWKV7Mixer`, declared once: the ``rwkv7`` family's ``model.mixer``
+    options are these fields (``RWKV7Options``)."""
+
+    chunk_size: int | None = None
+    """Chunk of the DPLR op (exact at any value); null = the op's default (32)."""
+    naive: bool = False
+    """Use the per-token reference loop (tests, ``bench --naive``)."""
+    backend: str = "auto"
+    """``auto`` (fla's kernel on CUDA with bf16/fp16 activations when installed), ``torch`` or
+    ``fla``."""
+
+    def __post_init__(self) -> None:
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}; try 32")
+        if self.backend not in ("auto", "torch", "fla"):
+            raise ValueError(f"backend must be auto, torch or fla, got {self.backend!r}")
+
+
 class RWKV7Mixer(nn.Module):
     """RWKV-7 time mixing with the house ``forward(x, *, state=None)``.
 
     Args:
         dim: model width ``D``; n_heads: heads ``H`` (head dim ``F = D / H``).
         layer: this block's index and n_layers the model depth (layer-dependent init).
-        chunk_size: chunk of the DPLR op (any value is exact); ``None`` = the op's default.
+        options: the layer's options (:class:`RWKV7MixerOptions`, fields documented there); or
+            give them as keywords (``RWKV7Mixer(64, 4, chunk_size=16)``), not both.
         norm_eps: GroupNorm epsilon per channel (fla: ``F * 1e-5`` per head group).
-        naive: run the per-token reference loop (tests, ``bench --naive``).
-        backend: ``auto`` (fla's kernel on CUDA with bf16/fp16 activations when installed),
-            ``torch`` or ``fla``.
     """
+
+    supports_naive = True
+    """``naive=True`` runs the per-token reference recurrence (``nestlearn bench --naive``)."""
 
     def __init__(
         self,
         dim: int,
         n_heads: int,
+        options: RWKV7MixerOptions | None = None,
         *,
         layer: int = 0,
         n_layers: int = 1,
-        chunk_size: int | None = None,
         norm_eps: float = 1e-5,
-        naive: bool = False,
-        backend: str = "auto",
+        **kwargs: Any,
     ) -> None:
         super().__init__()
+        if options is None:
+            options = RWKV7MixerOptions(**kwargs)
+        elif kwargs:
+            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
+        self.options = o = options
+        chunk_size, naive, backend = o.chunk_size, o.naive, o.backend
         if dim % n_heads:
             raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
-        if backend not in ("auto", "torch", "fla"):
-            raise ValueError(f"backend must be auto, torch or fla, got {backend!r}")
         F_ = dim // n_heads
         self.dim, self.n_heads, self.head_dim = dim, n_heads, F_
         self.layer, self.n_layers = layer, max(1, n_layers)
@@ -108,7 +134,7 @@ class RWKV7Mixer(nn.Module):
         self.wr = nn.Linear(dim, dim, bias=False)
         self.wk = nn.Linear(dim, dim, bias=False)
         self.wv = nn.Linear(dim, dim, bias=False)
-        self.wo = nn.Linear(dim, dim, bias=False)
+        self.wo = mark_residual_out(nn.Linear(dim, dim, bias=False))
         rw, ra = _lora_rank(dim, 2.5, F_), _lora_rank(dim, 2.5, F_)
         rg = max(32, int(round(5 * math.sqrt(dim) / 32) * 32))
         self.w_down, self.w_up = (

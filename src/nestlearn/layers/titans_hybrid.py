@@ -129,6 +129,9 @@ class MAGMixer(nn.Module):
         memory: the :class:`NeuralMemory` branch; it reads the block input ``x`` (not ``P``).
     """
 
+    supports_naive = True
+    """The memory's ``naive`` option runs its reference op (``nestlearn bench --naive``)."""
+
     def __init__(self, attention: PersistentAttention, memory: NeuralMemory) -> None:
         super().__init__()
         if attention.dim != memory.dim:
@@ -163,6 +166,9 @@ class MALMixer(nn.Module):
     ``o = m + W_o SWA([P || rmsnorm(x + m)])`` with ``m = LMM(x)``: two residual sub-layers
     (memory, then attention) inside the block's one mixer slot.
     """
+
+    supports_naive = True
+    """The memory's ``naive`` option runs its reference op (``nestlearn bench --naive``)."""
 
     def __init__(self, attention: PersistentAttention, memory: NeuralMemory) -> None:
         super().__init__()
@@ -212,6 +218,9 @@ class MACMixer(nn.Module):
     the memory as it was after segment ``s - 1``, and the memory learns from segment ``s``'s
     attention output token by token (chunk-parallel inside the segment, as the Titans op defines).
     """
+
+    supports_naive = True
+    """The memory's ``naive`` option runs its reference op (``nestlearn bench --naive``)."""
 
     def __init__(self, attention: PersistentAttention, memory: NeuralMemory, segment_size: int):
         super().__init__()

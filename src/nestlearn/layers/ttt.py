@@ -22,7 +22,8 @@ costs O(1) per token (one inner gradient and one read).
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 from nestlearn.layers.rope import rope_cos_sin, rope_frequencies
 from nestlearn.ops.ttt import TTTState, chunk_ttt, naive_ttt
+from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["TTTMixer", "TTTMixerState"]
 
@@ -62,6 +64,35 @@ def _rotate_half(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).to(x.dtype)
 
 
+@dataclass(kw_only=True)
+class TTTMixerOptions:
+    """Options of :class:`TTTMixer`, declared once: the ``ttt-linear`` and ``ttt-mlp`` families'
+    ``model.mixer`` options are these fields (``TTTOptions``)."""
+
+    mini_batch_size: int = 16
+    """TTT mini-batch b: inner gradients inside a mini-batch use its starting weights (paper: 16)."""
+    base_lr: float | None = None
+    """eta_base; None = the paper's value (1.0 for TTT-Linear, 0.1 for TTT-MLP)."""
+    mlp_expand: int = 4
+    """TTT-MLP only: inner hidden width over the head dim (paper: 4)."""
+    rope: bool = True
+    """Rotate q/k by the position inside the mini-batch (official implementation)."""
+    gate: bool = False
+    """Output gate gelu(wg(x)) before ``wo`` (the official Mamba-backbone variant uses it)."""
+    naive: bool = False
+    """Run the per-token reference op instead of the dual form (checks and benchmarks)."""
+
+    def __post_init__(self) -> None:
+        if self.mini_batch_size < 1:
+            raise ValueError(
+                f"mini_batch_size must be >= 1, got {self.mini_batch_size}; try 16"
+            )
+        if self.base_lr is not None and not self.base_lr > 0:
+            raise ValueError(f"base_lr must be > 0 or null, got {self.base_lr}")
+        if self.mlp_expand < 1:
+            raise ValueError(f"mlp_expand must be >= 1, got {self.mlp_expand}")
+
+
 class TTTMixer(nn.Module):
     """TTT layer: ``x: [B, T, D] -> [B, T, D]`` with the house ``(y, state)`` signature.
 
@@ -69,34 +100,36 @@ class TTTMixer(nn.Module):
         dim: model width ``D``.
         n_heads: heads ``H`` (``F = D / H`` must be even for RoPE).
         inner: ``"linear"`` (TTT-Linear) or ``"mlp"`` (TTT-MLP, hidden ``mlp_expand * F``, GELU).
-        mini_batch_size: TTT mini-batch ``b`` (paper: 16).
-        base_lr: ``eta_base`` (paper: 1.0 for TTT-Linear, 0.1 for TTT-MLP); ``None`` picks it.
-        mlp_expand: TTT-MLP hidden width over ``F`` (paper: 4).
-        rope: rotate ``q``/``k`` by the position inside the mini-batch (official code).
+        options: the layer's options (:class:`TTTMixerOptions`, fields documented there); or
+            give them as keywords (``TTTMixer(64, 4, mini_batch_size=8)``), not both.
         rope_base: RoPE base.
-        gate: multiply by ``gelu(wg(x))`` before ``wo`` (the official Mamba-backbone variant).
         ln_eps: epsilon of the inner LayerNorm and the post-norm.
-        naive: run the per-token reference op (checks and benchmarks).
         init_seed: seed of this layer's own random init (``W0``): see :meth:`reset_parameters`.
     """
+
+    supports_naive = True
+    """``naive=True`` runs the per-token reference op (``nestlearn bench --naive``)."""
 
     def __init__(
         self,
         dim: int,
         n_heads: int,
+        options: TTTMixerOptions | None = None,
         *,
         inner: Literal["linear", "mlp"] = "linear",
-        mini_batch_size: int = 16,
-        base_lr: float | None = None,
-        mlp_expand: int = 4,
-        rope: bool = True,
         rope_base: float = 10000.0,
-        gate: bool = False,
         ln_eps: float = 1e-6,
-        naive: bool = False,
         init_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
+        if options is None:
+            options = TTTMixerOptions(**kwargs)
+        elif kwargs:
+            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
+        self.options = o = options
+        mini_batch_size, base_lr, mlp_expand = o.mini_batch_size, o.base_lr, o.mlp_expand
+        rope, gate, naive = o.rope, o.gate, o.naive
         if inner not in ("linear", "mlp"):
             raise ValueError(f"inner must be 'linear' or 'mlp', got {inner!r}")
         if dim % n_heads:
@@ -104,8 +137,6 @@ class TTTMixer(nn.Module):
         Fd = dim // n_heads
         if rope and Fd % 2:
             raise ValueError(f"head dim {Fd} must be even for RoPE; change n_heads or rope=False")
-        if mini_batch_size < 1:
-            raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}; try 16")
         self.dim, self.n_heads, self.head_dim, self.kind = dim, n_heads, Fd, inner
         self.mini_batch_size, self.rope, self.rope_base = mini_batch_size, rope, rope_base
         self.base_lr = base_lr if base_lr is not None else (1.0 if inner == "linear" else 0.1)
@@ -124,7 +155,7 @@ class TTTMixer(nn.Module):
         self.ttt_norm_bias = nn.Parameter(torch.empty(n_heads, Fd))
         self.post_norm = nn.LayerNorm(dim, eps=ln_eps)
         self.wg = nn.Linear(dim, dim, bias=False) if gate else None
-        self.wo = nn.Linear(dim, dim, bias=False)
+        self.wo = mark_residual_out(nn.Linear(dim, dim, bias=False))
         self.register_buffer("inv_freq", rope_frequencies(Fd, rope_base), persistent=False)
 
     # ------------------------------------------------------------------ init

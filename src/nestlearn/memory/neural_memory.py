@@ -47,7 +47,8 @@ so decoding is O(1) per token and prefill + token-by-token decode equals one cal
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,8 +58,9 @@ from nestlearn.ops.conv import causal_depthwise_conv
 from nestlearn.ops.recompute import DEFAULT_RECOMPUTE_GROUP, check_recompute_group
 from nestlearn.ops.titans import TitansState, chunk_titans, naive_chunk_titans
 from nestlearn.ops.titans.common import memory_forward, read_weights
+from nestlearn.utils.residual import mark_residual_out
 
-__all__ = ["NeuralMemory", "NeuralMemoryState"]
+__all__ = ["NeuralMemory", "NeuralMemoryOptions", "NeuralMemoryState"]
 
 
 class NeuralMemoryState(NamedTuple):
@@ -81,107 +83,136 @@ class NeuralMemoryState(NamedTuple):
         )
 
 
+@dataclass
+class NeuralMemoryOptions:
+    """Options of :class:`NeuralMemory`, declared once: the ``titans`` family's ``model.mixer``
+    options are these fields (``TitansOptions``), and the MAC / MAG / MAL families add theirs."""
+
+    memory: str = "mlp"
+    """``mlp`` (residual MLP memory, Titans' deep memory, NL eq. 89) or ``linear`` (matrix
+    memory)."""
+    depth: int = 2
+    """Layers of the MLP memory (>= 2)."""
+    expansion: float = 2.0
+    """Hidden width of the MLP memory as a multiple of the head dim."""
+    activation: str = "silu"
+    """Memory activation: silu, gelu or relu."""
+    optimizer: str = "gd"
+    """Inner optimizer: ``gd`` (Titans) or ``dgd`` (Delta Gradient Descent, NL eq. 57/88)."""
+    momentum: bool = True
+    """Surprise momentum (Titans eq. 13, the gate ``eta``); False is the "w/o momentum"
+    ablation."""
+    forget: bool = True
+    """Forgetting gate ``alpha`` (Titans eq. 14); False is the "w/o weight decay" ablation."""
+    chunk_size: int = 64
+    """Tokens per chunk: the hidden layers' update period (and, with ``exact_output=false``, the
+    span whose gradients are all taken at the chunk's starting weights)."""
+    max_lr: float = 1.0
+    """Upper bound of the inner learning rate theta = max_lr * sigmoid(.) (max_lr / 2 at init).
+    With ``exact_output`` one write removes up to ``2 theta`` of its key's error; keep it <= 1.
+    With both ``exact_output`` and ``hidden_chunk`` off use about ``1 / chunk_size`` (0.002 was
+    that rule's default; docs/fidelity.md TITANS-1)."""
+    momentum_max: float = 0.5
+    """Upper bound of the momentum gate eta = momentum_max * sigmoid(.); momentum amplifies the
+    inner step by up to ``1 / (1 - eta)``. With 1.0 (eta ~ 0.9 at init) titans-tiny diverged
+    (NaN) within 4 AdamW steps at lr 3e-3; capped at 0.5, or without momentum, it trained
+    normally (module docstring)."""
+    conv_size: int = 4
+    """Width of the causal depthwise conv after the q/k/v projection (0 disables it)."""
+    exact_output: bool = True
+    """Inside a chunk the memory's output layer follows the exact per-token recurrence (a delta
+    rule over the hidden features, step normalised by their energy), so strong writes stay
+    stable; False = every gradient at the chunk start (docs/fidelity.md TITANS-1)."""
+    hidden_chunk: bool = True
+    """Hidden layers of the MLP memory are read at the chunk start and updated once per chunk
+    with the mean gradient, each row kept at its norm (a linear memory has no hidden layer)."""
+    lr_init: float | None = None
+    """Inner learning rate at init (``None`` = ``max_lr / 2``); the gate learns from there."""
+    retain_to_init: bool = True
+    """The hidden layers' retention pulls them toward the meta-learned initial weights M_0
+    instead of toward zero (needs ``hidden_chunk``): a long stream cannot drift them away from
+    what training saw (docs/fidelity.md TITANS-2)."""
+    naive: bool = False
+    """Run the naive per-chunk reference op ``naive_chunk_titans`` (tests and ``bench --naive``
+    only)."""
+    recompute_group: int | None = DEFAULT_RECOMPUTE_GROUP
+    """Chunk-group recompute in training (``chunk_titans``): one memory snapshot per this many
+    chunks is kept for backward, which re-runs each group (same numbers, less memory, about one
+    more forward of the memory; docs/benchmarks.md "Training memory"). ``0`` or ``None`` keeps
+    every chunk's tensors. The naive reference op keeps everything."""
+
+    def __post_init__(self) -> None:
+        check_recompute_group(self.recompute_group)
+        if self.memory not in ("mlp", "linear"):
+            raise ValueError(f"memory must be 'mlp' or 'linear', got {self.memory!r}")
+        if self.memory == "mlp" and self.depth < 2:
+            raise ValueError(
+                f"an MLP memory needs depth >= 2, got {self.depth}; or use memory='linear'"
+            )
+        if self.optimizer not in ("gd", "dgd"):
+            raise ValueError(f"optimizer must be 'gd' or 'dgd', got {self.optimizer!r}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}; try 64")
+        if not self.max_lr > 0:
+            raise ValueError(f"max_lr must be > 0, got {self.max_lr}; try 1.0")
+        if self.conv_size < 0:
+            raise ValueError(f"conv_size must be >= 0, got {self.conv_size}; try 4")
+        if not 0.0 < self.momentum_max <= 1.0:
+            raise ValueError(f"momentum_max must be in (0, 1], got {self.momentum_max}; try 0.5")
+        if self.retain_to_init and not self.hidden_chunk:
+            raise ValueError(
+                "retain_to_init acts on chunk-level hidden layers; with hidden_chunk=false also "
+                "set retain_to_init=false"
+            )
+        if self.lr_init is not None and not 0.0 < self.lr_init < self.max_lr:
+            raise ValueError(f"lr_init must be in (0, max_lr={self.max_lr}), got {self.lr_init}")
+
+
 class NeuralMemory(nn.Module):
     """Titans long-term memory layer with the house ``forward(x, *, state=None)`` signature.
 
     Args:
         dim: model width ``D``.
         n_heads: memory heads ``H`` (head dim ``F = D / H``).
-        memory: ``"mlp"`` (residual MLP, NL eq. 89) or ``"linear"`` (matrix memory).
-        depth: MLP memory layers (``>= 2``).
-        expansion: MLP hidden width over ``F``.
-        activation: the MLP memory's nonlinearity.
-        optimizer: ``"gd"`` (Titans) or ``"dgd"`` (Delta GD with weight decay, NL eq. 88).
-        momentum: use the momentum gate ``eta`` (Titans' past surprise).
-        forget: use the forget gate ``alpha``.
-        chunk_size: chunk of the parallel inner update (hidden-layer gradients at the chunk's start
-            weights; the output layer is exact per token with ``exact_output``).
-        max_lr: upper bound of ``theta`` (``theta = max_lr * sigmoid(.)``, ``max_lr / 2`` at
-            init). Keep it ``<= 1`` with ``exact_output``; without it, about ``1 / chunk_size``.
-        momentum_max: upper bound of the momentum gate ``eta`` (``eta = momentum_max *
-            sigmoid(.)``); momentum amplifies the inner step by up to ``1 / (1 - eta)``. Default
-            0.5: with 1.0 (eta ~ 0.9 at init) titans-tiny diverged (NaN) within 4 AdamW steps
-            at lr 3e-3; capped at 0.5, or without momentum, it trained normally (module
-            docstring).
-        conv_size: width of the causal depthwise conv after the q/k/v projections (0 = none).
-        exact_output: the output layer follows the exact per-token recurrence inside a chunk.
-        hidden_chunk: hidden layers read at the chunk start, updated once per chunk (mean
-            gradient), rows renormalised. It concerns the hidden layers of the MLP memory; a
-            linear memory has none (its single layer is the output layer).
-        lr_init: ``theta`` at init (``None`` = ``max_lr / 2``); the gate learns from there.
-        retain_to_init: the retention ``1 - alpha`` of the hidden layers pulls them toward the
-            meta-learned ``M_0`` instead of toward zero (needs ``hidden_chunk``), so over a long
-            stream they stay near the weights training saw (docs/fidelity.md TITANS-2).
-        naive: run the reference op ``naive_chunk_titans`` (tests and benchmarks only).
-        recompute_group: chunk-group recompute of the chunk loop in training (``chunk_titans``):
-            one memory snapshot per this many chunks is kept for backward, which re-runs each
-            group; ``0`` or ``None`` keeps every chunk's tensors. The reference op (``naive``)
-            keeps everything.
+        options: the layer's options (:class:`NeuralMemoryOptions`, fields documented there);
+            or give them as keywords (``NeuralMemory(64, 4, chunk_size=16)``), not both.
         init_seed: seed of this layer's own random init (``M_0``, conv), see ``reset_parameters``.
     """
+
+    supports_naive = True
+    """``options.naive`` runs the naive per-chunk reference op (``nestlearn bench --naive``)."""
 
     def __init__(
         self,
         dim: int,
         n_heads: int = 4,
+        options: NeuralMemoryOptions | None = None,
         *,
-        memory: Literal["mlp", "linear"] = "mlp",
-        depth: int = 2,
-        expansion: float = 2.0,
-        activation: Literal["silu", "gelu", "relu"] = "silu",
-        optimizer: Literal["gd", "dgd"] = "gd",
-        momentum: bool = True,
-        forget: bool = True,
-        chunk_size: int = 64,
-        max_lr: float = 1.0,
-        momentum_max: float = 0.5,
-        conv_size: int = 4,
-        hidden_chunk: bool = True,
-        exact_output: bool = True,
-        retain_to_init: bool = True,
-        lr_init: float | None = None,
-        naive: bool = False,
-        recompute_group: int | None = DEFAULT_RECOMPUTE_GROUP,
         init_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
+        if options is None:
+            options = NeuralMemoryOptions(**kwargs)
+        elif kwargs:
+            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
+        o = self.options = options
         if dim % n_heads:
             raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
-        self.recompute_group = check_recompute_group(recompute_group)
-        if memory not in ("mlp", "linear"):
-            raise ValueError(f"memory must be 'mlp' or 'linear', got {memory!r}")
-        if memory == "mlp" and depth < 2:
-            raise ValueError(f"an MLP memory needs depth >= 2, got {depth}; or use memory='linear'")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}; try 64")
-        if not max_lr > 0:
-            raise ValueError(f"max_lr must be > 0, got {max_lr}; try 1.0")
-        if conv_size < 0:
-            raise ValueError(f"conv_size must be >= 0, got {conv_size}; try 4")
+        self.recompute_group = check_recompute_group(o.recompute_group)
         F_ = dim // n_heads
         self.dim, self.n_heads, self.head_dim = dim, n_heads, F_
-        self.memory, self.activation, self.optimizer = memory, activation, optimizer
-        self.momentum, self.forget, self.chunk_size = momentum, forget, chunk_size
-        if not 0.0 < momentum_max <= 1.0:
-            raise ValueError(f"momentum_max must be in (0, 1], got {momentum_max}; try 0.5")
-        self.momentum_max = momentum_max
-        self.hidden_chunk = hidden_chunk
-        if retain_to_init and not hidden_chunk:
-            raise ValueError(
-                "retain_to_init acts on chunk-level hidden layers; set hidden_chunk=True or "
-                "retain_to_init=False"
-            )
-        self.retain_to_init = retain_to_init
-        if lr_init is not None and not 0.0 < lr_init < max_lr:
-            raise ValueError(f"lr_init must be in (0, max_lr={max_lr}), got {lr_init}")
-        self.lr_init = max_lr / 2 if lr_init is None else lr_init
-        self.exact_output = exact_output
+        self.memory, self.activation, self.optimizer = o.memory, o.activation, o.optimizer
+        self.momentum, self.forget, self.chunk_size = o.momentum, o.forget, o.chunk_size
+        self.momentum_max = o.momentum_max
+        self.hidden_chunk = o.hidden_chunk
+        self.retain_to_init = o.retain_to_init
+        self.lr_init = o.max_lr / 2 if o.lr_init is None else o.lr_init
+        self.exact_output = o.exact_output
         self.max_lr, self.conv_size, self.naive, self.init_seed = (
-            max_lr,
-            conv_size,
-            naive,
-            init_seed,
-        )
+            o.max_lr, o.conv_size, o.naive, init_seed,
+        )  # fmt: skip
+        memory, conv_size, expansion, depth = o.memory, o.conv_size, o.expansion, o.depth
         P = 3 * dim
         self.wqkv = nn.Linear(dim, P, bias=False)
         self.conv_weight = nn.Parameter(torch.empty(conv_size, P)) if conv_size > 0 else None
@@ -199,7 +230,7 @@ class NeuralMemory(nn.Module):
         )
         self.out_norm_weight = nn.Parameter(torch.empty(n_heads, F_))
         self.wg = nn.Linear(dim, dim, bias=False)
-        self.wo = nn.Linear(dim, dim, bias=False)
+        self.wo = mark_residual_out(nn.Linear(dim, dim, bias=False))
         self.memory_frozen = False
         if self.gate_bias.device.type != "meta":
             self.reset_parameters()

@@ -35,7 +35,8 @@ changes only the computation it names (tests/memory/test_self_modifying.py).
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +54,9 @@ from nestlearn.ops.selfmod import (
 from nestlearn.ops.selfmod.common import gradient_point
 from nestlearn.ops.titans import TitansState, memory_forward
 from nestlearn.ops.titans.common import read_weights
+from nestlearn.utils.residual import mark_residual_out
 
-__all__ = ["SelfModifyingTitans", "SelfModifyingTitansState"]
+__all__ = ["SelfModifyingOptions", "SelfModifyingTitans", "SelfModifyingTitansState"]
 
 
 class SelfModifyingTitansState(NamedTuple):
@@ -77,111 +79,154 @@ class SelfModifyingTitansState(NamedTuple):
         )
 
 
+@dataclass
+class SelfModifyingOptions:
+    """Options of :class:`SelfModifyingTitans`, declared once: the ``hope`` family's
+    ``model.mixer`` options are these fields plus ``cms`` (``HopeOptions`` extends this class).
+
+    Table 6's ablations are switches here (``optimizer="gd"``, ``momentum=False``,
+    ``weight_decay=False``, ``adaptive_k=False``, ``adaptive_v=False``, ``adaptive_q=True``).
+    """
+
+    expansion: float = 1.0
+    """Hidden width of every memory MLP as a multiple of the head dim."""
+    activation: str = "silu"
+    """Memory activation: silu, gelu or relu."""
+    optimizer: str = "dgd"
+    """Inner optimizer: ``dgd`` (Delta GD with weight decay, eq. 88) or ``gd`` (w/o DGD)."""
+    momentum: bool = True
+    """Inner momentum (False = Table 6 "w/o momentum")."""
+    weight_decay: bool = True
+    """Retention gate alpha and its memory (False = Table 6 "w/o weight decay": retention 1)."""
+    adaptive_k: bool = True
+    """Keys from a self-modifying memory (False = "w/o inner-projection k": fixed W_k)."""
+    adaptive_v: bool = True
+    """Values from a self-modifying memory (False = "w/o inner-projection v")."""
+    adaptive_q: bool = False
+    """Queries from a self-modifying memory (§8.1 keeps q fixed; Table 6 ablates it)."""
+    chunk_size: int = 32
+    """Chunk of the main memory M_memory (gradients at the previous chunk's final state)."""
+    proj_chunk_size: int = 64
+    """Chunk of the projection memories M_k, M_v, M_eta, M_alpha (and M_q) ("two different
+    values of chunk sizes", §8.2)."""
+    max_lr: float = 0.5
+    """Upper bound of the inner learning rate eta_t = max_lr * sigmoid(.) (max_lr / 2 at init).
+    With ``exact_output`` a write removes up to ``2 eta`` of its key's error; with both
+    ``exact_output`` and ``hidden_chunk`` off use about 0.002 (docs/fidelity.md HOPE-4)."""
+    momentum_max: float = 0.5
+    """Upper bound of the inner momentum gate ``m_t = momentum_max * sigmoid(.)``
+    (docs/fidelity.md HOPE-4)."""
+    conv_size: int = 4
+    """Width of the causal depthwise conv on the memory input (§8.3: 4; 0 disables)."""
+    exact_output: bool = True
+    """Every memory's output layer follows the exact per-token recurrence inside its chunk (a
+    normalised delta rule over the hidden features; ``ops/titans`` README): strong writes that
+    stay stable (docs/fidelity.md HOPE-4, TITANS-1)."""
+    hidden_chunk: bool = True
+    """Every memory's hidden layer is read at its chunk start and updated once per chunk (mean
+    gradient), each row kept at its norm."""
+    lr_init: float | None = None
+    """Inner learning rate at init (``None`` = ``max_lr / 2``); the gate learns from there."""
+    proj_lr_scale: float = 0.1
+    """The projection memories (k, v, eta, alpha) learn at this fraction of the main memory's
+    inner rate (0 = they never change in context). At 1.0 their strong writes made k, v, eta
+    and alpha shift every chunk and cost 0.12 in validation loss (docs/fidelity.md HOPE-4)."""
+    retain_to_init: bool = True
+    """Every memory's hidden layer retains toward its meta-learned initial weights instead of
+    toward zero (needs ``hidden_chunk``), so a long stream cannot drift it (docs/fidelity.md
+    TITANS-2)."""
+    per_memory_conv: bool = True
+    """Each projection memory reads the memory input through its own causal conv (needs
+    ``conv_size > 0``), so M_k and M_v see different inputs (e.g. the previous and the current
+    token); False shares one conv, which leaves k and v nearly equal at init and MQAR at 30%
+    (docs/fidelity.md HOPE-11)."""
+    naive: bool = False
+    """Run the per-token reference op (tests and ``bench --naive`` only)."""
+    recompute_group: int | None = DEFAULT_RECOMPUTE_GROUP
+    """Chunk-group recompute in training (``chunk_selfmod_titans``): one state snapshot per this
+    many chunks is kept for backward, which re-runs each group (same numbers, less memory, about
+    one more forward of the loops; docs/benchmarks.md "Training memory"). ``0`` or ``None``
+    keeps every chunk's tensors. In the Hope families it is also the CMS's default
+    (``cms.recompute_group``, when given, sets the CMS's own). The naive reference op keeps
+    everything."""
+
+    def __post_init__(self) -> None:
+        check_recompute_group(self.recompute_group)
+        if self.chunk_size < 1 or self.proj_chunk_size < 1:
+            raise ValueError(
+                f"chunk_size and proj_chunk_size must be >= 1, got {self.chunk_size}, "
+                f"{self.proj_chunk_size}; try 32 and 64"
+            )
+        if not self.max_lr > 0:
+            raise ValueError(f"max_lr must be > 0, got {self.max_lr}; try 0.5")
+        if self.conv_size < 0:
+            raise ValueError(f"conv_size must be >= 0, got {self.conv_size}; try 4")
+        if not 0.0 < self.momentum_max <= 1.0:
+            raise ValueError(f"momentum_max must be in (0, 1], got {self.momentum_max}; try 0.5")
+        if self.retain_to_init and not self.hidden_chunk:
+            raise ValueError(
+                "retain_to_init acts on chunk-level hidden layers; with hidden_chunk=false also "
+                "set retain_to_init=false"
+            )
+        if self.lr_init is not None and not 0.0 < self.lr_init < self.max_lr:
+            raise ValueError(f"lr_init must be in (0, max_lr={self.max_lr}), got {self.lr_init}")
+        if not 0.0 <= self.proj_lr_scale <= 1.0:
+            raise ValueError(f"proj_lr_scale must be in [0, 1], got {self.proj_lr_scale}")
+        if self.optimizer not in ("gd", "dgd"):
+            raise ValueError(f"optimizer must be 'gd' or 'dgd', got {self.optimizer!r}")
+        if self.activation not in ("silu", "gelu", "relu"):
+            raise ValueError(
+                f"activation must be silu, gelu or relu, got {self.activation!r}; try silu"
+            )
+        if self.per_memory_conv and self.conv_size == 0:
+            raise ValueError("per_memory_conv needs conv_size > 0; try conv_size=4")
+
+
 class SelfModifyingTitans(nn.Module):
     """Self-modifying Titans (Hope's sequence mixer) with the house ``forward(x, *, state)``.
 
     Args:
         dim: model width ``D``; n_heads: heads ``H`` (``F = D / H``).
-        expansion: hidden width of every memory MLP as a multiple of ``F``.
-        activation: the memories' nonlinearity.
-        optimizer: ``"dgd"`` (Delta GD with weight decay, eq. 88) or ``"gd"`` (Table 6 "w/o DGD").
-        momentum: inner momentum (Table 6 "w/o momentum" = False).
-        weight_decay: the retention gate ``alpha`` and its memory (Table 6 "w/o weight decay" =
-            False: retention 1).
-        adaptive_k, adaptive_v: keys / values from self-modifying memories (False = Table 6
-            "w/o inner-projection k / v": a fixed linear projection).
-        adaptive_q: queries from a self-modifying memory too (Table 6's "q" row; off by default,
-            §8.1).
-        chunk_size: chunk of the main memory ``M_memory``; proj_chunk_size: chunk of the
-            projection memories ("two different values of chunk sizes", §8.2).
-        max_lr: upper bound of the inner learning rate.
-        momentum_max: upper bound of the momentum gate (``m_t = momentum_max * sigmoid(.)``).
-        conv_size: width of the causal depthwise conv (§8.3: 4; 0 disables it).
-        exact_output: every memory's output layer follows the exact per-token recurrence inside
-            its chunk (normalised delta rule over the hidden features; ``ops/titans`` README).
-        hidden_chunk: every memory's hidden layer is read at its chunk start and advanced once
-            per chunk with the mean gradient, rows kept at their norms.
-        per_memory_conv: each projection memory reads the memory input through its own causal
-            conv (needs ``conv_size > 0``), so ``M_k`` and ``M_v`` see different inputs.
-        lr_init: the inner learning rate at init (``None`` = ``max_lr / 2``).
-        proj_lr_scale: the projection memories learn at this fraction of the main memory's
-            rate (0 = they never change in context).
-        retain_to_init: every memory's hidden layer retains toward its meta-learned initial
-            weights instead of toward zero (needs ``hidden_chunk``; docs/fidelity.md TITANS-2).
-        naive: run the per-token reference op (tests and ``bench --naive``).
-        recompute_group: chunk-group recompute in training (``chunk_selfmod_titans``): one
-            state snapshot per this many chunks of each pass is kept for backward, which re-runs
-            each group; ``0`` or ``None`` keeps every chunk's tensors. The reference op
-            (``naive``) keeps everything.
+        options: the layer's options (:class:`SelfModifyingOptions`, fields documented there);
+            or give them as keywords (``SelfModifyingTitans(64, 4, chunk_size=16)``), not both.
         init_seed: seed of this layer's own init (the layer index).
     """
+
+    supports_naive = True
+    """``options.naive`` runs the per-token reference op (``nestlearn bench --naive``)."""
 
     def __init__(
         self,
         dim: int,
         n_heads: int = 4,
+        options: SelfModifyingOptions | None = None,
         *,
-        expansion: float = 1.0,
-        activation: Literal["silu", "gelu", "relu"] = "silu",
-        optimizer: Literal["gd", "dgd"] = "dgd",
-        momentum: bool = True,
-        weight_decay: bool = True,
-        adaptive_k: bool = True,
-        adaptive_v: bool = True,
-        adaptive_q: bool = False,
-        chunk_size: int = 32,
-        proj_chunk_size: int = 64,
-        max_lr: float = 0.5,
-        momentum_max: float = 0.5,
-        conv_size: int = 4,
-        exact_output: bool = True,
-        hidden_chunk: bool = True,
-        per_memory_conv: bool = True,
-        retain_to_init: bool = True,
-        lr_init: float | None = None,
-        proj_lr_scale: float = 0.1,
-        naive: bool = False,
-        recompute_group: int | None = DEFAULT_RECOMPUTE_GROUP,
         init_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
-        self.recompute_group = check_recompute_group(recompute_group)
+        if options is None:
+            options = SelfModifyingOptions(**kwargs)
+        elif kwargs:
+            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
+        o = self.options = options
         if dim % n_heads:
             raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
-        if chunk_size < 1 or proj_chunk_size < 1:
-            raise ValueError(
-                f"chunk_size and proj_chunk_size must be >= 1, got {chunk_size}, "
-                f"{proj_chunk_size}; try 32 and 64"
-            )
-        if not max_lr > 0:
-            raise ValueError(f"max_lr must be > 0, got {max_lr}; try 0.5")
-        if conv_size < 0:
-            raise ValueError(f"conv_size must be >= 0, got {conv_size}; try 4")
-        if not 0.0 < momentum_max <= 1.0:
-            raise ValueError(f"momentum_max must be in (0, 1], got {momentum_max}; try 0.5")
-        self.momentum_max = momentum_max
-        self.exact_output, self.hidden_chunk = exact_output, hidden_chunk
-        if retain_to_init and not hidden_chunk:
-            raise ValueError(
-                "retain_to_init acts on chunk-level hidden layers; set hidden_chunk=True or "
-                "retain_to_init=False"
-            )
-        self.retain_to_init = retain_to_init
-        if lr_init is not None and not 0.0 < lr_init < max_lr:
-            raise ValueError(f"lr_init must be in (0, max_lr={max_lr}), got {lr_init}")
-        self.lr_init = max_lr / 2 if lr_init is None else lr_init
-        if not 0.0 <= proj_lr_scale <= 1.0:
-            raise ValueError(f"proj_lr_scale must be in [0, 1], got {proj_lr_scale}")
-        self.proj_lr_scale = proj_lr_scale
-        if optimizer not in ("gd", "dgd"):
-            raise ValueError(f"optimizer must be 'gd' or 'dgd', got {optimizer!r}")
+        self.recompute_group = check_recompute_group(o.recompute_group)
+        self.momentum_max = o.momentum_max
+        self.exact_output, self.hidden_chunk = o.exact_output, o.hidden_chunk
+        self.retain_to_init = o.retain_to_init
+        self.lr_init = o.max_lr / 2 if o.lr_init is None else o.lr_init
+        self.proj_lr_scale = o.proj_lr_scale
+        expansion, conv_size, momentum = o.expansion, o.conv_size, o.momentum
+        weight_decay = o.weight_decay
         F_ = dim // n_heads
         self.dim, self.n_heads, self.head_dim = dim, n_heads, F_
-        self.activation, self.optimizer = activation, optimizer
+        self.activation, self.optimizer = o.activation, o.optimizer
         self.momentum, self.weight_decay = momentum, weight_decay
-        self.chunk_size, self.proj_chunk_size, self.max_lr = chunk_size, proj_chunk_size, max_lr
-        self.conv_size, self.naive, self.init_seed = conv_size, naive, init_seed
-        adaptive = {"k": adaptive_k, "v": adaptive_v, "q": adaptive_q, "eta": True}
+        self.chunk_size, self.proj_chunk_size, self.max_lr = o.chunk_size, o.proj_chunk_size, o.max_lr
+        self.conv_size, self.naive, self.init_seed = conv_size, o.naive, init_seed
+        adaptive = {"k": o.adaptive_k, "v": o.adaptive_v, "q": o.adaptive_q, "eta": True}
         adaptive["alpha"] = weight_decay
         self.names: tuple[str, ...] = tuple(p for p in PROJECTIONS if adaptive[p])
         # fixed projections, in channel order after the memory input x_m
@@ -191,9 +236,7 @@ class SelfModifyingTitans(nn.Module):
         self.w_in = nn.Linear(dim, P, bias=False)
         # per-memory conv: the memory input is convolved once per projection memory, each with its
         # own filter, so e.g. M_k can read the previous token and M_v the current one
-        self.n_x = len(self.names) if per_memory_conv else 1
-        if per_memory_conv and conv_size == 0:
-            raise ValueError("per_memory_conv needs conv_size > 0; try conv_size=4")
+        self.n_x = len(self.names) if o.per_memory_conv else 1
         Pc = dim * (self.n_x + len(self.fixed))
         self.conv_weight = nn.Parameter(torch.empty(conv_size, Pc)) if conv_size > 0 else None
         self.w_mom = nn.Linear(dim, n_heads, bias=False) if momentum else None
@@ -215,7 +258,7 @@ class SelfModifyingTitans(nn.Module):
         )
         self.out_norm_weight = nn.Parameter(torch.empty(n_heads, F_))
         self.wg = nn.Linear(dim, dim, bias=False)
-        self.wo = nn.Linear(dim, dim, bias=False)
+        self.wo = mark_residual_out(nn.Linear(dim, dim, bias=False))
         if self.eta_bias.device.type != "meta":
             self.reset_parameters()
 

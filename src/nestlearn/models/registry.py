@@ -15,6 +15,7 @@ import torch
 
 from nestlearn.models.config import ModelConfig
 from nestlearn.models.skeleton import Block, LanguageModel
+from nestlearn.utils.config import check_keys
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class Family:
     description: str
     supports_decode: bool = True
     """Whether the family can decode token by token with a state (generation, decode bench)."""
+    supports_naive: bool = False
+    """Whether ``model.mixer.naive=true`` runs the mixer's per-token reference op (``nestlearn
+    bench --naive`` sets it only for such families)."""
 
 
 FAMILIES: dict[str, Family] = {}
@@ -51,10 +55,7 @@ def preset_config(name: str, **overrides: Any) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
     cfg = copy.deepcopy(PRESETS[name])
-    known = {f.name for f in fields(ModelConfig)}
-    bad = sorted(set(overrides) - known)
-    if bad:
-        raise ValueError(f"unknown model keys {bad}; known keys: {', '.join(sorted(known))}")
+    check_keys(overrides, [f.name for f in fields(ModelConfig)], what="model keys")
     cfg.update(overrides)
     return ModelConfig(**cfg)
 

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from nestlearn.layers.norm import RMSNorm
 from nestlearn.memory.cms import ContinuumMemory
 from nestlearn.models.config import ModelConfig
+from nestlearn.utils.residual import is_residual_out
 
 
 def _detach(obj: Any) -> Any:
@@ -154,8 +155,8 @@ class LanguageModel(nn.Module):
         embed.weight                   normal(0, init_std); tied: normal(0, s_head)
         head.weight (untied)           normal(0, s_head), s_head = min(init_std, 0.3/sqrt(D))
         input-side Linear weights      normal(0, init_std)
-        output projections (``wo``,    normal(0, init_std / sqrt(2 * n_layers))
-        ``w_down``, ``out_proj``)      (GPT-2 / Llama residual scaling)
+        residual outputs (Linears      normal(0, init_std / sqrt(2 * n_layers))
+        tagged ``mark_residual_out``)  (GPT-2 / Llama residual scaling)
         biases                         zeros
         RMSNorm weights                ones
         modules with reset_parameters  their own documented init (memories, convs)
@@ -187,21 +188,21 @@ class LanguageModel(nn.Module):
         std = cfg.init_std
         s_head = min(std, 0.3 / math.sqrt(cfg.dim))
         out_std = std / math.sqrt(2 * cfg.n_layers)
-        out_names = ("wo", "w_down", "out_proj")
-        for module_name, module in self.named_modules():
+        for module in self.modules():
             if module is self:
                 continue
             if isinstance(module, nn.Linear) and module is not self.head:
-                leaf = module_name.rsplit(".", 1)[-1]
-                s = out_std if leaf in out_names else std
+                s = out_std if is_residual_out(module) else std
                 module.weight.normal_(0.0, s, generator=gen)
                 if module.bias is not None:
                     module.bias.zero_()
             elif isinstance(module, RMSNorm):
                 module.reset_parameters()
             elif hasattr(module, "reset_parameters") and not isinstance(
-                module, (nn.Linear, nn.Embedding)
+                module, (nn.Linear, nn.Embedding, nn.RNNBase)
             ):
+                # torch's recurrent layers draw from the global generator: their owner (e.g.
+                # LSTMMixer) sets them from its own, and must not be overwritten afterwards
                 module.reset_parameters()
             if hasattr(module, "reset_buffers"):
                 module.reset_buffers()
@@ -292,8 +293,9 @@ class LanguageModel(nn.Module):
     def flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs per token (forward + backward = 3x forward).
 
-        Counts the matmuls of every block (each submodule's ``flops_per_token``; a
-        submodule without one is counted as 2 x its parameter count) plus the head.
+        Counts the matmuls of every block (each submodule's ``flops_per_token(seq_len)``, the
+        :class:`~nestlearn.layers.protocol.Mixer` protocol; a submodule without one is counted as
+        2 x its parameter count) plus the head.
         """
         fwd = 2 * self.cfg.dim * self.cfg.vocab_size
         for block in self.blocks:
@@ -304,10 +306,7 @@ class LanguageModel(nn.Module):
                 if fn is None:
                     fwd += 2 * sum(p.numel() for p in mod.parameters())
                 else:
-                    try:
-                        fwd += int(fn(seq_len))
-                    except TypeError:
-                        fwd += int(fn())
+                    fwd += int(fn(seq_len))
         return 3 * fwd
 
 

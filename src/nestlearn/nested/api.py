@@ -17,6 +17,7 @@ import yaml
 
 from nestlearn.models.families.miras import NestedOptions, register_nested_family, tiny_ffn
 from nestlearn.ops.nested import MemorySpec
+from nestlearn.utils.config import check_keys
 
 __all__ = ["bench_name", "recipe", "register_memory", "spec_overrides"]
 
@@ -24,10 +25,7 @@ __all__ = ["bench_name", "recipe", "register_memory", "spec_overrides"]
 def spec_overrides(spec: MemorySpec, **layer_options: Any) -> dict[str, Any]:
     """The ``model.mixer`` mapping of the ``nested`` family for ``spec`` (non-default fields only)
     plus layer options (:class:`~nestlearn.models.families.miras.NestedOptions`)."""
-    known = {f.name for f in fields(NestedOptions)}
-    bad = sorted(set(layer_options) - known)
-    if bad:
-        raise ValueError(f"unknown layer options {bad}; known: {', '.join(sorted(known))}")
+    check_keys(layer_options, [f.name for f in fields(NestedOptions)], what="layer options")
     default = MemorySpec()
     out = {f.name: getattr(spec, f.name) for f in fields(MemorySpec)
            if getattr(spec, f.name) != getattr(default, f.name) or f.name == "options"}  # fmt: skip

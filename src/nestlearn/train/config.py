@@ -9,13 +9,10 @@ names the key and the fix (STYLE example 6).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import hashlib
 import os
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,24 @@ import yaml
 
 from nestlearn.models.config import ModelConfig
 from nestlearn.optim.config import OptimConfig
+from nestlearn.utils.config import ConfigError, from_dict
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "RunConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_dict",
+    "config_text",
+    "dump_config",
+    "from_dict",
+    "load_run_config",
+    "load_yaml",
+    "parse_override",
+    "resolve_config",
+]
 
 
 @dataclass
@@ -201,100 +216,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------- parsing
-
-
-class ConfigError(ValueError):
-    """A config key, value or file is invalid; the message names it and the fix."""
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check/convert ``value`` against the annotation ``tp`` (a small, strict subset)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(
-            f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}"
-        )
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in value)
-        if len(args) != len(value):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (a,) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, a, key) for v in value]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")
-        return from_dict(tp, value, prefix=key + ".")
-    return value
-
-
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, strictly: unknown keys and bad types fail."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    kwargs = {}
-    for k, v in data.items():
-        if k not in names:
-            close = difflib.get_close_matches(k, names, n=1)
-            hint = (
-                f"; did you mean {prefix}{close[0]}?"
-                if close
-                else f"; known keys: {', '.join(names)}"
-            )
-            raise ConfigError(f"unknown config key {prefix}{k}{hint}")
-        kwargs[k] = _coerce(v, hints[k], prefix + k)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as e:
-        raise ConfigError(str(e)) from e
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

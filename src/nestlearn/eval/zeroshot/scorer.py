@@ -44,30 +44,17 @@ Pair = tuple[list[int], list[int]]
 
 
 def set_memory_updates(model: nn.Module, enabled: bool) -> bool:
-    """Turn test-time memory updates (Hope, Titans, CMS) on or off.
+    """Turn test-time memory updates (Hope, Titans, CMS) on or off; whether anything switched.
 
-    The hook: a model (or any of its submodules) that learns in context defines
-    ``set_memory_updates(enabled: bool)``. When the model itself defines it, only that is
-    called (it is responsible for its parts); otherwise every submodule that defines it is.
-    Returns whether anything was switched; a model without test-time memory returns False.
-    Modules that implement the freeze protocol instead (``set_memory_frozen``, see
-    :mod:`nestlearn.models.freeze`: Titans, CMS) are switched too.
+    ``set_memory_frozen(model, not enabled) > 0`` (the one freeze API,
+    :mod:`nestlearn.memory.freeze`), which also honours the hook this scorer introduced: a model
+    (or any of its submodules) may define ``set_memory_updates(enabled: bool)``; when the model
+    itself defines it, only that is called (it is responsible for its parts). A model without
+    test-time memory returns False.
     """
-    fn = getattr(model, "set_memory_updates", None)
-    if callable(fn):
-        fn(enabled)
-        return True
     from nestlearn.models.freeze import set_memory_frozen
 
-    found = set_memory_frozen(model, not enabled) > 0
-    for mod in model.modules():
-        if mod is model:
-            continue
-        fn = getattr(mod, "set_memory_updates", None)
-        if callable(fn):
-            fn(enabled)
-            found = True
-    return found
+    return set_memory_frozen(model, not enabled) > 0
 
 
 def rolling_windows(tokens: Sequence[int], prefix_id: int, max_length: int) -> list[Pair]:

@@ -7,88 +7,38 @@ Hope beats. Model options go in ``model.mixer`` (:class:`DeltaNetOptions`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from nestlearn.layers.deltanet import DeltaNetMixer
+from nestlearn.layers.deltanet import DeltaNetMixer, DeltaNetMixerOptions
 from nestlearn.layers.ffn import SwiGLU
 from nestlearn.models.config import ModelConfig
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
+from nestlearn.utils.config import from_dict
 
 TINY_TARGET = 3_346_176
 """Parameters of ``transformer-tiny`` with the byte tokenizer (vocab 259): every ``*-tiny`` preset
 is matched to it (and to ``hope-tiny``) within 5%."""
 
 
-@dataclass(frozen=True)
-class LinearFamily(Family):
-    """A family whose mixer also runs the naive reference op (``nestlearn bench --naive``)."""
-
-    supports_naive: bool = True
-
-
 @dataclass
-class DeltaNetOptions:
-    """``model.mixer`` options of the ``deltanet`` and ``gated-deltanet`` families."""
-
-    head_dim: int | None = None
-    """Key/query head dim; ``None`` means ``dim / n_heads``."""
-    expand_v: float = 1.0
-    """Value head dim = ``head_dim * expand_v`` (Gated DeltaNet's paper shapes use 2)."""
-    conv_size: int = 4
-    """Width of the causal depthwise short convolution on q, k, v."""
-    output_gate: bool = True
-    """Multiply the normalised output by ``SiLU(W_g x)``."""
-    chunk_size: int | None = None
-    """Chunk length of the chunked delta rule (exact at any value); null = the op's fastest
-    (64 when training, 16 for inference on CPU)."""
-    naive: bool = False
-    """Use the per-token reference loop (for benchmarks and debugging)."""
-    backend: str = "auto"
-    """``auto`` (fla kernels on CUDA + bf16 when installed), ``torch`` or ``fla``."""
-
-    def __post_init__(self) -> None:
-        if self.head_dim is not None and self.head_dim <= 0:
-            raise ValueError(f"model.mixer.head_dim must be positive or null, got {self.head_dim}")
-        if self.conv_size < 1:
-            raise ValueError(f"model.mixer.conv_size must be >= 1, got {self.conv_size}; try 4")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"model.mixer.chunk_size must be >= 1, got {self.chunk_size}; try 64")
-        if self.backend not in ("auto", "torch", "fla"):
-            raise ValueError(
-                f"model.mixer.backend must be auto, torch or fla, got {self.backend!r}"
-            )
+class DeltaNetOptions(DeltaNetMixerOptions):
+    """``model.mixer`` options of the ``deltanet`` and ``gated-deltanet`` families: the layer's
+    own (:class:`~nestlearn.layers.deltanet.DeltaNetMixerOptions`, every field documented
+    there)."""
 
 
 def mixer_options(cls: type, cfg: ModelConfig) -> Any:
     """Validate ``cfg.mixer`` into the options dataclass ``cls`` (unknown keys fail)."""
-    known = [f.name for f in fields(cls)]
-    bad = sorted(set(cfg.mixer) - set(known))
-    if bad:
-        raise ValueError(
-            f"unknown model.mixer keys {bad} for family {cfg.family!r}; known: {', '.join(known)}"
-        )
-    return cls(**cfg.mixer)
+    return from_dict(cls, cfg.mixer, "model.mixer.", what="model.mixer keys", owner=cfg.family)
 
 
 def _mixer(cfg: ModelConfig, gated: bool) -> DeltaNetMixer:
     opt: DeltaNetOptions = mixer_options(DeltaNetOptions, cfg)
-    return DeltaNetMixer(
-        cfg.dim,
-        cfg.n_heads,
-        head_dim=opt.head_dim,
-        expand_v=opt.expand_v,
-        conv_size=opt.conv_size,
-        gated=gated,
-        output_gate=opt.output_gate,
-        chunk_size=opt.chunk_size,
-        norm_eps=cfg.norm_eps,
-        naive=opt.naive,
-        backend=opt.backend,
-    )
+    return DeltaNetMixer(cfg.dim, cfg.n_heads, opt, gated=gated, norm_eps=cfg.norm_eps)
 
 
 def build_deltanet_block(cfg: ModelConfig, layer: int) -> Block:
@@ -100,17 +50,19 @@ def build_gated_deltanet_block(cfg: ModelConfig, layer: int) -> Block:
 
 
 register_family(
-    LinearFamily(
+    Family(
         "deltanet",
         build_deltanet_block,
         "DeltaNet (delta-rule linear attention, short conv, output gate) + SwiGLU",
+        supports_naive=True,
     )
 )
 register_family(
-    LinearFamily(
+    Family(
         "gated-deltanet",
         build_gated_deltanet_block,
         "Gated DeltaNet (delta rule with per-token decay) + SwiGLU",
+        supports_naive=True,
     )
 )
 

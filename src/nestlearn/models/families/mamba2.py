@@ -18,33 +18,24 @@ Options (``model.mixer``) are validated by :class:`Mamba2Options`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from nestlearn.layers.attention import CausalSelfAttention
 from nestlearn.layers.ffn import SwiGLU
-from nestlearn.layers.mamba2 import Mamba2Mixer
+from nestlearn.layers.mamba2 import Mamba2Mixer, Mamba2MixerOptions
 from nestlearn.models.config import ModelConfig
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
+from nestlearn.utils.config import from_dict
 
 
 @dataclass(kw_only=True)
-class Mamba2Options:
-    """``model.mixer`` options of the ``mamba2`` and ``samba`` families."""
+class Mamba2Options(Mamba2MixerOptions):
+    """``model.mixer`` options of the ``mamba2`` and ``samba`` families: the mixer's own
+    (:class:`~nestlearn.layers.mamba2.Mamba2MixerOptions`, every field documented there) and
+    these."""
 
-    d_state: int = 128
-    """SSD state size N (Mamba2 paper: 128 at scale; 64 is also common)."""
-    expand: int = 2
-    """Inner width = expand * dim."""
-    head_dim: int = 64
-    """Channels per SSD head (Mamba2: 64)."""
-    n_groups: int = 1
-    """Groups of heads sharing B and C (Mamba2: 1)."""
-    conv_width: int = 4
-    """Causal depthwise conv width (Mamba2: 4)."""
-    chunk_size: int = 64
-    """SSD chunk length: speed only, results do not depend on it."""
     ffn: str = "none"
     """``"none"`` (Mamba2 recipe) or ``"swiglu"`` (a SwiGLU FFN after every mixer). Samba
     always has the FFN."""
@@ -52,13 +43,9 @@ class Mamba2Options:
     """Samba only: sliding-window attention span in tokens (Samba paper: 2048)."""
     pattern: str = "MS"
     """Samba only: mixer of block i is ``pattern[i % len(pattern)]``; M = Mamba2, S = SWA."""
-    naive: bool = False
-    """Run the per-token reference scan instead of the chunked one (checks and benchmarks)."""
 
     def __post_init__(self) -> None:
-        for key in ("d_state", "expand", "head_dim", "n_groups", "conv_width", "chunk_size"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"model.mixer.{key} must be >= 1, got {getattr(self, key)}")
+        super().__post_init__()
         if self.ffn not in ("none", "swiglu"):
             raise ValueError(f"model.mixer.ffn must be 'none' or 'swiglu', got {self.ffn!r}")
         if self.window < 1:
@@ -71,29 +58,11 @@ class Mamba2Options:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, family: str) -> Mamba2Options:
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(cfg.mixer) - known)
-        if bad:
-            raise ValueError(
-                f"unknown model.mixer options {bad} for family {family!r}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        return cls(**cfg.mixer)
+        return from_dict(cls, cfg.mixer, "model.mixer.", what="model.mixer options", owner=family)
 
 
 def _mamba2(cfg: ModelConfig, opts: Mamba2Options, layer: int) -> Mamba2Mixer:
-    return Mamba2Mixer(
-        cfg.dim,
-        d_state=opts.d_state,
-        expand=opts.expand,
-        head_dim=opts.head_dim,
-        n_groups=opts.n_groups,
-        conv_width=opts.conv_width,
-        chunk_size=opts.chunk_size,
-        norm_eps=cfg.norm_eps,
-        naive=opts.naive,
-        init_seed=layer,
-    )
+    return Mamba2Mixer(cfg.dim, opts, norm_eps=cfg.norm_eps, init_seed=layer)
 
 
 def build_mamba2_block(cfg: ModelConfig, layer: int) -> Block:
@@ -119,18 +88,20 @@ def build_samba_block(cfg: ModelConfig, layer: int) -> Block:
     return Block(cfg.dim, mixer, SwiGLU(cfg.dim, cfg.ffn_width), cfg.norm_eps)
 
 
-@dataclass(frozen=True)
-class _NaiveCapableFamily(Family):
-    supports_naive: bool = True
-    """``nestlearn bench --naive`` may set ``mixer.naive=True`` (per-token reference scan)."""
-
-
 register_family(
-    _NaiveCapableFamily("mamba2", build_mamba2_block, "Mamba2 (SSD) blocks, no MLP (Mamba2 recipe)")
+    Family(
+        "mamba2",
+        build_mamba2_block,
+        "Mamba2 (SSD) blocks, no MLP (Mamba2 recipe)",
+        supports_naive=True,
+    )
 )
 register_family(
-    _NaiveCapableFamily(
-        "samba", build_samba_block, "Samba: Mamba2 -> MLP -> sliding-window attention -> MLP"
+    Family(
+        "samba",
+        build_samba_block,
+        "Samba: Mamba2 -> MLP -> sliding-window attention -> MLP",
+        supports_naive=True,
     )
 )
 

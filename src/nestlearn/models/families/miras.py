@@ -19,18 +19,18 @@ Options go in ``model.mixer``: any :class:`MemorySpec` field overrides the famil
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
 
 from nestlearn.layers.ffn import SwiGLU
-from nestlearn.layers.nested import NestedMixer
+from nestlearn.layers.nested import NestedMixer, NestedMixerOptions
 from nestlearn.models.config import ModelConfig
-from nestlearn.models.families.deltanet import LinearFamily
-from nestlearn.models.registry import FAMILIES, register_family, register_preset
+from nestlearn.models.registry import FAMILIES, Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
 from nestlearn.ops.nested import MemorySpec
+from nestlearn.utils.config import check_keys, from_dict
 
 # the parameter target these presets were sized to: hope-tiny (vocab 259) before its
 # per-memory convs (3,343,164 since), 0.4% apart, well inside the 5% the issue asks for
@@ -61,24 +61,11 @@ DESCRIPTIONS = {
 
 
 @dataclass
-class NestedOptions:
-    """``model.mixer`` layer options of the nested families (next to the :class:`MemorySpec` fields)."""
+class NestedOptions(NestedMixerOptions):
+    """``model.mixer`` layer options of the nested families (next to the :class:`MemorySpec`
+    fields): the layer's own (:class:`~nestlearn.layers.nested.NestedMixerOptions`, every field
+    documented there) and ``naive``."""
 
-    max_lr: float = 0.1
-    """Upper bound of the inner learning rate ``lr = max_lr * sigmoid(.)``. Measured at the
-    ``nestlearn synthetic --task mqar`` default recipe: 0.01 -> 0.1 took Yaad from 27% to 100%
-    and DLA from 18% to 45%, and 40 AdamW steps (lr 3e-3) of each MIRAS/DLA tiny preset stayed
-    stable at 0.1 (the Titans memory, without the LayerNorm, uses 0.002)."""
-    momentum_max: float = 0.5
-    """Upper bound of the momentum gate (specs with ``momentum=True``)."""
-    retain_init: float = 0.999
-    """Retention gate at init (specs with a retention)."""
-    delta_init: float = 2.0
-    """Huber radius at init (``objective='huber'``)."""
-    conv_size: int = 4
-    """Width of the causal depthwise conv after the q/k/v projection (0 disables it)."""
-    backend: str = "auto"
-    """``auto`` (dedicated op when one covers the spec), ``generic``, ``dedicated`` or ``naive``."""
     naive: bool = False
     """Run the per-token reference loop (``nestlearn bench --naive``); same as backend='naive'."""
 
@@ -87,26 +74,25 @@ def split_mixer(family: str, mixer: dict[str, Any]) -> tuple[MemorySpec, NestedO
     """``model.mixer`` -> the family's spec with overrides, and the layer options."""
     spec_keys = {f.name for f in fields(MemorySpec)}
     opt_keys = {f.name for f in fields(NestedOptions)}
-    bad = sorted(set(mixer) - spec_keys - opt_keys)
-    if bad:
-        raise ValueError(
-            f"unknown model.mixer keys {bad} for family {family!r}; known: memory spec fields "
-            f"{', '.join(sorted(spec_keys))}; layer options {', '.join(sorted(opt_keys))}"
-        )
+    check_keys(
+        mixer, sorted(spec_keys | opt_keys), what="model.mixer keys", prefix="model.mixer.",
+        owner=family,
+    )  # fmt: skip
     spec = MemorySpec.from_dict(
         {**SPECS.get(family, {}), **{k: v for k, v in mixer.items() if k in spec_keys}}
     )
-    opts = NestedOptions(**{k: v for k, v in mixer.items() if k in opt_keys})
+    opts = from_dict(
+        NestedOptions, {k: v for k, v in mixer.items() if k in opt_keys}, "model.mixer.",
+        what="model.mixer keys", owner=family,
+    )  # fmt: skip
     return spec, opts
 
 
 def build_mixer(cfg: ModelConfig, layer: int) -> NestedMixer:
     spec, o = split_mixer(cfg.family, cfg.mixer)
     return NestedMixer(
-        cfg.dim, cfg.n_heads, spec, max_lr=o.max_lr, momentum_max=o.momentum_max,
-        retain_init=o.retain_init, delta_init=o.delta_init, conv_size=o.conv_size,
-        backend="naive" if o.naive else o.backend, init_seed=layer,
-    )  # fmt: skip
+        cfg.dim, cfg.n_heads, spec, replace(o, backend="naive") if o.naive else o, init_seed=layer
+    )
 
 
 def build_block(cfg: ModelConfig, layer: int) -> Block:
@@ -132,7 +118,7 @@ def register_nested_family(
     families here and by :func:`nestlearn.nested.register_memory` for user-defined memories."""
     SPECS[name] = dict(spec)
     MemorySpec.from_dict(SPECS[name])  # fail now on a bad spec
-    register_family(LinearFamily(name, build_block, description))
+    register_family(Family(name, build_block, description, supports_naive=True))
     preset = preset or f"{name}-tiny"
     register_preset(
         preset,

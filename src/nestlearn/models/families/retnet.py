@@ -13,58 +13,31 @@ from dataclasses import dataclass
 import torch
 
 from nestlearn.layers.ffn import SwiGLU
-from nestlearn.layers.retnet import RetNetMixer
+from nestlearn.layers.retnet import RetNetMixer, RetNetMixerOptions
 from nestlearn.models.config import ModelConfig
-from nestlearn.models.families.deltanet import LinearFamily, matched_ffn_hidden, mixer_options
-from nestlearn.models.registry import register_family, register_preset
+from nestlearn.models.families.deltanet import matched_ffn_hidden, mixer_options
+from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
 
 
 @dataclass
-class RetNetOptions:
-    """``model.mixer`` options of the ``retnet`` family."""
-
-    expand_v: float = 2.0
-    """Value width = ``expand_v * dim`` (2 in RetNet)."""
-    chunk_size: int | None = None
-    """Chunk length of the chunkwise retention (exact at any value); null = the op's fastest
-    (64 when training, 32 for inference on CPU)."""
-    naive: bool = False
-    """Use the per-token reference loop (benchmarks, debugging)."""
-    backend: str = "auto"
-    """``auto`` (fla kernels on CUDA + bf16 when installed), ``torch`` or ``fla``."""
-
-    def __post_init__(self) -> None:
-        if not self.expand_v > 0:
-            raise ValueError(f"model.mixer.expand_v must be > 0, got {self.expand_v}; try 2")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"model.mixer.chunk_size must be >= 1, got {self.chunk_size}; try 64")
-        if self.backend not in ("auto", "torch", "fla"):
-            raise ValueError(
-                f"model.mixer.backend must be auto, torch or fla, got {self.backend!r}"
-            )
+class RetNetOptions(RetNetMixerOptions):
+    """``model.mixer`` options of the ``retnet`` family: the layer's own
+    (:class:`~nestlearn.layers.retnet.RetNetMixerOptions`, every field documented there)."""
 
 
 def build_retnet_block(cfg: ModelConfig, layer: int) -> Block:
     opt: RetNetOptions = mixer_options(RetNetOptions, cfg)
-    mixer = RetNetMixer(
-        cfg.dim,
-        cfg.n_heads,
-        expand_v=opt.expand_v,
-        chunk_size=opt.chunk_size,
-        rope_base=cfg.rope_base,
-        norm_eps=cfg.norm_eps,
-        naive=opt.naive,
-        backend=opt.backend,
-    )
+    mixer = RetNetMixer(cfg.dim, cfg.n_heads, opt, rope_base=cfg.rope_base, norm_eps=cfg.norm_eps)
     return Block(cfg.dim, mixer, SwiGLU(cfg.dim, cfg.ffn_width), cfg.norm_eps)
 
 
 register_family(
-    LinearFamily(
+    Family(
         "retnet",
         build_retnet_block,
         "RetNet (multi-scale retention, fixed per-head decay, xPos rotation) + SwiGLU",
+        supports_naive=True,
     )
 )
 

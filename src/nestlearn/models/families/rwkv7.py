@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
-from nestlearn.layers.comba import CombaMixer
+from nestlearn.layers.comba import CombaMixer, CombaMixerOptions
 from nestlearn.layers.ffn import SwiGLU
-from nestlearn.layers.rwkv7 import RWKV7Mixer
+from nestlearn.layers.rwkv7 import RWKV7Mixer, RWKV7MixerOptions
 from nestlearn.models.config import ModelConfig
-from nestlearn.models.families.deltanet import DeltaNetOptions, LinearFamily, mixer_options
-from nestlearn.models.registry import register_family, register_preset
+from nestlearn.models.families.deltanet import mixer_options
+from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
 
 # the parameter target these presets were sized to: hope-tiny (vocab 259) before its
@@ -26,49 +26,26 @@ HOPE_TINY = 3_330_876
 
 
 @dataclass
-class RWKV7Options:
-    """``model.mixer`` options of the ``rwkv7`` family."""
-
-    chunk_size: int | None = None
-    """Chunk of the DPLR op (exact at any value); null = the op's default (32)."""
-    naive: bool = False
-    """Use the per-token reference loop (benchmarks, debugging)."""
-    backend: str = "auto"
-    """``auto`` (fla's kernel on CUDA + bf16 when installed), ``torch`` or ``fla``."""
-
-    def __post_init__(self) -> None:
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"model.mixer.chunk_size must be >= 1, got {self.chunk_size}; try 32")
-        if self.backend not in ("auto", "torch", "fla"):
-            raise ValueError(
-                f"model.mixer.backend must be auto, torch or fla, got {self.backend!r}"
-            )
+class RWKV7Options(RWKV7MixerOptions):
+    """``model.mixer`` options of the ``rwkv7`` family: the layer's own
+    (:class:`~nestlearn.layers.rwkv7.RWKV7MixerOptions`, every field documented there)."""
 
 
 @dataclass
-class CombaOptions(DeltaNetOptions):
-    """``model.mixer`` options of the ``comba`` family (Gated DeltaNet's, plus the correction)."""
-
-    correction_init: float = 0.02
-    """Output-correction factor ``D_h`` at init (``o = S^T (q - D p)``)."""
+class CombaOptions(CombaMixerOptions):
+    """``model.mixer`` options of the ``comba`` family: the layer's own
+    (:class:`~nestlearn.layers.comba.CombaMixerOptions`: Gated DeltaNet's, plus the correction)."""
 
 
 def build_rwkv7_block(cfg: ModelConfig, layer: int) -> Block:
     o: RWKV7Options = mixer_options(RWKV7Options, cfg)
-    mixer = RWKV7Mixer(
-        cfg.dim, cfg.n_heads, layer=layer, n_layers=cfg.n_layers, chunk_size=o.chunk_size,
-        naive=o.naive, backend=o.backend,
-    )  # fmt: skip
+    mixer = RWKV7Mixer(cfg.dim, cfg.n_heads, o, layer=layer, n_layers=cfg.n_layers)
     return Block(cfg.dim, mixer, SwiGLU(cfg.dim, cfg.ffn_width), cfg.norm_eps)
 
 
 def _comba_mixer(cfg: ModelConfig) -> CombaMixer:
     o: CombaOptions = mixer_options(CombaOptions, cfg)
-    return CombaMixer(
-        cfg.dim, cfg.n_heads, head_dim=o.head_dim, expand_v=o.expand_v, conv_size=o.conv_size,
-        output_gate=o.output_gate, chunk_size=o.chunk_size, norm_eps=cfg.norm_eps, naive=o.naive,
-        backend=o.backend, correction_init=o.correction_init,
-    )  # fmt: skip
+    return CombaMixer(cfg.dim, cfg.n_heads, o, norm_eps=cfg.norm_eps)
 
 
 def build_comba_block(cfg: ModelConfig, layer: int) -> Block:
@@ -76,17 +53,19 @@ def build_comba_block(cfg: ModelConfig, layer: int) -> Block:
 
 
 register_family(
-    LinearFamily(
+    Family(
         "rwkv7",
         build_rwkv7_block,
         "RWKV-7 (DPLR delta rule: per-channel decay + in-context rate, token shift) + SwiGLU",
+        supports_naive=True,
     )
 )
 register_family(
-    LinearFamily(
+    Family(
         "comba",
         build_comba_block,
         "Comba (gated delta rule with erase key p = d k and output correction) + SwiGLU",
+        supports_naive=True,
     )
 )
 

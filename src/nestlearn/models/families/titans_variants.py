@@ -47,7 +47,7 @@ Choices where the Titans paper is silent (also in ``docs/baselines.md``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from nestlearn.layers.ffn import SwiGLU
@@ -55,8 +55,8 @@ from nestlearn.layers.persistent_attention import PersistentAttention
 from nestlearn.layers.titans_hybrid import MACMixer, MAGMixer, MALMixer
 from nestlearn.memory.neural_memory import NeuralMemory
 from nestlearn.models.config import ModelConfig
-from nestlearn.models.families.titans import TitansFamily, TitansOptions, build_neural_memory
-from nestlearn.models.registry import register_family, register_preset
+from nestlearn.models.families.titans import TitansOptions, build_neural_memory
+from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
 
 _MAC_ONLY = {"segment_size"}
@@ -77,22 +77,20 @@ class TitansHybridOptions(TitansOptions):
     window: int = 64
     """``titans-mag`` / ``titans-mal`` only: sliding-window attention span in tokens."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("segment_size", "window"):
+            if getattr(self, key) < 1:
+                raise ValueError(
+                    f"model.mixer.{key} must be >= 1, got {getattr(self, key)}; try 64"
+                )
+        if self.n_persistent < 0:
+            raise ValueError(f"model.mixer.n_persistent must be >= 0, got {self.n_persistent}")
+
     @classmethod
     def for_family(cls, opts: dict[str, Any], family: str) -> TitansHybridOptions:
-        known = {f.name for f in fields(cls)} - (_SWA_ONLY if family == "titans-mac" else _MAC_ONLY)
-        bad = sorted(set(opts) - known)
-        if bad:
-            raise ValueError(
-                f"unknown model.mixer options {bad} for {family}; known: {sorted(known)}"
-            )
-        out = cls.from_mapping(opts)
-        assert isinstance(out, TitansHybridOptions)
-        for key in ("segment_size", "window"):
-            if getattr(out, key) < 1:
-                raise ValueError(f"model.mixer.{key} must be >= 1, got {getattr(out, key)}; try 64")
-        if out.n_persistent < 0:
-            raise ValueError(f"model.mixer.n_persistent must be >= 0, got {out.n_persistent}")
-        return out
+        skip = _SWA_ONLY if family == "titans-mac" else _MAC_ONLY
+        return cls.from_mapping(opts, family, tuple(skip))
 
 
 def _memory(cfg: ModelConfig, o: TitansHybridOptions, layer: int) -> NeuralMemory:
@@ -134,24 +132,27 @@ def build_mal_block(cfg: ModelConfig, layer: int) -> Block:
 
 
 register_family(
-    TitansFamily(
+    Family(
         "titans-mac",
         build_mac_block,
         "Titans MAC: segment attention over [persistent | memory retrieval | segment] + SwiGLU",
+        supports_naive=True,
     )
 )
 register_family(
-    TitansFamily(
+    Family(
         "titans-mag",
         build_mag_block,
         "Titans MAG: sliding-window attention gated by the neural memory + SwiGLU",
+        supports_naive=True,
     )
 )
 register_family(
-    TitansFamily(
+    Family(
         "titans-mal",
         build_mal_block,
         "Titans MAL: neural memory layer, then sliding-window attention + SwiGLU",
+        supports_naive=True,
     )
 )
 

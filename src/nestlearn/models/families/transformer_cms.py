@@ -25,6 +25,7 @@ from nestlearn.memory.cms import CMSConfig, ContinuumMemory
 from nestlearn.models.config import ModelConfig
 from nestlearn.models.registry import Family, register_family
 from nestlearn.models.skeleton import Block
+from nestlearn.utils.config import check_keys
 
 
 @dataclass
@@ -40,12 +41,10 @@ class TransformerCMSOptions:
 
     @classmethod
     def from_mapping(cls, opts: dict[str, Any], n_layers: int, dim: int) -> TransformerCMSOptions:
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(opts) - known)
-        if bad:
-            raise ValueError(
-                f"unknown model.mixer options {bad} for transformer-cms; known: {sorted(known)}"
-            )
+        check_keys(
+            opts, [f.name for f in fields(cls)], what="model.mixer options",
+            prefix="model.mixer.", owner="transformer-cms",
+        )  # fmt: skip
         cms = CMSConfig.for_dim(opts.get("cms"), dim)
         lp = opts.get("layer_periods")
         if lp is not None:

@@ -10,82 +10,47 @@ Options (``model.mixer``) are validated by :class:`TTTOptions`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from nestlearn.layers.ffn import SwiGLU
-from nestlearn.layers.ttt import TTTMixer
+from nestlearn.layers.ttt import TTTMixer, TTTMixerOptions
 from nestlearn.models.config import ModelConfig
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
+from nestlearn.utils.config import from_dict
 
 
 @dataclass(kw_only=True)
-class TTTOptions:
-    """``model.mixer`` options of the ``ttt-linear`` and ``ttt-mlp`` families."""
-
-    mini_batch_size: int = 16
-    """TTT mini-batch b: inner gradients inside a mini-batch use its starting weights (paper: 16)."""
-    base_lr: float | None = None
-    """eta_base; None = the paper's value (1.0 for TTT-Linear, 0.1 for TTT-MLP)."""
-    mlp_expand: int = 4
-    """TTT-MLP only: inner hidden width over the head dim (paper: 4)."""
-    rope: bool = True
-    """Rotate q/k by the position inside the mini-batch (official implementation)."""
-    gate: bool = False
-    """Output gate gelu(wg(x)) (the official Mamba-backbone variant uses it)."""
-    naive: bool = False
-    """Run the per-token reference op instead of the dual form (checks and benchmarks)."""
-
-    def __post_init__(self) -> None:
-        if self.mini_batch_size < 1:
-            raise ValueError(
-                f"model.mixer.mini_batch_size must be >= 1, got {self.mini_batch_size}; try 16"
-            )
-        if self.base_lr is not None and not self.base_lr > 0:
-            raise ValueError(f"model.mixer.base_lr must be > 0 or null, got {self.base_lr}")
-        if self.mlp_expand < 1:
-            raise ValueError(f"model.mixer.mlp_expand must be >= 1, got {self.mlp_expand}")
+class TTTOptions(TTTMixerOptions):
+    """``model.mixer`` options of the ``ttt-linear`` and ``ttt-mlp`` families: the layer's own
+    (:class:`~nestlearn.layers.ttt.TTTMixerOptions`, every field documented there)."""
 
 
 def _builder(kind: str):
     def build(cfg: ModelConfig, layer: int) -> Block:
-        known = {f.name for f in fields(TTTOptions)}
-        bad = sorted(set(cfg.mixer) - known)
-        if bad:
-            raise ValueError(
-                f"unknown model.mixer options {bad} for family 'ttt-{kind}'; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        o = TTTOptions(**cfg.mixer)
+        o: TTTOptions = from_dict(
+            TTTOptions, cfg.mixer, "model.mixer.", what="model.mixer options", owner=f"ttt-{kind}"
+        )
         mixer = TTTMixer(
-            cfg.dim,
-            cfg.n_heads,
-            inner=kind,  # type: ignore[arg-type]
-            mini_batch_size=o.mini_batch_size,
-            base_lr=o.base_lr,
-            mlp_expand=o.mlp_expand,
-            rope=o.rope,
-            rope_base=cfg.rope_base,
-            gate=o.gate,
-            naive=o.naive,
-            init_seed=layer,
+            cfg.dim, cfg.n_heads, o, inner=kind, rope_base=cfg.rope_base, init_seed=layer  # type: ignore[arg-type]
         )
         return Block(cfg.dim, mixer, SwiGLU(cfg.dim, cfg.ffn_width), cfg.norm_eps)
 
     return build
 
 
-@dataclass(frozen=True)
-class _NaiveCapableFamily(Family):
-    supports_naive: bool = True
-    """``nestlearn bench --naive`` may set ``mixer.naive=True`` (per-token reference op)."""
-
-
 register_family(
-    _NaiveCapableFamily("ttt-linear", _builder("linear"), "TTT-Linear (T): TTT layer + SwiGLU")
+    Family(
+        "ttt-linear", _builder("linear"), "TTT-Linear (T): TTT layer + SwiGLU", supports_naive=True
+    )
 )
 register_family(
-    _NaiveCapableFamily("ttt-mlp", _builder("mlp"), "TTT-MLP (T): TTT layer (MLP inner) + SwiGLU")
+    Family(
+        "ttt-mlp",
+        _builder("mlp"),
+        "TTT-MLP (T): TTT layer (MLP inner) + SwiGLU",
+        supports_naive=True,
+    )
 )
 
 # ------------------------------------------------------------------------------------ presets

@@ -18,8 +18,10 @@ import torch
 from torch import Tensor
 
 from nestlearn.ops.common import compute_dtype
+from nestlearn.ops.compiled import chunk_step
 from nestlearn.ops.recompute import check_recompute_group, recompute_active, run_grouped
 from nestlearn.ops.selfmod.common import (
+    Projections,
     SelfModState,
     check_selfmod_inputs,
     gradient_point,
@@ -95,16 +97,11 @@ def chunk_selfmod_titans(
         group = 0
     B, T = x.shape[:2]
     H, Fd = x.shape[-2:]
-    n = len(names)
     cdt = compute_dtype(x)
     st = prepare_state(state, momentum is not None, cdt)
     xs, qs, ks, vs = (None if t is None else t.to(cdt) for t in (x, q, k, v))
     assert xs is not None
     mom = None if momentum is None else momentum.to(cdt)
-
-    def rep(t: Tensor | None) -> Tensor | None:
-        # [B, c, H, ...] -> [B, c, n H, ...]: every projection memory sees the same k, gates
-        return None if t is None else t.repeat(1, 1, n, *([1] * (t.dim() - 3)))
 
     # 1. projection pass over proj_chunk_size chunks (aligned to the state's offset)
     proj = st.proj
@@ -123,19 +120,21 @@ def chunk_selfmod_titans(
 
     pieces = list(zip(cut(xs), cut(qs), cut(ks), cut(vs), cut(mom)))
 
+    opts = dict(
+        names=names, eta_readout=eta_readout, alpha_readout=alpha_readout, max_lr=max_lr,
+        activation=activation, optimizer=optimizer, proj_chunk_size=proj_chunk_size,
+        exact_output=exact_output, hidden_chunk=hidden_chunk, proj_lr_scale=proj_lr_scale,
+        prior=None if hidden_prior is None else hidden_prior[0],
+    )  # fmt: skip
+    step = chunk_step(_proj_step)
+
     def chunk_range(i0: int, i1: int, proj: TitansState) -> tuple[list, TitansState]:
         outs = []
         for xc, qc, kc, vc, m in pieces[i0:i1]:
-            p = project(
-                gradient_point(proj), xc, names, q=qc, k=kc, v=vc, eta_readout=eta_readout,
-                alpha_readout=alpha_readout, max_lr=max_lr, activation=activation,
-            )  # fmt: skip
-            _, proj = chunk_titans(
-                None, rep(p.k), rep(p.v), rep(p.eta * proj_lr_scale), rep(m), rep(p.alpha), proj,  # type: ignore[arg-type]
-                chunk_size=proj_chunk_size, activation=activation, optimizer=optimizer,
-                self_target=True, exact_output=exact_output, hidden_chunk=hidden_chunk,
-                hidden_prior=None if hidden_prior is None else hidden_prior[0],
-            )  # fmt: skip
+            # a whole aligned chunk runs the (optionally compiled) step; a chunk cut by the
+            # state's offset or the end of the input is a one-off shape and runs eagerly
+            full = proj.offset == 0 and xc.shape[1] == proj_chunk_size
+            p, proj = (step if full else _proj_step)(proj, xc, qc, kc, vc, m, **opts)
             outs.append(p)
         return outs, proj
 
@@ -156,3 +155,45 @@ def chunk_selfmod_titans(
     )  # fmt: skip
     assert o is not None
     return o.to(x.dtype), SelfModState(proj, memory)
+
+
+def _proj_step(
+    proj: TitansState,
+    xc: Tensor,
+    qc: Tensor | None,
+    kc: Tensor | None,
+    vc: Tensor | None,
+    m: Tensor | None,
+    *,
+    names: tuple[str, ...],
+    eta_readout: tuple[Tensor, Tensor],
+    alpha_readout: tuple[Tensor, Tensor] | None,
+    max_lr: float,
+    activation: Activation,
+    optimizer: Optimizer,
+    proj_chunk_size: int,
+    exact_output: bool,
+    hidden_chunk: bool,
+    proj_lr_scale: float,
+    prior: tuple[Tensor, ...] | None,
+) -> tuple[Projections, TitansState]:
+    """One projection-memory chunk: read every token's ``k, v, q, eta, alpha`` at the chunk's
+    gradient point (eqs. 84-85, 90), then advance all ``n`` memories with one update-only
+    ``chunk_titans`` call (self-generated targets, eq. 83). A pure function of its tensors."""
+    n = len(names)
+
+    def rep(t: Tensor | None) -> Tensor | None:
+        # [B, c, H, ...] -> [B, c, n H, ...]: every projection memory sees the same k, gates
+        return None if t is None else t.repeat(1, 1, n, *([1] * (t.dim() - 3)))
+
+    p = project(
+        gradient_point(proj), xc, names, q=qc, k=kc, v=vc, eta_readout=eta_readout,
+        alpha_readout=alpha_readout, max_lr=max_lr, activation=activation,
+    )  # fmt: skip
+    _, proj = chunk_titans(
+        None, rep(p.k), rep(p.v), rep(p.eta * proj_lr_scale), rep(m), rep(p.alpha), proj,  # type: ignore[arg-type]
+        chunk_size=proj_chunk_size, activation=activation, optimizer=optimizer,
+        self_target=True, exact_output=exact_output, hidden_chunk=hidden_chunk,
+        hidden_prior=prior,
+    )  # fmt: skip
+    return p, proj
