@@ -126,7 +126,8 @@ def test_recall_fit_attaches_the_outer_schedule():
 
 def _functions_building_optimizers() -> list[tuple[str, str, bool]]:
     """(file, function, calls attach_outer_schedule) for every function of the package that
-    builds an optimizer (``build_optimizer``, ``make_optimizer``, ``torch.optim.X``)."""
+    builds an optimizer (``build_optimizer``, ``make_optimizer``, ``torch.optim.X``);
+    ``nestlearn.train.loop.prepare_optimizer`` attaches it for its callers."""
     pkg = Path(__file__).resolve().parents[2] / "src" / "nestlearn"
     found = []
     for path in sorted(pkg.rglob("*.py")):
@@ -142,7 +143,8 @@ def _functions_building_optimizers() -> list[tuple[str, str, bool]]:
                 for n in names
             )
             if builds and fn.name != "make_optimizer":
-                found.append((path.name, fn.name, "attach_outer_schedule" in names))
+                attaches = bool(names & {"attach_outer_schedule", "prepare_optimizer"})
+                found.append((path.name, fn.name, attaches))
     return found
 
 

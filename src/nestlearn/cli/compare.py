@@ -59,12 +59,12 @@ def run(args: argparse.Namespace) -> int:
     from nestlearn.studies.compare import (
         HEADERS,
         available_models,
-        markdown_table,
         plan_runs,
         resolve_models,
         run_compare,
         summarize,
     )
+    from nestlearn.utils.tables import markdown_table
 
     names = [n for n in args.models.split(",") if n.strip()] or available_models()
     models = resolve_models(names)  # unknown names fail here, before any training

@@ -40,6 +40,7 @@ from nestlearn.hf.modeling import NestlearnForCausalLM
 from nestlearn.train.config import config_dict
 from nestlearn.train.report import read_metrics
 from nestlearn.train.run import LoadedRun, load_run
+from nestlearn.utils.files import fsync_tree
 
 logger = logging.getLogger(__name__)
 
@@ -247,23 +248,6 @@ def model_card(run: LoadedRun, params: int, results: dict[str, Any], config_yaml
 
 
 # ------------------------------------------------------------------------------ export
-def _fsync_tree(folder: Path) -> None:
-    for f in folder.iterdir():
-        if f.is_file():
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def verify_export(folder: Path, model: torch.nn.Module, vocab_size: int) -> float:
     """Reload ``folder`` with ``AutoModelForCausalLM`` (local files only) and return the largest
     absolute logit difference against ``model`` on a fixed random input."""
@@ -373,7 +357,7 @@ def export_run(
                     f"the exported model's logits differ from the run's by {diff:.3g} "
                     f"(> {VERIFY_TOLERANCE}); the export was not written. Please report this."
                 )
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         if out.exists():
             os.replace(out, old)
         os.replace(tmp, out)

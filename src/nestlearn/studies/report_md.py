@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from nestlearn.studies.compare import markdown_table
+from nestlearn.utils.tables import markdown_table
 
 # ----------------------------------------------------------------- paper reference numbers
 PAPER_ROW_NAME: dict[str, str] = {

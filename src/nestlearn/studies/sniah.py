@@ -276,8 +276,8 @@ def _cells(rows: Sequence[dict]) -> dict[tuple[str, str, int], list[float]]:
 def sniah_table(rows: Sequence[dict]) -> str:
     """Markdown: a row per family, a column per (task, test length); mean over seeds, in %."""
     from nestlearn.eval.niah import length_label
-    from nestlearn.studies.compare import markdown_table
     from nestlearn.studies.report_md import mean_std
+    from nestlearn.utils.tables import markdown_table
 
     cells = _cells(rows)
     models = list(dict.fromkeys(m for m, _, _ in cells))

@@ -41,6 +41,11 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+# module-level names the writer calls through (tests wrap them here to kill a write midway)
+from nestlearn.utils.files import fsync_dir as _fsync_dir
+from nestlearn.utils.files import fsync_file as _fsync_file
+from nestlearn.utils.files import sha256_file as _sha256
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
@@ -59,32 +64,6 @@ class CheckpointError(RuntimeError):
 
 class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (disk full, read-only folder); earlier ones are intact."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 def _meta_digest(meta: dict[str, Any]) -> str:

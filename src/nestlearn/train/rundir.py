@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from nestlearn.train.config import (
     from_dict,
     load_run_config,
 )
+from nestlearn.utils.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -167,23 +167,8 @@ def truncate_metrics(path: str | Path, step: int) -> int:
         else:
             dropped += 1
     if dropped:
-        write_text_atomic(path, "".join(k + "\n" for k in keep))
+        atomic_write_text(path, "".join(k + "\n" for k in keep))
     return dropped
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, fsync and rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def describe_checkpoint(ckpt: Checkpoint | None) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import signal
 import time
 from collections.abc import Callable
@@ -32,20 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from nestlearn.data.mixture import MixtureValidation
-from nestlearn.memory.cms import attach_outer_schedule
 from nestlearn.models import LanguageModel, build_model
 from nestlearn.models.compiling import compile_model
 from nestlearn.optim import build_optimizer
 from nestlearn.train.batches import IGNORE_INDEX, BatchSampler, TokenSource
 from nestlearn.train.checkpoint import (
     Checkpoint,
-    CheckpointError,
-    load_latest,
     recover,
-    save_checkpoint,
-    set_aside_newer,
 )
-from nestlearn.train.config import ConfigError, TrainConfig, config_dict, dump_config
+from nestlearn.train.config import TrainConfig, dump_config
 from nestlearn.train.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -56,12 +50,12 @@ from nestlearn.train.distributed import (
 )
 from nestlearn.train.guards import stop_dead, stop_diverged
 from nestlearn.train.heap import set_mmap_threshold
+from nestlearn.train.loop import finish_step, prepare_optimizer, set_lr_factor
 from nestlearn.train.memory_stats import memory_stats
+from nestlearn.train.resume import load_model_state, load_optimizer_state, save_trainer
 from nestlearn.train.rundir import (
-    check_state_shapes,
     claim_run_dir,
     tidy_run_dir,
-    truncate_metrics,
 )
 from nestlearn.train.schedule import lr_factor
 from nestlearn.train.sources import open_data
@@ -167,7 +161,7 @@ class Trainer:
         self.params = self.model.num_params()
         self.start_step = 0
         self.tokens_seen = 0
-        ckpt = self._load_model(checkpoint) if resume else None
+        ckpt = load_model_state(self, checkpoint) if resume else None
         self.finished = self.start_step >= cfg.train.steps
         self.model.set_activation_checkpointing(cfg.train.activation_checkpointing)
         if cfg.train.compile:
@@ -175,12 +169,9 @@ class Trainer:
                 logger.info("compile: %s", line)
         # wrap before building the optimizer: FSDP2 replaces parameters by sharded DTensors
         self.wrapped: nn.Module = wrap_model(self.model, self.dist, self.device, cfg.train.parallel)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        attach_outer_schedule(self.model, self.optimizer)  # cms.mode=outer (docs/cms.md)
-        for g in self.optimizer.param_groups:
-            g.setdefault("initial_lr", g["lr"])
+        self.optimizer = prepare_optimizer(self.model, build_optimizer(self.model, cfg.optim))
         if ckpt is not None and ckpt.optimizer is not None:
-            self._load_optimizer(ckpt.optimizer, ckpt.path)
+            load_optimizer_state(self, ckpt.optimizer, ckpt.path)
         self.token_bytes = token_byte_lengths(self.tokenizer, cfg.model.vocab_size)
         self.autocast = self._autocast_factory()
         self.sampler = BatchSampler(
@@ -222,109 +213,10 @@ class Trainer:
     def _fsdp(self) -> bool:
         return self.cfg.train.parallel == "fsdp" and self.dist.enabled
 
-    def _load_model(self, ckpt: Checkpoint | None) -> Checkpoint | None:
-        """Load the checkpoint's weights (before wrapping) and RNG state; return it.
-
-        Every resume cuts ``metrics.jsonl`` back to the checkpoint's step (to 0 without one),
-        and sets aside checkpoints newer than it (they failed verification)."""
-        if ckpt is None:
-            ckpt = load_latest(self.ckpt_dir, map_location="cpu")
-        if ckpt is None:
-            logger.info("no checkpoint in %s: starting from step 0", self.ckpt_dir)
-            if self.dist.is_main:
-                truncate_metrics(self.metrics_path, 0)
-            return None
-        check_state_shapes(
-            self.model.state_dict(),
-            ckpt,
-            "model.* overrides cannot change the shape of a run being resumed; drop them, or "
-            "start a new run in another --out",
-        )
-        missing, unexpected = self.model.load_state_dict(ckpt.model, strict=False)
-        missing = [k for k in missing if not (k == "head.weight" and self.cfg.model.tie_embeddings)]
-        if missing or unexpected:
-            raise ConfigError(
-                f"checkpoint {ckpt.path} does not fit this model (missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}); was model.* changed? Resume without it"
-            )
-        if "torch_cpu" in ckpt.rng:
-            torch.set_rng_state(ckpt.rng["torch_cpu"])
-        if "torch_cuda" in ckpt.rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt.rng["torch_cuda"], self.device)
-        self.start_step = ckpt.step
-        self.tokens_seen = int(ckpt.trainer.get("tokens_seen", 0))
-        if self.start_step >= self.cfg.train.steps:
-            logger.info("%s is at step %d of train.steps=%d", ckpt.path, ckpt.step,
-                        self.cfg.train.steps)  # fmt: skip
-            return ckpt
-        logger.info("resumed from %s (step %d)", ckpt.path, ckpt.step)
-        if self.dist.is_main:
-            set_aside_newer(self.ckpt_dir, ckpt.step)
-            truncate_metrics(self.metrics_path, ckpt.step)
-        return ckpt
-
-    def _load_optimizer(self, state: dict[str, Any], where: Path) -> None:
-        # The config is the truth for hyper-parameters (an optim.lr override on --resume must
-        # act): keep the freshly built groups' settings, take only the state from the file.
-        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        try:
-            if self._fsdp():
-                from torch.distributed.checkpoint.state_dict import (
-                    StateDictOptions,
-                    set_optimizer_state_dict,
-                )
-
-                set_optimizer_state_dict(
-                    self.model,
-                    self.optimizer,
-                    state,
-                    options=StateDictOptions(full_state_dict=True),
-                )
-            else:
-                self.optimizer.load_state_dict(state)
-        except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as e:
-            raise CheckpointError(
-                f"the optimizer state in {where} does not fit optim.name="
-                f"{self.cfg.optim.name} ({str(e)[:200]}); was optim.name changed? Resume with "
-                "the run's optimizer, or start a new run"
-            ) from None
-        for g, f in zip(self.optimizer.param_groups, fresh):
-            g.update(f)
-
     # ------------------------------------------------------------ checkpoint
     def save(self, step: int) -> Path | None:
         """Checkpoint after ``step`` completed steps (rank 0 writes; all ranks take part)."""
-        if self._fsdp():
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                get_model_state_dict,
-                get_optimizer_state_dict,
-            )
-
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            model_sd = get_model_state_dict(self.model, options=opts)
-            optim_sd = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
-        else:
-            model_sd = self.model.state_dict()
-            optim_sd = self.optimizer.state_dict()
-        path = None
-        if self.dist.is_main:
-            rng = {"torch_cpu": torch.get_rng_state()}
-            if self.device.type == "cuda":
-                rng["torch_cuda"] = torch.cuda.get_rng_state(self.device)
-            path = save_checkpoint(
-                self.ckpt_dir,
-                step,
-                model_sd,
-                optim_sd,
-                {"tokens_seen": self.tokens_seen, "params": self.params},
-                rng,
-                keep_last=self.cfg.train.keep_last,
-                config=config_dict(self.cfg),
-            )
-        if self.dist.enabled:
-            torch.distributed.barrier()
-        return path
+        return save_trainer(self, step)
 
     # ------------------------------------------------------------------ eval
     def evaluate_split(self, split: str) -> dict[str, float]:
@@ -432,8 +324,7 @@ class Trainer:
                 factor = lr_factor(
                     step, total, cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio
                 )
-                for g in self.optimizer.param_groups:
-                    g["lr"] = g["initial_lr"] * factor
+                set_lr_factor(self.optimizer, factor)
                 rows = self.sampler.rows(step)[self.dist.rank :: W]
                 batches = [self.sampler.make(rows[j * micro : (j + 1) * micro]) for j in range(A)]
                 if reset:  # mean over the step's real targets, whatever their split over ranks
@@ -455,19 +346,17 @@ class Trainer:
                             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / A
                     loss.backward()
                     loss_sum += loss.detach()
-                if cfg.train.grad_clip > 0:
-                    gnorm = torch.nn.utils.clip_grad_norm_(
-                        self.model.parameters(), cfg.train.grad_clip
-                    )
-                else:
-                    gnorm = _grad_norm(self.model)
                 loss_val = float(all_reduce_mean(loss_sum.detach(), self.dist).item())
-                gnorm_val = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
-                if not (math.isfinite(loss_val) and math.isfinite(gnorm_val)):
-                    self.optimizer.zero_grad(set_to_none=True)  # the bad update is never applied
-                    stop_diverged(self, step, loss_val, gnorm_val, zero_grad_since)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                gnorm_val = finish_step(
+                    self.optimizer,
+                    self.model.parameters(),
+                    step=step,
+                    loss=loss_val,
+                    grad_clip=cfg.train.grad_clip,  # the bad update is never applied
+                    on_diverged=lambda s, lo, gn, dead=zero_grad_since: stop_diverged(
+                        self, s, lo, gn, dead
+                    ),
+                )
                 step += 1
                 self.tokens_seen += B * T
                 dt = time.perf_counter() - t0
@@ -570,8 +459,3 @@ def _sum_over_ranks(n: int, info: DistInfo) -> int:
         t = t.cuda()
     torch.distributed.all_reduce(t)
     return int(t.item())
-
-
-def _grad_norm(model: nn.Module) -> torch.Tensor:
-    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-    return torch.stack(norms).norm() if norms else torch.zeros(())

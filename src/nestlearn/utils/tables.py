@@ -1,4 +1,4 @@
-"""Plain aligned text tables for terminal output (the CLI, scorers and studies share one)."""
+"""Tables, written once: aligned text for the terminal, GitHub markdown for reports."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ def format_table(headers: list[str], rows: list[list[object]]) -> str:
         for r in cells
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured markdown table (text columns left, numbers right)."""
+    align = ["---"] + ["--:"] * (len(headers) - 1)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 

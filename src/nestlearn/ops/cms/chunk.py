@@ -51,6 +51,7 @@ from nestlearn.ops.cms.common import (
     scale,
     scaled_sub,
 )
+from nestlearn.ops.common import compute_dtype
 from nestlearn.ops.compiled import chunk_step
 from nestlearn.ops.recompute import check_recompute_group, recompute_active, run_grouped
 
@@ -118,7 +119,7 @@ def chunk_cms_level(
     group = check_recompute_group(recompute_group)
     if not recompute_active(group, x, w_in, w_out, lr, reset_lr, initial_state):
         group = 0
-    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(x)
     with torch.autocast(device_type=x.device.type, enabled=False):
         y, st = _run(
             x.to(cdt),

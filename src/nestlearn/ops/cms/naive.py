@@ -28,6 +28,7 @@ from nestlearn.ops.cms.common import (
     check_inputs,
     check_retention,
 )
+from nestlearn.ops.common import compute_dtype
 
 __all__ = ["naive_cms_level"]
 
@@ -68,7 +69,7 @@ def naive_cms_level(
     check_inputs(x, w_in, w_out, period, activation, objective, reset_period, initial_state)
     check_retention(retention, reset_period)
     keep = 1.0 - float(retention)
-    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(x)
     B, T, D = x.shape
     with torch.enable_grad(), torch.autocast(device_type=x.device.type, enabled=False):
         xc, wi0, wo0 = x.to(cdt), w_in.to(cdt), w_out.to(cdt)

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from nestlearn.ops.comba.common import check_comba_inputs, compute_dtype
-from nestlearn.ops.delta_rule.chunk import _heads_first, auto_chunk_size
+from nestlearn.ops.common import heads_first
+from nestlearn.ops.delta_rule.chunk import auto_chunk_size
 
 __all__ = ["chunk_comba"]
 
@@ -66,12 +67,12 @@ def chunk_comba(
     C = min(chunk_size, T)
     N = -(-T // C)
     TP = N * C
-    qc = _heads_first(q, TP, cdt).view(B, H, N, C, K) * scale
-    kc = _heads_first(k, TP, cdt).view(B, H, N, C, K)
-    pc = _heads_first(p, TP, cdt).view(B, H, N, C, K)
-    vc = _heads_first(v, TP, cdt).view(B, H, N, C, V)
-    bc = _heads_first(beta, TP, cdt).view(B, H, N, C, 1)
-    G = _heads_first(g, TP, cdt).view(B, H, N, C).cumsum(-1)
+    qc = heads_first(q, TP, cdt).view(B, H, N, C, K) * scale
+    kc = heads_first(k, TP, cdt).view(B, H, N, C, K)
+    pc = heads_first(p, TP, cdt).view(B, H, N, C, K)
+    vc = heads_first(v, TP, cdt).view(B, H, N, C, V)
+    bc = heads_first(beta, TP, cdt).view(B, H, N, C, 1)
+    G = heads_first(g, TP, cdt).view(B, H, N, C).cumsum(-1)
     tril = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     strict = tril.tril(-1)
     # mask before exp: the upper triangle would overflow (gamma_t / gamma_s > 1 for s > t)

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from nestlearn.ops.delta_rule.common import compute_dtype
+from nestlearn.ops.common import (
+    check_chunk_size,
+    check_keys,
+    check_matrix_state,
+    check_not_empty,
+    check_per_token,
+    check_values,
+    compute_dtype,
+)
 
 __all__ = ["check_comba_inputs", "compute_dtype"]
 
@@ -26,23 +34,9 @@ def check_comba_inputs(
     chunk_size: int | None,
 ) -> None:
     """Raise ``ValueError`` naming the bad shape and the expected one."""
-    if q.ndim != 4 or k.shape != q.shape or p.shape != q.shape:
-        raise ValueError(
-            f"q, k and p must all be [B, T, H, K] with equal shapes, got {tuple(q.shape)}, "
-            f"{tuple(k.shape)} and {tuple(p.shape)}"
-        )
-    B, T, H, K = q.shape
-    if v.ndim != 4 or v.shape[:3] != (B, T, H):
-        raise ValueError(f"v must be [B, T, H, V] = [{B}, {T}, {H}, V], got {tuple(v.shape)}")
-    for name, x in (("g", g), ("beta", beta)):
-        if x.shape != (B, T, H):
-            raise ValueError(f"{name} must be [B, T, H] = {(B, T, H)}, got {tuple(x.shape)}")
-    if T == 0:
-        raise ValueError("the sequence is empty (T = 0); pass at least one token")
-    if initial_state is not None and initial_state.shape != (B, H, K, v.shape[-1]):
-        raise ValueError(
-            f"initial_state must be [B, H, K, V] = {(B, H, K, v.shape[-1])}, got "
-            f"{tuple(initial_state.shape)}"
-        )
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}; try 64")
+    B, T, H, K = check_keys(q=q, k=k, p=p)
+    check_values(v, B, T, H)
+    check_per_token((B, T, H), g=g, beta=beta)
+    check_not_empty(T)
+    check_matrix_state(initial_state, B, H, K, v.shape[-1])
+    check_chunk_size(chunk_size, hint=64)

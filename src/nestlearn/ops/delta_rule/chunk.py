@@ -34,23 +34,12 @@ Axis legend: B batch, T tokens, H heads, N chunks, C tokens per chunk, K key dim
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from nestlearn.ops.common import heads_first
 from nestlearn.ops.delta_rule.common import check_delta_inputs, compute_dtype
 
 __all__ = ["chunk_delta_rule", "chunk_gated_delta_rule"]
-
-
-def _heads_first(x: Tensor, TP: int, dtype: torch.dtype) -> Tensor:
-    """``[B, T, H, *rest]`` -> contiguous ``[B, H, TP, *rest]`` in ``dtype``, zero-padded to TP.
-
-    One copy up front, so every per-chunk slice below is a plain strided batch for ``bmm``.
-    """
-    xt = x.to(dtype).transpose(1, 2)
-    if TP > x.shape[1]:
-        xt = F.pad(xt, (0, 0) * (x.ndim - 3) + (0, TP - x.shape[1]))
-    return xt.contiguous()
 
 
 def auto_chunk_size(*tensors: Tensor | None) -> int:
@@ -84,10 +73,10 @@ def _chunk(
     C = min(chunk_size, T)  # a shorter chunk is just as exact and wastes no padding
     N = -(-T // C)
     TP = N * C
-    qc = _heads_first(q, TP, cdt).view(B, H, N, C, K) * scale
-    kc = _heads_first(k, TP, cdt).view(B, H, N, C, K)
-    vc = _heads_first(v, TP, cdt).view(B, H, N, C, V)
-    bc = _heads_first(beta, TP, cdt).view(B, H, N, C, 1)
+    qc = heads_first(q, TP, cdt).view(B, H, N, C, K) * scale
+    kc = heads_first(k, TP, cdt).view(B, H, N, C, K)
+    vc = heads_first(v, TP, cdt).view(B, H, N, C, V)
+    bc = heads_first(beta, TP, cdt).view(B, H, N, C, 1)
     tril = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     strict = tril.tril(-1)
 
@@ -96,7 +85,7 @@ def _chunk(
     A = kb @ kT  # [B, H, N, C, C]: beta_t k_t . k_s
     P = qc @ kT  # [B, H, N, C, C]: q_t . k_s
     if g is not None:
-        G = _heads_first(g, TP, cdt).view(B, H, N, C).cumsum(-1)  # log gamma_t in each chunk
+        G = heads_first(g, TP, cdt).view(B, H, N, C).cumsum(-1)  # log gamma_t in each chunk
         # mask before exp: the upper triangle would overflow (gamma_t / gamma_s > 1 for s > t)
         decay = (G[..., :, None] - G[..., None, :]).masked_fill(~tril, float("-inf")).exp()
         A = A * decay

@@ -27,9 +27,9 @@ Axis legend: G = B * H, n tokens in the current chunk (<= C), o / i a layer's ou
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from nestlearn.ops.common import shift_right
 from nestlearn.ops.nested.common import (
     NestedState,
     activation_fn,
@@ -140,9 +140,7 @@ def _shift(x: Tensor | None, fill: float, matrix: bool) -> Tensor | None:
     """Row ``t`` -> row ``t - 1`` (row 0 = ``fill``): coefficients of ``P_{t-1}`` (read before)."""
     if x is None:
         return None
-    if matrix:
-        return F.pad(x[..., :-1, :], (0, 0, 1, 0), value=fill)
-    return F.pad(x[..., :-1], (1, 0), value=fill)
+    return shift_right(x, -2 if matrix else -1, fill)
 
 
 def _chunk(

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nestlearn.ops.common import check_per_token, check_values
 from nestlearn.ops.nested.spec import MemorySpec
 
 __all__ = [
@@ -318,8 +319,7 @@ def check_nested_inputs(
             f"{tuple(v.shape)}"
         )
     B, T, H, Dk = k.shape
-    if v.shape[:3] != (B, T, H):
-        raise ValueError(f"v must be [B, T, H, Dv] = [{B}, {T}, {H}, Dv], got {tuple(v.shape)}")
+    check_values(v, B, T, H, "Dv")
     spec.layer_shapes(Dk, v.shape[-1])  # raises on Dk != Dv for residual / vector memories
     needs = {
         "lr": True,
@@ -340,8 +340,7 @@ def check_nested_inputs(
             continue
         if need is False or (name == "retain" and spec.retention == "none"):
             raise ValueError(f"{name} was given but {why[name]}")
-        if g.shape != (B, T, H):
-            raise ValueError(f"{name} must be [B, T, H] = {(B, T, H)}, got {tuple(g.shape)}")
+        check_per_token((B, T, H), **{name: g})
     for name, t in (("norm_weight", norm_weight), ("norm_bias", norm_bias)):
         if t is None:
             continue

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from nestlearn.ops.common import compute_dtype
 from nestlearn.ops.delta_rule import chunk_delta_rule
 from nestlearn.ops.nested.chunk import chunk_nested
 from nestlearn.ops.nested.common import NestedState, check_nested_inputs, zeros_state
@@ -135,7 +136,7 @@ def nested_memory(
     check_nested_inputs(*args, norm_weight, norm_bias)
     B, T, H, Dk = k.shape
     if state is None:
-        cdt = torch.float64 if k.dtype == torch.float64 else torch.float32
+        cdt = compute_dtype(k)
         state = zeros_state(spec, B, H, Dk, v.shape[-1], dtype=cdt, device=k.device)
     if op == "titans":
         return _titans(spec, q, k, v, lr, retain, momentum, state)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nestlearn.ops.common import compute_dtype
 from nestlearn.ops.nested.common import (
     NestedState,
     autograd_capable,
@@ -61,7 +62,7 @@ def prepare(
     state tensors ``[G, ...]``, LayerNorm affine ``[G, 1, Dv]``."""
     B, T, H, Dk = k.shape
     Dv = v.shape[-1]
-    cdt = torch.float64 if k.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(k)
     if state is None:
         state = zeros_state(spec, B, H, Dk, Dv, dtype=cdt, device=k.device)
     st = state.to(cdt)

@@ -23,20 +23,12 @@ Axis legend: B batch, T tokens, H heads, N chunks, C tokens per chunk, K key dim
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from nestlearn.ops.common import heads_first
 from nestlearn.ops.retention.common import check_retention_inputs, compute_dtype
 
 __all__ = ["chunk_retention"]
-
-
-def _heads_first(x: Tensor, TP: int, dtype: torch.dtype) -> Tensor:
-    """``[B, T, H, *rest]`` -> contiguous ``[B, H, TP, *rest]`` in ``dtype``, zero-padded to TP."""
-    xt = x.to(dtype).transpose(1, 2)
-    if TP > x.shape[1]:
-        xt = F.pad(xt, (0, 0) * (x.ndim - 3) + (0, TP - x.shape[1]))
-    return xt.contiguous()
 
 
 def chunk_retention(
@@ -87,9 +79,9 @@ def chunk_retention(
     C = min(chunk_size, T)
     N = -(-T // C)
     TP = N * C
-    qc = _heads_first(q, TP, cdt).view(B, H, N, C, K) * scale
-    kc = _heads_first(k, TP, cdt).view(B, H, N, C, K)
-    vc = _heads_first(v, TP, cdt).view(B, H, N, C, V)
+    qc = heads_first(q, TP, cdt).view(B, H, N, C, K) * scale
+    kc = heads_first(k, TP, cdt).view(B, H, N, C, K)
+    vc = heads_first(v, TP, cdt).view(B, H, N, C, V)
     # per-token log-decay, 0 on padding so inert tokens do not decay the final state
     real = torch.arange(TP, device=q.device) < T
     g = gamma.to(cdt).log()[:, None] * real.to(cdt)[None, :]  # [H, TP]

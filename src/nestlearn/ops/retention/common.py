@@ -1,19 +1,24 @@
-"""Input checks and dtype policy shared by the retention ops.
+"""Input checks shared by the retention ops.
+
+The shape rules and the compute-dtype rule themselves are ``nestlearn.ops.common``'s.
 
 Axis legend: B batch, T tokens, H heads, K key dim, V value dim.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
+from nestlearn.ops.common import (
+    check_chunk_size,
+    check_keys,
+    check_matrix_state,
+    check_not_empty,
+    check_values,
+    compute_dtype,
+)
+
 __all__ = ["check_retention_inputs", "compute_dtype"]
-
-
-def compute_dtype(x: Tensor) -> torch.dtype:
-    """float64 for float64 inputs, float32 for everything else."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def check_retention_inputs(
@@ -25,26 +30,12 @@ def check_retention_inputs(
     chunk_size: int | None,
 ) -> None:
     """Raise ``ValueError`` naming the bad shape and the expected one."""
-    if q.ndim != 4 or k.shape != q.shape:
-        raise ValueError(
-            f"q and k must both be [B, T, H, K] with equal shapes, got {tuple(q.shape)} and "
-            f"{tuple(k.shape)}"
-        )
-    B, T, H, K = q.shape
-    if v.ndim != 4 or v.shape[:3] != (B, T, H):
-        raise ValueError(f"v must be [B, T, H, V] = [{B}, {T}, {H}, V], got {tuple(v.shape)}")
+    B, T, H, K = check_keys(q=q, k=k)
+    check_values(v, B, T, H)
     if gamma.shape != (H,):
         raise ValueError(
             f"gamma must hold one decay per head, shape [{H}], got {tuple(gamma.shape)}"
         )
-    if T == 0:
-        raise ValueError("the sequence is empty (T = 0); pass at least one token")
-    if initial_state is not None and initial_state.shape != (B, H, K, v.shape[-1]):
-        raise ValueError(
-            f"initial_state must be [B, H, K, V] = {(B, H, K, v.shape[-1])}, got "
-            f"{tuple(initial_state.shape)}"
-        )
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(
-            f"chunk_size must be a positive integer or None (auto), got {chunk_size}; try 64"
-        )
+    check_not_empty(T)
+    check_matrix_state(initial_state, B, H, K, v.shape[-1])
+    check_chunk_size(chunk_size, hint=64)

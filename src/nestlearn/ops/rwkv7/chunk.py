@@ -27,9 +27,9 @@ G = B * H.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from nestlearn.ops.common import heads_first
 from nestlearn.ops.rwkv7.common import check_dplr_inputs, compute_dtype
 
 __all__ = ["chunk_rwkv7"]
@@ -37,14 +37,6 @@ __all__ = ["chunk_rwkv7"]
 DEFAULT_CHUNK = 32
 """Default chunk size: the fastest forward+backward at T=2048 on the project's CPU
 (``benchmarks/bench_new_baselines.py``); any value gives the same result."""
-
-
-def _heads_first(x: Tensor, TP: int, dtype: torch.dtype) -> Tensor:
-    """``[B, T, H, D]`` -> contiguous ``[B, H, TP, D]`` in ``dtype``, zero-padded to ``TP``."""
-    xt = x.to(dtype).transpose(1, 2)
-    if TP > x.shape[1]:
-        xt = F.pad(xt, (0, 0, 0, TP - x.shape[1]))
-    return xt.contiguous()
 
 
 def chunk_rwkv7(
@@ -91,8 +83,8 @@ def chunk_rwkv7(
     C = min(chunk_size or DEFAULT_CHUNK, T)
     N = -(-T // C)
     TP = N * C
-    rc, wc, kc, ac, bc = (_heads_first(x, TP, cdt).view(B, H, N, C, K) for x in (r, w, k, a, b))
-    vc = _heads_first(v, TP, cdt).view(B, H, N, C, V)
+    rc, wc, kc, ac, bc = (heads_first(x, TP, cdt).view(B, H, N, C, K) for x in (r, w, k, a, b))
+    vc = heads_first(v, TP, cdt).view(B, H, N, C, V)
     if scale != 1.0:
         rc = rc * scale
     G = wc.cumsum(-2)  # [B, H, N, C, K]: log decay from the chunk start through token t

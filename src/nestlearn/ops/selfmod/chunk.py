@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nestlearn.ops.common import compute_dtype
 from nestlearn.ops.compiled import chunk_step
 from nestlearn.ops.recompute import check_recompute_group, recompute_active, run_grouped
 from nestlearn.ops.selfmod.common import (
@@ -96,7 +97,7 @@ def chunk_selfmod_titans(
         group = 0
     B, T = x.shape[:2]
     H, Fd = x.shape[-2:]
-    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(x)
     st = prepare_state(state, momentum is not None, cdt)
     xs, qs, ks, vs = (None if t is None else t.to(cdt) for t in (x, q, k, v))
     assert xs is not None

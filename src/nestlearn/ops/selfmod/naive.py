@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nestlearn.ops.common import compute_dtype
 from nestlearn.ops.selfmod.common import SelfModState, check_selfmod_inputs, prepare_state, project
 from nestlearn.ops.titans import TitansState, memory_forward
 from nestlearn.ops.titans.common import Activation, Optimizer, check_prior
@@ -57,7 +58,7 @@ def naive_selfmod_titans(
     B, T = x.shape[:2]
     H, Fd = x.shape[-2:]
     n = len(names)
-    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(x)
     st = prepare_state(state, momentum is not None, cdt)
     xs, qs, ks, vs = (None if t is None else t.to(cdt) for t in (x, q, k, v))
     assert xs is not None

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nestlearn.ops.common import pad_axis
 from nestlearn.ops.scan import segsum
 from nestlearn.ops.ssd.common import check_inputs, compute_dtype
 
@@ -87,12 +88,8 @@ def chunk_ssd(
 
     cs = min(chunk_size, T)
     K = -(-T // cs)
-    pad = K * cs - T
     # Padding with dt = 0 (decay 1, zero input) and B = C = 0 leaves the state untouched.
-    xp = F.pad(xs, (0, 0, 0, 0, 0, pad))
-    dtp = F.pad(dt.to(cdt), (0, 0, 0, pad))
-    Bp = F.pad(B.to(cdt), (0, 0, 0, 0, 0, pad))
-    Cp = F.pad(C.to(cdt), (0, 0, 0, 0, 0, pad))
+    xp, dtp, Bp, Cp = (pad_axis(t, K * cs) for t in (xs, dt.to(cdt), B.to(cdt), C.to(cdt)))
 
     xdt = (xp * dtp[..., None]).view(b, K, cs, G, R, P).permute(0, 3, 4, 1, 2, 5)  # [B,G,R,K,L,P]
     Bg = Bp.view(b, K, cs, G, N).permute(0, 3, 1, 2, 4)  # [B, G, K, L, N]

@@ -1,4 +1,6 @@
-"""Input checks and dtype policy shared by the SSD ops (naive and chunked).
+"""Input checks shared by the SSD ops (naive and chunked).
+
+The shape rules and the compute-dtype rule themselves are ``nestlearn.ops.common``'s.
 
 Axis legend: B batch, T tokens, H heads, P head dim (channels per head), G groups of heads that
 share ``B``/``C`` (Mamba2's ``ngroups``), N state size (``d_state``).
@@ -6,15 +8,11 @@ share ``B``/``C`` (Mamba2's ``ngroups``), N state size (``d_state``).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
+from nestlearn.ops.common import check_per_token, compute_dtype
+
 __all__ = ["check_inputs", "compute_dtype", "expand_groups"]
-
-
-def compute_dtype(x: Tensor) -> torch.dtype:
-    """float64 for float64 inputs, float32 otherwise (the scan never runs in bf16/fp16)."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def expand_groups(t: Tensor, heads: int) -> Tensor:
@@ -37,8 +35,7 @@ def check_inputs(
     if x.ndim != 4:
         raise ValueError(f"x must be [B, T, H, P], got shape {tuple(x.shape)}")
     b, t, h, p = x.shape
-    if dt.shape != (b, t, h):
-        raise ValueError(f"dt must be [B, T, H] = {(b, t, h)}, got {tuple(dt.shape)}")
+    check_per_token((b, t, h), dt=dt)
     if A.shape != (h,):
         raise ValueError(f"A must be [H] = ({h},), got {tuple(A.shape)}")
     if B.ndim != 4 or B.shape[:2] != (b, t) or B.shape != C.shape:

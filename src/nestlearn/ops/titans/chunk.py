@@ -32,9 +32,9 @@ Dk / Dv key / value dims, o / i a memory layer's output / input dims.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from nestlearn.ops.common import compute_dtype, pad_axis, shift_right
 from nestlearn.ops.recompute import check_recompute_group, recompute_active
 from nestlearn.ops.scan import decay_matrix, exp_flush, log_gate
 from nestlearn.ops.titans.common import (
@@ -124,7 +124,7 @@ def chunk_titans(
     if not recompute_active(group, q, k, v, theta, eta, alpha, initial_state, hidden_prior):
         group = 0
     B, T, H, Dk = k.shape
-    cdt = torch.float64 if k.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(k)
     prior = None if hidden_prior is None else tuple(
         p.to(cdt).reshape(B * H, *p.shape[2:]) for p in hidden_prior[:-1]
     )
@@ -202,10 +202,7 @@ def _to_chunks(x: Tensor, n: int, cl: int, fill: float) -> Tensor:
     """``[B, T, H, *D]`` -> ``[N, G, C, *D]`` (contiguous), padding T at the end with ``fill``."""
     B, T, H = x.shape[:3]
     extra = x.shape[3:]
-    pad = n * cl - T
-    if pad:
-        # pad the T axis (dim 1); F.pad lists pads from the last dim backwards
-        x = F.pad(x, (0, 0) * len(extra) + (0, 0, 0, pad), value=fill)
+    x = pad_axis(x, n * cl, dim=1, value=fill)
     x = x.reshape(B, n, cl, H, *extra)
     perm = (1, 0, 3, 2) + tuple(range(4, 4 + len(extra)))
     return x.permute(*perm).reshape(n, B * H, cl, *extra).contiguous()
@@ -262,10 +259,10 @@ class _Coefs:
         state (``beta = 1``, ``gamma = 0``, no in-chunk writes), so ``cS`` and ``cM`` become
         strictly lower triangular.
         """
-        beta = F.pad(self.beta[..., :-1], (1, 0), value=1.0)
-        gamma = None if self.gamma is None else F.pad(self.gamma[..., :-1], (1, 0), value=0.0)
-        cS = F.pad(self.cS[..., :-1, :], (0, 0, 1, 0), value=0.0)
-        cM = None if self.cM is None else F.pad(self.cM[..., :-1, :], (0, 0, 1, 0), value=0.0)
+        beta = shift_right(self.beta, -1, 1.0)
+        gamma = None if self.gamma is None else shift_right(self.gamma, -1, 0.0)
+        cS = shift_right(self.cS, -2, 0.0)
+        cM = None if self.cM is None else shift_right(self.cM, -2, 0.0)
         return beta, gamma, cS, cM
 
     def shift_reads(self) -> None:

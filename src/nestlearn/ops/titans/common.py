@@ -25,6 +25,8 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from nestlearn.ops.common import check_per_token, check_values
+
 __all__ = [
     "Activation",
     "Optimizer",
@@ -235,11 +237,8 @@ def check_inputs(
     B, T, H, Dk = k.shape
     if q is not None and q.shape != k.shape:
         raise ValueError(f"q must have k's shape {tuple(k.shape)}, got {tuple(q.shape)}")
-    if v.shape[:3] != (B, T, H):
-        raise ValueError(f"v must be [B, T, H, Dv] = [{B}, {T}, {H}, Dv], got {tuple(v.shape)}")
-    for name, g in (("theta", theta), ("eta", eta), ("alpha", alpha)):
-        if g is not None and g.shape != (B, T, H):
-            raise ValueError(f"{name} must be [B, T, H] = [{B}, {T}, {H}], got {tuple(g.shape)}")
+    check_values(v, B, T, H, "Dv")
+    check_per_token((B, T, H), theta=theta, eta=eta, alpha=alpha)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if optimizer not in ("gd", "dgd"):

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.func import grad
 
+from nestlearn.ops.common import compute_dtype
 from nestlearn.ops.titans.common import (
     Activation,
     Optimizer,
@@ -49,7 +50,7 @@ def _prepare(
     alpha: Tensor | None,
     initial_state: TitansState | None,
 ) -> tuple[torch.dtype, list[Tensor | None], TitansState]:
-    cdt = torch.float64 if k.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(k)
     B, T, H, Dk = k.shape
     if initial_state is None:
         initial_state = zeros_state(

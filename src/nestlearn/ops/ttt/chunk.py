@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nestlearn.ops.common import pad_axis
 from nestlearn.ops.ttt.common import (
     TTTState,
     check_inputs,
@@ -122,11 +123,10 @@ def chunk_ttt(
     if rest > 0:
         cl = min(bs, rest)  # one short mini-batch is not padded: decode costs one token
         M = -(-rest // cl)
-        pad = M * cl - rest
 
         def blocks(x: Tensor) -> Tensor:  # [G, rest, *] -> [G, M, L, *], zero padded
             x = x[:, head:]
-            x = F.pad(x, (0, 0) * (x.ndim - 2) + (0, pad))
+            x = pad_axis(x, M * cl)
             return x.reshape(G, M, cl, *x.shape[2:])
 
         # Padded tokens have eta = 0: they move no weight, and their reads are cropped.

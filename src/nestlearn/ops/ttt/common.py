@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nestlearn.ops.common import check_per_token, compute_dtype
+
 __all__ = [
     "TTTState",
     "check_inputs",
@@ -69,11 +71,6 @@ class TTTState(NamedTuple):
         """Cast every tensor to ``dtype`` (differentiable)."""
         anchor = None if self.anchor is None else tuple(t.to(dtype) for t in self.anchor)
         return TTTState(tuple(t.to(dtype) for t in self.weights), anchor, self.offset)
-
-
-def compute_dtype(x: Tensor) -> torch.dtype:
-    """float64 for float64 inputs, float32 otherwise (inner loops never run in bf16/fp16)."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -141,8 +138,7 @@ def check_inputs(
             f"{tuple(v.shape)}"
         )
     b, t, h, f = q.shape
-    if eta.shape != (b, t, h):
-        raise ValueError(f"eta must be [B, T, H] = {(b, t, h)}, got {tuple(eta.shape)}")
+    check_per_token((b, t, h), eta=eta)
     if ln_weight.shape != (h, f) or ln_bias.shape != (h, f):
         raise ValueError(
             f"ln_weight and ln_bias must be [H, F] = {(h, f)}, got {tuple(ln_weight.shape)} "

@@ -36,7 +36,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -44,11 +44,12 @@ import torch.nn.functional as F
 
 from nestlearn.data.corpus import corpus_documents, split_documents
 from nestlearn.data.tokenizers import get_tokenizer
-from nestlearn.memory.cms import attach_outer_schedule
 from nestlearn.models import PRESETS, ModelConfig, build_model, preset_config
 from nestlearn.optim import build_optimizer
 from nestlearn.optim.config import OptimConfig
+from nestlearn.studies.continual.domains_report import plot_domains, row_labels, write_markdown
 from nestlearn.train.batches import ArrayTokens, batch_starts, make_batch
+from nestlearn.train.loop import fit_steps, prepare_optimizer
 from nestlearn.train.validation import evaluate_lm, token_byte_lengths
 
 logger = logging.getLogger(__name__)
@@ -215,8 +216,7 @@ def _train_model(
     t_model = time.perf_counter()
     torch.manual_seed(seed)
     model = build_model(cfg, seed=seed)
-    opt = build_optimizer(model, OptimConfig(name="adamw", lr=lr))
-    attach_outer_schedule(model, opt)  # cms.mode=outer (docs/cms.md)
+    opt = prepare_optimizer(model, build_optimizer(model, OptimConfig(name="adamw", lr=lr)))
     total = steps_per_phase * len(domains)
     warm = warmup_steps(total)
     ev_kw = {"seq_len": seq_len, "batch_size": batch_size, "token_bytes": token_bytes}
@@ -230,27 +230,17 @@ def _train_model(
     step = 0
     for k, domain in enumerate(domains, start=1):
         src = train[domain]
-        model.train()
         t0 = time.perf_counter()
-        phase_losses = []
-        for _ in range(steps_per_phase):
-            factor = min(1.0, (step + 1) / warm)
-            for g in opt.param_groups:
-                g["lr"] = lr * factor
-            x, y = make_batch(src, batch_starts(len(src), seq_len, batch_size, seed, step), seq_len)
-            logits, _ = model(x)  # logits [B, T, V]
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            value = float(loss.detach())
-            step += 1
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"{name}: loss is {value} at step {step} ({domain}); lower lr"
-                )
-            phase_losses.append(value)
+        batches = (
+            make_batch(src, batch_starts(len(src), seq_len, batch_size, seed, s), seq_len)
+            for s in range(step, step + steps_per_phase)
+        )
+        phase_losses, _ = fit_steps(
+            model, opt, batches, functools.partial(lm_loss, model=model), start=step,
+            steps=steps_per_phase, lr_factor=lambda s: min(1.0, (s + 1) / warm), grad_clip=GRAD_CLIP,
+            on_diverged=_diverged(name, domain),
+        )  # fmt: skip
+        step += steps_per_phase
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         rows.append(_evaluate_all(model, held_out, **ev_kw))
@@ -286,6 +276,19 @@ def _train_model(
     }
 
 
+def lm_loss(x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    logits, _ = model(x)  # logits [B, T, V]
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+
+def _diverged(name: str, domain: str) -> Callable[[int, float, float], NoReturn]:
+    def raise_(step: int, loss: float, gnorm: float) -> NoReturn:
+        what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {gnorm}"
+        raise FloatingPointError(f"{name}: {what} at step {step + 1} ({domain}); lower lr")
+
+    return raise_
+
+
 def _bpb_line(row: Mapping[str, Mapping[str, float]]) -> str:
     return ", ".join(f"{d} {v['bpb']:.3f}" for d, v in row.items())
 
@@ -307,106 +310,6 @@ def summarize(
         out[f"forgetting_{key}_by_domain"] = per
         out[f"forgetting_{key}"] = float(np.mean(list(per.values()))) if per else None
     return out
-
-
-# ----------------------------------------------------------------------------- reports
-def row_labels(domains: Sequence[str]) -> list[str]:
-    """``["before training", "after phase 1 (austen)", ...]``."""
-    return ["before training"] + [f"after phase {k} ({d})" for k, d in enumerate(domains, 1)]
-
-
-def _fmt(v: float | None, digits: int = 2) -> str:
-    return "n/a" if v is None else f"{v:+.{digits}f}"
-
-
-def write_markdown(result: Mapping[str, Any], path: str | Path) -> Path:
-    """``domains.md``: protocol line, summary table, one perplexity table per model."""
-    c = result["config"]
-    domains = c["domains"]
-    lines = [
-        "# Domain-stream forgetting",
-        "",
-        f"Tiny models trained from scratch on {' -> '.join(domains)}, {c['steps_per_phase']} "
-        f"steps of {c['batch_size']} x {c['seq_len']} tokens per phase ({c['tokenizer']} "
-        f"tokenizer), AdamW lr {c['lr']:g} (warm-up {c['warmup_steps']} step(s), then constant, "
-        f"optimizer kept across phases), seed {c['seed']}, {c['threads']} thread(s). Held-out: "
-        f"{c['eval_windows']} windows of {c['seq_len']} tokens spread over each domain's test "
-        f"documents. Wall time {result['wall_time_s']:.0f} s.",
-        "",
-        "## Summary",
-        "",
-        "Final = mean over domains after the last phase. Forgetting = mean over earlier domains "
-        "of (final - value right after that domain's own phase); positive = forgotten.",
-        "",
-        "| model | params | final ppl | forgetting (ppl) | final bits/byte "
-        "| forgetting (bits/byte) | train s | eval s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, m in result["models"].items():
-        s, w = m["summary"], m["wall_time_s"]
-        lines.append(
-            f"| {name} | {m['params'] / 1e6:.2f}M | {s['final_ppl_mean']:.2f} "
-            f"| {_fmt(s['forgetting_ppl'])} | {s['final_bpb_mean']:.3f} "
-            f"| {_fmt(s['forgetting_bpb'], 3)} | {w['train']:.0f} | {w['eval']:.0f} |"
-        )
-    labels = row_labels(domains)
-    for name, m in result["models"].items():
-        lines += [
-            "",
-            f"## {name}",
-            "",
-            "Held-out perplexity; rows: when measured, columns: held-out domain (bold: the "
-            "domain of the phase just trained).",
-            "",
-            "| measured | " + " | ".join(domains) + " |",
-            "|---|" + "---:|" * len(domains),
-        ]
-        for r, label in enumerate(labels):
-            cells = []
-            for j, v in enumerate(m["ppl"][r]):
-                cell = f"{v:.2f}"
-                cells.append(f"**{cell}**" if r > 0 and j == r - 1 else cell)
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def plot_domains(result: Mapping[str, Any], path: str | Path) -> Path:
-    """``domains.png``: one panel per held-out domain, x = phase, y = bits/byte, line per model.
-
-    The before-training row (about 8.1 bits/byte for every model) would squash the curves, so it
-    is left off the axes and quoted in each panel's title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    domains = result["config"]["domains"]
-    xs = list(range(1, len(domains) + 1))
-    ticks = [f"{k}\n{d}" for k, d in enumerate(domains, 1)]
-    fig, axes = plt.subplots(
-        1, len(domains), figsize=(4.0 * len(domains) + 0.5, 3.8), dpi=120, squeeze=False
-    )
-    for j, (ax, d) in enumerate(zip(axes[0], domains)):
-        ax.axvspan(j + 0.5, j + 1.5, color="0.9", zorder=0)  # the phase that trains on d
-        init = [m["bpb"][0][j] for m in result["models"].values()]
-        for name, m in result["models"].items():
-            ax.plot(xs, [row[j] for row in m["bpb"][1:]], marker="o", label=name)
-        ax.set_xticks(xs, ticks)
-        ax.set_xlim(0.5, len(domains) + 0.5)
-        ax.set_title(f"held-out {d}\n(before training: {min(init):.2f}-{max(init):.2f})")
-        ax.set_xlabel("after phase")
-        if j == 0:
-            ax.set_ylabel("bits per byte")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def _write(result: dict[str, Any], out: Path) -> None:

@@ -62,7 +62,7 @@ def write_report(results: Sequence[CILResult], out: str | Path) -> Path:
         for r in rs:
             md.append(f"| {r.method} | " + " | ".join(_pct(a) for a in r.acc) + " |")
         md += ["", f"![{bench}]({png.name})", ""]
-    from nestlearn.data.prepare import atomic_write_bytes
+    from nestlearn.utils.files import atomic_write_bytes
 
     path = out / "class_incremental.md"
     atomic_write_bytes(path, "\n".join(md).encode("utf-8"))

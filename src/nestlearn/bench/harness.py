@@ -1,32 +1,8 @@
-"""Benchmark harness: throughput, memory and MFU of model families, measured in one process.
-
-Axis legend: B batch, T sequence length, V vocabulary, C decode context length.
-
-``nestlearn bench`` (its flags and output: :mod:`nestlearn.cli.bench`) and
-``benchmarks/bench_models.py`` measure, for each ``--model``, in this order and in one process:
-
-1. the machine's matmul peak (square ``n x n`` matmuls in the run's dtype, best of a few; at
-   the default float32 this is the fp32 peak), once per run and shared by every model;
-2. training throughput: forward + cross-entropy + backward + AdamW step on ``[B, T]`` random
-   tokens, median step time after warm-up;
-3. forward-only throughput (``torch.no_grad``), median after warm-up;
-4. decode throughput at each context length ``C`` where the family supports decoding: prefill
-   ``C`` tokens into a fresh state, then time single-token steps, median after warm-up;
-5. peak memory over steps 2-4 (CPU: the process's peak RSS, ``VmHWM``, reset per model via
-   ``/proc/self/clear_refs``; CUDA: ``torch.cuda.max_memory_allocated``).
-
-``flops_per_token`` is :meth:`LanguageModel.flops_per_token` at ``T``: *training* FLOPs per
-token (3 x forward, matmuls and attention only), so ``gflops = train_tokens_per_s *
-flops_per_token / 1e9`` is the achieved rate of the train measurement and
-``mfu = gflops / peak_gflops``. Ratios (``*_vs_first``) divide by the first model listed.
-Timings are only compared within one run; nothing here asserts on absolute time.
-"""
+"""The measurements of ``nestlearn bench`` (the package docstring lists them, in order)."""
 
 from __future__ import annotations
 
-import ast
 import contextlib
-import copy
 import gc
 import logging
 import math
@@ -35,14 +11,14 @@ import re
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from nestlearn.bench.spec import resolve_config
 from nestlearn.memory.cms import attach_outer_schedule
-from nestlearn.models import FAMILIES, PRESETS, ModelConfig, build_model
+from nestlearn.models import FAMILIES, ModelConfig, build_model
 from nestlearn.models.compiling import compile_model
 from nestlearn.ops import compiled
 from nestlearn.optim.build import build_optimizer
@@ -70,106 +46,11 @@ RATIO_FIELDS: dict[str, str] = {
     "decode_vs_first": "decode_tokens_per_s",
 }
 
-DEFAULT_DIM, DEFAULT_LAYERS, DEFAULT_VOCAB = 256, 4, 256
 PREFILL_SEGMENT = 2048
 """Prefill is fed in segments of at most this many tokens (a power of two, so segments stay
 aligned with any power-of-two memory chunk size) to bound the logits' memory at long context."""
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-# ------------------------------------------------------------------- model specs
-def _parse_value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """Split ``"name"`` or ``"name:key=value,key=value"`` into ``(name, overrides)``.
-
-    ``name`` is a family (``FAMILIES``) or a preset (``PRESETS``). Values are read as Python
-    literals (ints, floats, ``true``/``false``/``none``), otherwise kept as strings.
-    """
-    name, _, rest = spec.partition(":")
-    name = name.strip()
-    if name not in FAMILIES and name not in PRESETS:
-        raise ValueError(
-            f"unknown --model {name!r}; choose a family ({', '.join(sorted(FAMILIES))}) "
-            f"or a preset ({', '.join(sorted(PRESETS))}), optionally with ':key=value,...'"
-        )
-    overrides: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"bad option {item!r} in --model {spec!r}; write key=value")
-        overrides[key.strip()] = _parse_value(value.strip())
-    return name, overrides
-
-
-def resolve_config(
-    spec: str | ModelConfig,
-    *,
-    dim: int | None = None,
-    layers: int | None = None,
-    vocab: int | None = None,
-    max_seq_len: int = 512,
-    naive: bool = False,
-) -> tuple[ModelConfig, bool]:
-    """The :class:`ModelConfig` a model spec names, and whether ``naive`` was applied.
-
-    Precedence, lowest first: bench defaults (d=256, 4 layers, vocab 256) or the preset's own
-    shape; then ``dim``/``layers``/``vocab`` when given; then the spec's ``key=value`` options
-    (:class:`ModelConfig` fields; any other key goes into ``mixer``). ``n_heads`` defaults to
-    ``max(1, dim // 64)``. ``max_seq_len`` is raised to at least the given value.
-    """
-    if isinstance(spec, ModelConfig):
-        cfg = copy.deepcopy(spec)
-        cfg.max_seq_len = max(cfg.max_seq_len, max_seq_len)
-        base = cfg.to_dict()
-        overrides: dict[str, Any] = {}
-    else:
-        name, overrides = parse_model_spec(spec)
-        if name in FAMILIES:
-            base = {"family": name, "vocab_size": DEFAULT_VOCAB, "dim": DEFAULT_DIM,
-                    "n_layers": DEFAULT_LAYERS}  # fmt: skip
-        else:
-            base = copy.deepcopy(PRESETS[name])
-            if not base.get("vocab_size"):
-                base["vocab_size"] = DEFAULT_VOCAB
-        if dim is not None and dim != base.get("dim"):
-            base["dim"] = dim
-            base.pop("n_heads", None)  # a preset's head count may not divide the new width
-            base.pop("n_kv_heads", None)
-        if layers is not None:
-            base["n_layers"] = layers
-        if vocab is not None:
-            base["vocab_size"] = vocab
-        base.setdefault("n_heads", max(1, base["dim"] // 64))
-    known = {f.name for f in fields(ModelConfig)}
-    mixer = dict(base.get("mixer") or {})
-    for key, value in overrides.items():
-        if key in known:
-            base[key] = value
-        else:
-            mixer[key] = value
-    base["max_seq_len"] = max(int(base.get("max_seq_len", 0)), max_seq_len)
-    family = base.get("family", "transformer")
-    applied = False
-    if naive:
-        if getattr(FAMILIES.get(family), "supports_naive", False):
-            mixer["naive"] = True
-            applied = True
-        else:
-            logger.warning("family %r does not declare supports_naive; --naive ignored", family)
-    base["mixer"] = mixer
-    return ModelConfig(**base), applied
 
 
 # ----------------------------------------------------------------- measurements
@@ -523,6 +404,3 @@ def bench_models(
         for m in models
     ]
     return add_ratios(records)
-
-
-# -------------------------------------------------------------------------- CLI
