@@ -16,7 +16,9 @@ def test_split_sizes_classes_and_standardisation() -> None:
     d = load_digits_split(seed=0)
     sizes = [len(d.y_train), len(d.y_val), len(d.y_test)]
     assert sum(sizes) == 1797
-    assert sizes[2] == pytest.approx(0.2 * 1797, abs=10) and sizes[1] == pytest.approx(0.15 * 1797, abs=10)
+    assert sizes[2] == pytest.approx(0.2 * 1797, abs=10) and sizes[1] == pytest.approx(
+        0.15 * 1797, abs=10
+    )
     for x, y in ((d.x_train, d.y_train), (d.x_val, d.y_val), (d.x_test, d.y_test)):
         assert x.dtype == torch.float32 and y.dtype == torch.int64
         assert x.shape == (len(y), 8, 8)
@@ -25,7 +27,9 @@ def test_split_sizes_classes_and_standardisation() -> None:
         assert counts.min() > 0 and (counts / len(y) - 0.1).abs().max() < 0.02
         assert len(set(y[:20].tolist())) > 3  # shuffled across classes, not sorted by label
     # standardised with the training split's statistics
-    assert abs(d.x_train.mean().item()) < 1e-5 and d.x_train.std().item() == pytest.approx(1, abs=1e-3)
+    assert abs(d.x_train.mean().item()) < 1e-5 and d.x_train.std().item() == pytest.approx(
+        1, abs=1e-3
+    )
 
 
 def test_same_seed_same_split_other_seed_other_split() -> None:

@@ -32,7 +32,9 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
     try:
         vals = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise UsageError(f"{what} must be comma-separated numbers such as 1e-3,3e-3, got {text!r}") from None
+        raise UsageError(
+            f"{what} must be comma-separated numbers such as 1e-3,3e-3, got {text!r}"
+        ) from None
     if not vals:
         raise UsageError(f"{what} is empty; give comma-separated numbers such as 1e-3,3e-3")
     return vals
@@ -48,18 +50,18 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lrs-for", action="append", default=[], metavar="OPT=LR,LR",
                    help="grid for one optimizer (repeatable), e.g. m3=1e-2,3e-2")  # fmt: skip
     p.add_argument("--seeds", type=int, default=3, help="seeds at the chosen lr (default 3)")
-    p.add_argument("--steps", type=int, default=500, help="optimizer steps per run (default 500)")
+    p.add_argument("--steps", type=int, default=400, help="optimizer steps per run (default 400)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
-    p.add_argument("--eval-every", type=int, default=25,
-                   help="steps between points of the curves (default 25)")  # fmt: skip
+    p.add_argument("--eval-every", type=int, default=20,
+                   help="steps between points of the curves (default 20)")  # fmt: skip
     p.add_argument("--warmup", type=int, default=None,
                    help="linear warm-up steps (default 5%% of --steps)")  # fmt: skip
     p.add_argument("--weight-decay", type=float, default=0.05, help="decoupled (default 0.05)")
     p.add_argument("--fallback-lr", type=float, default=None,
                    help="lr of Muon's and M3's AdamW fallback (embeddings, head, vectors); "
                         "default: the optimizer's own lr")  # fmt: skip
-    p.add_argument("--m3-slow-every", type=int, default=25,
-                   help="M3's slow-momentum period f in steps (default 25)")  # fmt: skip
+    p.add_argument("--m3-slow-every", type=int, default=20,
+                   help="M3's slow-momentum period f in steps (default 20)")  # fmt: skip
     p.add_argument("--m3-alpha", type=float, default=0.5, help="M3's slow weight (default 0.5)")
     p.add_argument("--ns-dtype", default="float32",
                    choices=["auto", "param", "bfloat16", "float32", "float64"],

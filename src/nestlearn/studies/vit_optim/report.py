@@ -93,12 +93,12 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["| optimizer | " + " | ".join(["lr: val loss (test acc %)"]) + " |", "|---|---|"]
     for name, o in results["optimizers"].items():
         cells = []
-        for lr, r in sorted(o["grid"].items(), key=lambda kv: float(kv[0])):
-            f = r["final"]
+        for r in sorted(o["grid"], key=lambda r: r["lr"]):
+            f, lr = r["final"], r["lr"]
             v = ("diverged" if r.get("diverged") is not None
                  else f"{f['val_loss']:.4f} ({100 * f['test_acc']:.1f})")  # fmt: skip
-            mark = "**" if float(lr) == o["lr"] else ""
-            cells.append(f"{mark}{float(lr):g}: {v}{mark}")
+            mark = "**" if lr == o["lr"] else ""
+            cells.append(f"{mark}{lr:g}: {v}{mark}")
         lines.append(f"| {LABELS.get(name, name)} | " + ", ".join(cells) + " |")
     timing = results.get("timing") or []
     if timing:

@@ -83,7 +83,9 @@ class StudySettings:
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.timing_steps < 0:
-            raise ValueError(f"timing-steps must be >= 0 (0 skips the timing), got {self.timing_steps}")
+            raise ValueError(
+                f"timing-steps must be >= 0 (0 skips the timing), got {self.timing_steps}"
+            )
         for w in self.timing_widths:
             if w < 1 or w % self.train.vit.heads:
                 raise ValueError(
@@ -192,7 +194,8 @@ def run_study(
         grid_runs = {lr: cell(name, lr, 0) for lr in s.grid(name)}
         chosen, edge = select_lr({lr: r["final"]["val_loss"] for lr, r in grid_runs.items()})
         runs = [grid_runs[chosen]] + [cell(name, chosen, k) for k in range(1, s.seeds)]
-        per_opt[name] = {"grid": grid_runs, "lr": chosen, "lr_on_edge": edge, "runs": runs}
+        per_opt[name] = {"grid": list(grid_runs.values()), "lr": chosen, "lr_on_edge": edge,
+                         "runs": runs}  # fmt: skip
         say(f"{name}: lr {chosen:g} chosen on validation loss" + (" (grid edge)" if edge else ""))
     timing = _timing(s, out, data, reuse, say)
     results = {"settings": _settings_dict(s), "data": _data_info(data),
@@ -222,7 +225,9 @@ def _timing(s: StudySettings, out: Path, data, reuse: bool, say: Event) -> list[
         row = time_optimizer_steps(vit, list(s.optimizers), s.train, steps=s.timing_steps,
                                    batch=x, labels=y)  # fmt: skip
         ms = ", ".join(f"{n} {t:.2f} ms" for n, t in row["step_ms"].items())
-        say(f"timing width {w}: optimizer.step() median {ms}; forward+backward {row['fwd_bwd_ms']:.1f} ms")
+        say(
+            f"timing width {w}: optimizer.step() median {ms}; forward+backward {row['fwd_bwd_ms']:.1f} ms"
+        )
         rows.append(row)
     write_text_atomic(path, json.dumps({"plan": plan, "timing": rows}, indent=1) + "\n")
     return rows

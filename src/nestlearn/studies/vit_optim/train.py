@@ -43,13 +43,13 @@ class TrainSettings:
 
     vit: ViTConfig = field(default_factory=ViTConfig)
     """The model."""
-    steps: int = 500
+    steps: int = 400
     """Optimizer steps per run."""
     batch_size: int = 32
     """Training images per step (drawn without replacement within an epoch)."""
-    eval_every: int = 25
+    eval_every: int = 20
     """Steps between evaluation points of the curves (the last step is always one)."""
-    warmup: int = 25
+    warmup: int = 20
     """Linear warm-up steps; then cosine decay to ``min_lr_ratio`` of the peak."""
     min_lr_ratio: float = 0.1
     """Learning rate at the last step as a fraction of the peak."""
@@ -59,7 +59,7 @@ class TrainSettings:
     fallback_lr: float | None = None
     """Learning rate of Muon's and M3's AdamW fallback (patch projection, positions, class
     token, classifier, norms, biases); ``None`` = the cell's own learning rate."""
-    m3_slow_every: int = 25
+    m3_slow_every: int = 20
     """M3's slow-momentum period f (steps)."""
     m3_alpha: float = 0.5
     """M3's weight of the slow momentum's output."""
@@ -69,7 +69,9 @@ class TrainSettings:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "m3_slow_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(
+                    f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
         if not 0 <= self.warmup < self.steps:
             raise ValueError(f"warmup must be in [0, steps={self.steps}), got {self.warmup}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -92,7 +94,9 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """The optimizer ``name`` (one of :data:`METHODS`) at peak learning rate ``lr``."""
     if name not in METHODS:
-        raise ValueError(f"optimizer {name!r} is not in this study; choose from {', '.join(METHODS)}")
+        raise ValueError(
+            f"optimizer {name!r} is not in this study; choose from {', '.join(METHODS)}"
+        )
     if name == "adamw":
         cfg = OptimConfig(name="adamw", lr=lr, weight_decay=s.weight_decay)
     else:
