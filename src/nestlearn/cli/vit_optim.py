@@ -46,7 +46,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizers", default="adamw,muon,m3", metavar="A,B",
                    help="which of adamw, muon, m3 (default all three)")  # fmt: skip
     p.add_argument("--lrs", default=None, metavar="LR,LR",
-                   help="learning-rate grid for every optimizer (default 1e-3,3e-3,1e-2,3e-2)")  # fmt: skip
+                   help="learning-rate grid for every optimizer (default 1e-3,3e-3,1e-2,3e-2,1e-1)")  # fmt: skip
     p.add_argument("--lrs-for", action="append", default=[], metavar="OPT=LR,LR",
                    help="grid for one optimizer (repeatable), e.g. m3=1e-2,3e-2")  # fmt: skip
     p.add_argument("--seeds", type=int, default=3, help="seeds at the chosen lr (default 3)")
@@ -75,8 +75,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", default="cls", choices=["cls", "mean"], help="default cls")
     p.add_argument("--timing-widths", default=None, metavar="W,W",
                    help="widths at which optimizer.step() is timed (default: --dim and 4x --dim)")  # fmt: skip
-    p.add_argument("--timing-steps", type=int, default=40,
-                   help="timed rounds per width (default 40; 0 skips the timing)")  # fmt: skip
+    p.add_argument("--timing-steps", type=int, default=100,
+                   help="timed rounds per width (default 100; 0 skips the timing)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: one per core other processes leave free)")  # fmt: skip
     p.add_argument("--rerun", action="store_true", help="train every run again")

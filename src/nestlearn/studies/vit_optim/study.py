@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_GRID", "CellStore", "StudySettings", "run_study", "select_lr
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
+DEFAULT_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 """Learning rates tried per optimizer (Muon and M3 use Muon's ``match_rms_adamw`` shape factor,
 so their matrix steps have AdamW's RMS and the same grid fits all three)."""
 
@@ -61,7 +61,7 @@ class StudySettings:
     """Seed of the train / validation / test split (fixed across cells)."""
     timing_widths: tuple[int, ...] = (64, 256)
     """Model widths at which the optimizer step is timed (same depth and heads)."""
-    timing_steps: int = 40
+    timing_steps: int = 100
     """Timed rounds per width."""
 
     def __post_init__(self) -> None:
