@@ -197,6 +197,11 @@ def test_resume_reuses_finished_cells_and_redoes_broken_ones(tmp_path: Path, mon
     run_study(s, tmp_path)
     assert sorted(trained) == sorted([("muon", chosen, 1), ("adamw", 1e-3, 0), ("adamw", 1e-2, 0)])
 
+    # more timed rounds: the timing is measured again, the cells are reused
+    trained.clear()
+    more = run_study(replace(s, timing_steps=3), tmp_path)
+    assert trained == [] and more["timing"][0]["steps"] == 3 and first["timing"][0]["steps"] == 2
+
     # other settings: every cell is trained again (its stored plan no longer matches)
     trained.clear()
     run_study(replace(s, train=replace(TINY, steps=7)), tmp_path)

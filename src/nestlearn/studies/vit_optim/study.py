@@ -208,8 +208,9 @@ def _timing(s: StudySettings, out: Path, data, reuse: bool, say: Event) -> list[
     if s.timing_steps == 0:
         return []
     path = out / "timing.json"
-    plan = {"optimizers": list(s.optimizers), "widths": list(s.timing_widths),
-            "steps": s.timing_steps, **s.train.to_dict()}  # fmt: skip
+    # the training settings first: their own "steps" must not hide the timed rounds
+    plan = {**s.train.to_dict(), "optimizers": list(s.optimizers),
+            "widths": list(s.timing_widths), "timing_steps": s.timing_steps}  # fmt: skip
     if reuse and path.exists():
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
