@@ -100,7 +100,7 @@ def settings_from_args(args: argparse.Namespace):  # noqa: ANN201
     try:
         vit = ViTConfig(patch=args.patch, dim=args.dim, depth=args.depth, heads=args.heads,
                         pool=args.pool)  # fmt: skip
-        warmup = args.warmup if args.warmup is not None else max(1, args.steps // 20)
+        warmup = args.warmup if args.warmup is not None else args.steps // 20
         train = TrainSettings(
             vit=vit, steps=args.steps, batch_size=args.batch_size, eval_every=args.eval_every,
             warmup=warmup, weight_decay=args.weight_decay, fallback_lr=args.fallback_lr,

@@ -154,7 +154,6 @@ def train_cell(
     A non-finite training loss stops the run before the bad update: ``diverged`` gives the step
     and the final losses are ``inf``.
     """
-    torch.manual_seed(seed)  # nothing random is left to the global generator; belt and braces
     model = TinyViT(s.vit).init_weights(seed)
     opt = make_optimizer(model, name, lr, s)
     order = batch_order(len(data.y_train), s.steps, s.batch_size, seed + 1_000_003)
