@@ -64,9 +64,7 @@ class LSTMMixer(nn.Module):
         """A fresh state (zeros)."""
         return LSTMState(None, None)
 
-    def forward(
-        self, x: Tensor, *, state: LSTMState | None = None
-    ) -> tuple[Tensor, LSTMState | None]:
+    def forward(self, x: Tensor, *, state: LSTMState | None = None) -> tuple[Tensor, LSTMState | None]:
         """``x: [B, T, D] -> y: [B, T, D]``; with ``state`` continue that sequence."""
         hc = None
         if state is not None and state.h is not None and state.c is not None:

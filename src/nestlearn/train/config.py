@@ -143,14 +143,8 @@ class RunConfig:
         for key in ("steps", "grad_accum", "log_every", "keep_last"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
-        for key in (
-            "eval_every",
-            "ckpt_every",
-            "eval_tokens",
-            "threads",
-            "dead_grad_steps",
-            "mmap_threshold_kb",
-        ):
+        for key in ("eval_every", "ckpt_every", "eval_tokens", "threads", "dead_grad_steps",
+                    "mmap_threshold_kb"):
             if getattr(self, key) < 0:
                 raise ValueError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if self.grad_clip < 0:

@@ -139,10 +139,8 @@ class HopeAttentionOptions:
     def from_mapping(cls, opts: dict[str, Any]) -> HopeAttentionOptions:
         out = _from_mapping(cls, "hope-attention", opts)
         cms = CMSConfig.from_dict(out.cms)
-        if (
-            out.recompute_group
-            and "recompute_group" in opts
-            and not (cms.enabled and cms.mode == "in_context")
+        if out.recompute_group and "recompute_group" in opts and not (
+            cms.enabled and cms.mode == "in_context"
         ):
             raise ValueError(
                 f"model.mixer.recompute_group={out.recompute_group} acts on hope-attention's "

@@ -132,10 +132,8 @@ def chunk_titans(
         group = 0
     B, T, H, Dk = k.shape
     cdt = torch.float64 if k.dtype == torch.float64 else torch.float32
-    prior = (
-        None
-        if hidden_prior is None
-        else tuple(p.to(cdt).reshape(B * H, *p.shape[2:]) for p in hidden_prior[:-1])
+    prior = None if hidden_prior is None else tuple(
+        p.to(cdt).reshape(B * H, *p.shape[2:]) for p in hidden_prior[:-1]
     )
     if initial_state is None:
         initial_state = zeros_state(
@@ -353,21 +351,8 @@ def _segment(
         Y, Wn, Sn, Wl = _linear_chunks(Q, K, V, co, Wg, Sg, Ag, activation, group)
     else:
         Y, Wn, Sn, Wl = _mlp_chunks(
-            Q,
-            K,
-            V,
-            co,
-            Wg,
-            Sg,
-            Ag,
-            activation,
-            self_target,
-            hidden_chunk,
-            complete_last,
-            pre,
-            chunk_size,
-            prior,
-            group,
+            Q, K, V, co, Wg, Sg, Ag, activation, self_target, hidden_chunk, complete_last, pre,
+            chunk_size, prior, group,
         )
 
     def back(ts: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -548,7 +533,9 @@ def _linear_exact_chunks(
             if mom:
                 assert Sc is not None
                 base = torch.baddbmm(base, ggs[c] * Kc, Sc.mT)
-            P = torch.linalg.solve_triangular(Mx[c], base + R2[c], upper=False, unitriangular=True)
+            P = torch.linalg.solve_triangular(
+                Mx[c], base + R2[c], upper=False, unitriangular=True
+            )
             D = nrms[c] * 2.0 * (P - Vc)  # the normalised gradient rows
             Ds.append(D)
             Ps.append(P)
@@ -557,7 +544,9 @@ def _linear_exact_chunks(
                 g = torch.addcmul(g, cMe[c], P)
             if mom:
                 assert Sc is not None
-                newW = torch.baddbmm(torch.addcmul(bCs[c] * Wc, gCs[c], Sc), g.mT, Kc, alpha=-1.0)
+                newW = torch.baddbmm(
+                    torch.addcmul(bCs[c] * Wc, gCs[c], Sc), g.mT, Kc, alpha=-1.0
+                )
                 Sc = torch.baddbmm(hCs[c] * Sc, (wSe[c] * D).mT, Kc, alpha=-1.0)
             else:
                 newW = torch.baddbmm(bCs[c] * Wc, g.mT, Kc, alpha=-1.0)
@@ -575,7 +564,9 @@ def _linear_exact_chunks(
             Y = Y + gQ_g[k] @ S0s.mT
         return (Y, starts[-1][0]), (Wc, Sc)
 
-    outs, (Wc, Sc) = run_grouped(N, group, chunk_range, (W[0], S[0] if S is not None else None))
+    outs, (Wc, Sc) = run_grouped(
+        N, group, chunk_range, (W[0], S[0] if S is not None else None)
+    )
     S_end = (Sc,) if mom else None
     last_start = (outs[-1][1],)
     if not reads:
@@ -653,14 +644,8 @@ def _mlp_chunks(
     bbs = ggs = cSbs = [None] * N
     eyeC = None
     if pre is not None:
-        bbs, ggs, cSbs = (
-            per_chunk(x)
-            for x in (
-                pre[0].unsqueeze(-1),
-                None if pre[1] is None else pre[1].unsqueeze(-1),
-                pre[2],
-            )
-        )
+        bbs, ggs, cSbs = (per_chunk(x) for x in (pre[0].unsqueeze(-1), None if pre[1] is None
+                                                 else pre[1].unsqueeze(-1), pre[2]))
         eyeC = torch.eye(C, dtype=K.dtype, device=K.device)
 
     def chunk_range(
@@ -798,6 +783,8 @@ def _mlp_chunks(
             Sc = newS if mom else None
         return (ys, tuple(last_start)), (tuple(Wc), None if Sc is None else tuple(Sc))
 
-    outs, (Wn, Sn) = run_grouped(N, group, chunk_range, (tuple(W), None if S is None else tuple(S)))
+    outs, (Wn, Sn) = run_grouped(
+        N, group, chunk_range, (tuple(W), None if S is None else tuple(S))
+    )
     Y = torch.stack([y for o in outs for y in o[0]]) if reads else None
     return Y, Wn, Sn, outs[-1][1]
