@@ -14,13 +14,13 @@ import torch
 pytest.importorskip("sklearn")
 
 from nestlearn.cli import main  # noqa: E402
-from nestlearn.data.digits import load_digits_split  # noqa: E402
 from nestlearn.studies.vit_optim import (  # noqa: E402
     CellStore,
     StudySettings,
     TinyViT,
     TrainSettings,
     ViTConfig,
+    digits_tensors,
     make_optimizer,
     run_study,
     select_lr,
@@ -36,7 +36,7 @@ TINY = TrainSettings(vit=TINY_VIT, steps=6, batch_size=16, eval_every=3, warmup=
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_digits_split(seed=0)
+    return digits_tensors(seed=0)
 
 
 # --- the model ------------------------------------------------------------------------------

@@ -15,8 +15,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import torch
-from torch import Tensor
 
 __all__ = ["DIGITS_CLASSES", "DigitsSplit", "load_digits_split"]
 
@@ -27,14 +25,15 @@ _PIXEL_MAX = 16.0
 
 class DigitsSplit(NamedTuple):
     """Images ``[N, 8, 8]`` float32 (scaled to [0, 1], then standardised with the training
-    split's mean and standard deviation) and labels ``[N]`` int64 for each split."""
+    split's mean and standard deviation) and labels ``[N]`` int64 for each split, as numpy
+    arrays (``data`` imports no torch; ``torch.from_numpy`` shares their memory)."""
 
-    x_train: Tensor
-    y_train: Tensor
-    x_val: Tensor
-    y_val: Tensor
-    x_test: Tensor
-    y_test: Tensor
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
 
 
 def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +84,7 @@ def load_digits_split(
     mean, std = float(x[order["train"]].mean()), float(x[order["train"]].std())
     x = (x - mean) / std
 
-    def pick(k: str) -> tuple[Tensor, Tensor]:
-        return torch.from_numpy(x[order[k]].copy()), torch.from_numpy(labels[order[k]].copy())
+    def pick(k: str) -> tuple[np.ndarray, np.ndarray]:
+        return x[order[k]].astype(np.float32), labels[order[k]].copy()
 
     return DigitsSplit(*pick("train"), *pick("val"), *pick("test"))

@@ -18,6 +18,7 @@ from nestlearn.studies.vit_optim.study import (
 from nestlearn.studies.vit_optim.train import (
     METHODS,
     TrainSettings,
+    digits_tensors,
     make_optimizer,
     time_optimizer_steps,
     train_cell,
@@ -31,6 +32,7 @@ __all__ = [
     "TinyViT",
     "TrainSettings",
     "ViTConfig",
+    "digits_tensors",
     "make_optimizer",
     "run_study",
     "select_lr",

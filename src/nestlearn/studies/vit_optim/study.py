@@ -29,10 +29,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nestlearn.data.digits import load_digits_split
 from nestlearn.studies.vit_optim.train import (
     METHODS,
     TrainSettings,
+    digits_tensors,
     time_optimizer_steps,
     train_cell,
 )
@@ -171,7 +171,7 @@ def run_study(
     say = on_event or (lambda msg: logger.info("%s", msg))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_digits_split(seed=s.split_seed)
+    data = digits_tensors(seed=s.split_seed)
     store = CellStore(out)
     n_cells = sum(len(s.grid(n)) + s.seeds - 1 for n in s.optimizers)
     done = [0]

@@ -27,11 +27,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nestlearn.data.digits import DigitsSplit
+from nestlearn.data.digits import DigitsSplit, load_digits_split
+from nestlearn.memory.cms import attach_outer_schedule
 from nestlearn.optim import OptimConfig, build_optimizer
 from nestlearn.studies.vit_optim.model import TinyViT, ViTConfig
 
-__all__ = ["METHODS", "TrainSettings", "make_optimizer", "time_optimizer_steps", "train_cell"]
+__all__ = [
+    "METHODS",
+    "TrainSettings",
+    "digits_tensors",
+    "make_optimizer",
+    "time_optimizer_steps",
+    "train_cell",
+]
 
 METHODS = ("adamw", "muon", "m3")
 """The optimizers the study compares (the names of :mod:`nestlearn.optim`'s registry)."""
@@ -87,6 +95,12 @@ class TrainSettings:
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "vit"}
         return {"vit": self.vit.to_dict(), **d}
+
+
+def digits_tensors(seed: int = 0) -> DigitsSplit:
+    """:func:`~nestlearn.data.digits.load_digits_split` with every array as a torch tensor
+    (images ``[N, 8, 8]`` float32, labels ``[N]`` int64; memory shared with the arrays)."""
+    return DigitsSplit(*(torch.from_numpy(a) for a in load_digits_split(seed=seed)))
 
 
 def make_optimizer(
@@ -149,13 +163,15 @@ def batch_order(n: int, steps: int, batch_size: int, seed: int) -> Tensor:
 def train_cell(
     data: DigitsSplit, name: str, lr: float, seed: int, s: TrainSettings
 ) -> dict[str, Any]:
-    """Train one cell; returns its curves and final numbers (JSON-ready).
+    """Train one cell on ``data`` (tensors: :func:`digits_tensors`); returns its curves and
+    final numbers (JSON-ready).
 
     A non-finite training loss stops the run before the bad update: ``diverged`` gives the step
     and the final losses are ``inf``.
     """
     model = TinyViT(s.vit).init_weights(seed)
     opt = make_optimizer(model, name, lr, s)
+    attach_outer_schedule(model, opt)  # the house rule for every loop; a no-op for this ViT
     order = batch_order(len(data.y_train), s.steps, s.batch_size, seed + 1_000_003)
     curve: dict[str, list[float]] = {k: [] for k in
                                      ("step", "train_loss", "val_loss", "test_loss", "test_acc")}  # fmt: skip
@@ -246,6 +262,8 @@ def time_optimizer_steps(
         for p, q in zip(m.parameters(), base.parameters()):
             p.grad = q.grad.clone()
     opts = {n: make_optimizer(models[n], n, 1e-3, s) for n in names}
+    for n in names:
+        attach_outer_schedule(models[n], opts[n])  # a no-op for this ViT (no CMS levels)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(warmup + steps):
         for n in names[r % len(names) :] + names[: r % len(names)]:
