@@ -9,6 +9,7 @@ never the other way round; only :mod:`nestlearn.cli` imports from here.
 * :mod:`~nestlearn.studies.recall`, :mod:`~nestlearn.studies.formal`,
   :mod:`~nestlearn.studies.sniah`: the synthetic-task recipes (train a small model, score it).
 * :mod:`~nestlearn.studies.continual`: continual-learning runners.
+* :mod:`~nestlearn.studies.vit_optim`: M3 against AdamW and Muon on a small ViT (Fig. 11 / 12).
 * :mod:`~nestlearn.studies.demo`: ``nestlearn demo`` (two tiny models trained side by side).
 * :mod:`~nestlearn.studies.lm_eval_adapter`: lm-evaluation-harness on a model or a run folder.
 """
