@@ -1,8 +1,8 @@
 """Eager vs compiled chunk steps (``nestlearn.ops.compiled``) for one model, in one process.
 
-Times a training step (forward, cross-entropy, backward; no optimizer) eagerly, then with the
-chunk steps compiled (the first two compiled steps, which pay the compile, are timed apart),
-and checks the compiled step's loss and gradients against the eager ones.
+Times a training step (forward, cross-entropy, backward; no optimizer) eagerly and with the
+chunk steps compiled, alternating the two (median of each); the first two compiled steps, which
+pay the compile, are timed apart. Checks the compiled step's loss and gradients against eager.
 
     python benchmarks/bench_compile.py hope --batch 4 --seq 512 --threads 2
 
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per mode (median)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per mode, alternating (median)")
     ap.add_argument("--mode", default="default", choices=compiled.MODES)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -46,23 +46,27 @@ def main() -> None:
         loss.backward()
         return loss.item(), [p.grad.clone() for p in net.parameters() if p.grad is not None]
 
-    def timed() -> float:
-        ts = []
-        for _ in range(a.steps):
-            t = time.perf_counter()
-            step()
-            ts.append(time.perf_counter() - t)
-        return sorted(ts)[len(ts) // 2]
+    def once() -> float:
+        t = time.perf_counter()
+        step()
+        return time.perf_counter() - t
 
     ref = step()
-    t_eager = timed()
+    step()  # eager warm-up
     compiled.enable(a.mode)
     t0 = time.perf_counter()
     got = step()
     step()
     t_first = time.perf_counter() - t0
-    t_comp = timed()
+    # eager and compiled steps alternate, so drift on the machine hits both alike
+    te, tc = [], []
+    for _ in range(a.steps):
+        compiled.disable()
+        te.append(once())
+        compiled.enable(a.mode)
+        tc.append(once())
     compiled.disable()
+    t_eager, t_comp = sorted(te)[len(te) // 2], sorted(tc)[len(tc) // 2]
     err = max(
         ((x - y).abs().max() / y.abs().max().clamp_min(1e-12)).item()
         for x, y in zip(got[1], ref[1])
