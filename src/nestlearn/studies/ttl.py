@@ -78,8 +78,8 @@ class LevelStream:
 
     def read(self, ids: Sequence[int], targets: Sequence[int] | None = None) -> None:
         """Queue ``ids`` with their next-token ``targets`` (``-100``: not learned from; default:
-        the next id, the last one's target being the next queued token) and learn from every
-        whole call now queued."""
+        the next id, the last one's target being the next id read) and learn from every whole
+        call now queued. The last token stays queued, so its target can still be set."""
         ids = [int(t) for t in ids]
         if targets is None:
             targets = ids[1:] + [-100]
@@ -88,7 +88,7 @@ class LevelStream:
         elif len(targets) != len(ids):
             raise ValueError(f"{len(targets)} targets for {len(ids)} ids")
         self.pending += list(zip(ids, (int(t) for t in targets)))
-        while len(self.pending) >= self.call_len:
+        while len(self.pending) > self.call_len:
             part, self.pending = self.pending[: self.call_len], self.pending[self.call_len :]
             self._call(part)
 

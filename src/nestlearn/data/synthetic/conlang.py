@@ -204,7 +204,7 @@ def render(lang: Language, spec: tuple) -> Sentence:
 
 
 def ctnl_task(
-    seed: int, index: int, *, n_parallel: int = 24, n_test: int = 12, n_nouns: int = 8,
+    seed: int, index: int, *, n_parallel: int = 16, n_test: int = 12, n_nouns: int = 8,
     n_verbs: int = 5, n_adjectives: int = 4, adj_rate: float = 0.3,
 ) -> CTNLTask:  # fmt: skip
     """Language ``index`` of ``seed`` with ``n_parallel`` examples and ``n_test`` held-out
