@@ -114,6 +114,12 @@ class LevelStream:
         for s in range(0, len(part), self.call_len):
             self._call(part[s : s + self.call_len])
 
+    def new_context(self) -> None:
+        """Read what is queued, then empty the attention cache (a task boundary); the fast
+        weights carry on."""
+        self.flush()
+        self.state, self.win_tokens = reset_attention(self.model, self.state), 0
+
     def snapshot(self) -> torch.nn.Module:
         """A plain copy of the original model with the levels' current fast weights."""
         self.flush()
