@@ -49,10 +49,16 @@ def test_rendering_follows_the_grammar():
     verb = next(v for _, v, _ in VERBS if v in lang.lexicon)
     noun, other = nouns[:2]
     s = render(lang, (noun, True, None, verb, True, other, False, None))
-    parts = {"S": lang.lexicon[noun] + lang.plural,
-             "O": lang.lexicon[other] + lang.object_case, "V": lang.lexicon[verb] + lang.past}
+    parts = {
+        "S": lang.lexicon[noun] + lang.plural,
+        "O": lang.lexicon[other] + lang.object_case,
+        "V": lang.lexicon[verb] + lang.past,
+    }
     assert s.source.split() == [parts[c] for c in lang.order]
-    assert s.english == f"the {dict(NOUNS)[noun]} {dict((t[1], t[2]) for t in VERBS)[verb]} the {other}"
+    assert (
+        s.english
+        == f"the {dict(NOUNS)[noun]} {dict((t[1], t[2]) for t in VERBS)[verb]} the {other}"
+    )
 
 
 def test_bad_arguments():

@@ -340,7 +340,10 @@ def knowledge_report(report: dict[str, Any]) -> str:
         "",
         "> " + ex["document"],
         "",
-        "`" + ex["question"].replace("\n", " ") + "` options " + ", ".join(ex["options"])
+        "`"
+        + ex["question"].replace("\n", " ")
+        + "` options "
+        + ", ".join(ex["options"])
         + f" (answer: {ex['options'][ex['answer']]})",
         "",
         "![knowledge](knowledge.png)",

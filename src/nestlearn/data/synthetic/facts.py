@@ -86,7 +86,9 @@ def _names(rng: np.random.Generator, n: int, taken: set[str]) -> list[str]:
     cons, vows = "b d f g k l m n p r s t v z".split(), "a e i o u".split()
     out: list[str] = []
     while len(out) < n:
-        w = "".join(str(rng.choice(cons)) + str(rng.choice(vows)) for _ in range(rng.integers(2, 4)))
+        w = "".join(
+            str(rng.choice(cons)) + str(rng.choice(vows)) for _ in range(rng.integers(2, 4))
+        )
         w += str(rng.choice(["", "n", "r", "sk", "th", "l"]))
         if w not in taken:
             taken.add(w)
