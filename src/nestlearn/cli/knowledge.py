@@ -38,6 +38,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ppl-window", type=int, default=512, help="perplexity window in tokens")
 
 
+def _say(text: str) -> None:
+    print(text, flush=True)  # progress shows at once when the output goes to a file
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -56,6 +60,6 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok, source = load_model(args)
-    rep = run_knowledge(model, tok, args.out, cfg, source=source, progress=print)
+    rep = run_knowledge(model, tok, args.out, cfg, source=source, progress=_say)
     print(f"report: {args.out}/results.md ({rep['wall_s_this_call']:.0f} s)")
     return 0
