@@ -44,7 +44,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=ints, default=[0], help="data seeds, e.g. 0,1 (default 0)")
     p.add_argument("--periods", type=ints, default=[64, 256, 1024],
                    help="CMS periods; Hope-k uses the first k, cyclic in depth")  # fmt: skip
-    p.add_argument("--level-lr", type=float, default=1.0, help="Hope: CMS level learning rate")
+    p.add_argument("--level-lr", type=float, default=0.1, help="Hope: CMS level learning rate")
     p.add_argument("--window", type=int, default=1024, help="attention context in tokens")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
 

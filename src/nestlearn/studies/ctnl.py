@@ -66,7 +66,7 @@ class CTNLConfig:
     """Methods: ``0`` = ICL, ``k`` = Hope-k. ``none`` (no material) is always run too."""
     periods: list[int] = field(default_factory=lambda: [64, 256, 1024])
     """Hope-k uses ``periods[:k]``, cyclic over depth."""
-    level_lr: float = 1.0
+    level_lr: float = 0.1
     """Inner learning rate of every level (eq. 71: ``eta = level_lr / period``)."""
     window: int = 1024
     """Most tokens of a language's material kept in the attention context (whole lines)."""
@@ -102,6 +102,16 @@ class CTNLConfig:
 def method_names(levels: Sequence[int]) -> list[str]:
     """``["none", "icl", "hope-1", ...]`` for ``levels``."""
     return ["none"] + ["icl" if k == 0 else f"hope-{k}" for k in levels]
+
+
+_DATA_KEYS = ("source", "window", "n_parallel", "n_test", "n_nouns", "n_verbs", "n_adjectives",
+              "max_new")  # fmt: skip
+
+
+def cell_keys(method: str) -> tuple[str, ...]:
+    """The settings a cell of ``method`` depends on (seeds and levels select cells)."""
+    hope = ("periods", "level_lr", "call_len") if method.startswith("hope") else ()
+    return _DATA_KEYS + hope
 
 
 def _tasks(cfg: CTNLConfig, seed: int) -> tuple[CTNLTask, CTNLTask]:
@@ -190,7 +200,7 @@ def run_ctnl(
     cfg = cfg or CTNLConfig()
     say = progress or (lambda s: logger.info("%s", s))
     out = Path(out)
-    store = CellStore(out, {"source": source, **asdict(cfg), "seeds": None})
+    store = CellStore(out, {"source": source, **asdict(cfg)})
     model = model.float().eval()
     tr = _Translator(tokenizer, model.cfg.vocab_size, cfg.max_new)
     methods = method_names(cfg.levels)
@@ -200,7 +210,7 @@ def run_ctnl(
         a, b = _tasks(cfg, seed)
         for method in methods:
             name = f"seed{seed}-{method}"
-            cell = store.get(name)
+            cell = store.get(name, cell_keys(method))
             if cell is not None:
                 say(f"{name}: reusing {store.path(name)}")
             else:

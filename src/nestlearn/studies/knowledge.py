@@ -58,7 +58,7 @@ class KnowledgeConfig:
     levels: list[int] = field(default_factory=lambda: [1, 2, 3])
     """Hope-k for each k (``periods[:k]``); ``none``, ``context`` and ``finetune`` always run."""
     periods: list[int] = field(default_factory=lambda: [64, 256, 1024])
-    level_lr: float = 1.0
+    level_lr: float = 0.1
     passes: int = 1
     """How many times Hope reads the documents."""
     n_entities: int = 10
@@ -91,6 +91,19 @@ class KnowledgeConfig:
             raise ValueError(f"ppl_tokens ({self.ppl_tokens}) must be at least ppl_window "
                              f"({self.ppl_window})")  # fmt: skip
         fact_set(0, n_entities=self.n_entities, n_options=self.n_options)  # validates both
+
+
+def cell_keys(method: str) -> tuple[str, ...]:
+    """The settings a cell of ``method`` depends on (seeds and levels select cells)."""
+    ppl = ("ppl_tokens", "ppl_window")
+    if method == "base":
+        return ("source", *ppl)
+    keys: tuple[str, ...] = ("source", "n_entities", "n_options")
+    if method == "finetune":
+        keys += ("ft_steps", "ft_lr", *ppl)
+    elif method.startswith("hope"):
+        keys += ("periods", "level_lr", "passes", "window", "call_len", *ppl)
+    return keys
 
 
 def method_names(levels: list[int]) -> list[str]:
@@ -234,7 +247,7 @@ def run_knowledge(
     cfg = cfg or KnowledgeConfig()
     say = progress or (lambda s: logger.info("%s", s))
     out = Path(out)
-    store = CellStore(out, {"source": source, **asdict(cfg), "seeds": None})
+    store = CellStore(out, {"source": source, **asdict(cfg)})
     model = model.float().eval()
     windows: list[list[int]] | None = None
     t_all = time.perf_counter()
@@ -245,7 +258,7 @@ def run_knowledge(
             windows = validation_ids(tokenizer, cfg.ppl_tokens, cfg.ppl_window)
         return windows
 
-    base = store.get("base")
+    base = store.get("base", cell_keys("base"))
     if base is None:
         t0 = time.perf_counter()
         base = store.put("base", {"ppl": corpus_ppl(model, wins()),
@@ -256,7 +269,7 @@ def run_knowledge(
         facts = fact_set(seed, n_entities=cfg.n_entities, n_options=cfg.n_options)
         for method in method_names(cfg.levels):
             name = f"seed{seed}-{method}"
-            cell = store.get(name)
+            cell = store.get(name, cell_keys(method))
             if cell is not None:
                 say(f"{name}: reusing {store.path(name)}")
             else:
@@ -298,6 +311,8 @@ def _summarize(cells: dict, cfg: KnowledgeConfig, base_ppl: float) -> dict[str, 
         rs = [cells[f"seed{s}-{m}"] for s in cfg.seeds]
         mean = {k: sum(c["results"][k] for c in rs) / len(rs)
                 for k in ("acc", "acc_norm", "margin", "ppl")}  # fmt: skip
+        if m in ("none", "context"):  # the weights are the pretrained ones
+            mean["ppl"] = base_ppl
         mean["ppl_change"] = mean["ppl"] - base_ppl
         out[m] = {"mean": mean, "acc_per_seed": [c["results"]["acc"] for c in rs],
                   "wall_s": sum(c["wall_s"] for c in rs),

@@ -192,8 +192,9 @@ def option_logprobs(
 class CellStore:
     """Finished cells of a study, one JSON file each under ``out/cells/``, written atomically.
 
-    A cell is reused only when it was computed with the same ``settings`` (everything that
-    changes its numbers), so an interrupted run resumes and a changed run recomputes.
+    A cell is reused only when the settings it depends on (``keys`` of ``settings``; all of
+    them by default) are the ones it was computed with, so an interrupted run resumes, a changed
+    run recomputes what the change affects, and, e.g., a new Hope level rate keeps the ICL cells.
     """
 
     def __init__(self, out: str | Path, settings: dict[str, Any]) -> None:
@@ -204,8 +205,9 @@ class CellStore:
     def path(self, name: str) -> Path:
         return self.dir / f"{name}.json"
 
-    def get(self, name: str) -> dict[str, Any] | None:
-        """The stored cell ``name``, or ``None`` when missing, damaged or from other settings."""
+    def get(self, name: str, keys: Sequence[str] | None = None) -> dict[str, Any] | None:
+        """The stored cell ``name``, or ``None`` when missing, damaged or computed with other
+        values of ``keys``."""
         p = self.path(name)
         if not p.is_file():
             return None
@@ -213,7 +215,14 @@ class CellStore:
             d = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        return d if d.get("settings") == self.settings else None
+        have = d.get("settings")
+        if not isinstance(have, dict):
+            return None
+        keys = list(self.settings) if keys is None else list(keys)
+        missing = object()
+        if any(have.get(k, missing) != self.settings.get(k, missing) for k in keys):
+            return None
+        return d
 
     def put(self, name: str, cell: dict[str, Any]) -> dict[str, Any]:
         from nestlearn.data.prepare import atomic_write_json
