@@ -52,7 +52,12 @@ def test_run_writes_results_and_resumes(tmp_path):
     msgs.clear()
     cfg2 = CTNLConfig(levels=[0, 1], level_lr=0.5, **SMALL)
     run_ctnl(model, TOK, tmp_path, cfg2, source="tiny", progress=msgs.append)
-    assert not any("reusing" in m for m in msgs)
+    reused = [m.split(":")[0] for m in msgs if "reusing" in m]
+    assert reused == ["seed0-none", "seed0-icl"]  # the level rate changes only Hope's cell
+    msgs.clear()
+    run_ctnl(model, TOK, tmp_path, CTNLConfig(levels=[0], **{**SMALL, "n_test": 1}),
+             source="tiny", progress=msgs.append)  # fmt: skip
+    assert not any("reusing" in m for m in msgs)  # other held-out data: everything again
 
 
 def test_cli_end_to_end_with_a_tiny_checkpoint(tmp_path, capsys):

@@ -102,5 +102,7 @@ def test_cell_store_reuses_only_same_settings(tmp_path):
     a.put("c", {"v": 3})
     assert CellStore(tmp_path, {"x": [1, 2]}).get("c")["v"] == 3
     assert CellStore(tmp_path, {"x": [1, 3]}).get("c") is None
+    assert CellStore(tmp_path, {"x": [1, 3], "y": 0}).get("c", keys=["y"]) is None
+    assert CellStore(tmp_path, {"x": [1, 3]}).get("c", keys=[])["v"] == 3
     (tmp_path / "cells" / "c.json").write_text("{broken")
     assert a.get("c") is None
