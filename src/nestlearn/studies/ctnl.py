@@ -325,7 +325,8 @@ def plot_ctnl(summary: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("chrF")
     ax.set_title("CTNL analogue: translation into English")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.3 * max(single + seq + [1.0]))  # room for the legend
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)

@@ -293,7 +293,7 @@ def run_knowledge(
 
     atomic_write_json(out / "results.json", report)
     write_text_atomic(out / "results.md", knowledge_report(report))
-    plot_knowledge(summary, out / "knowledge.png")
+    plot_knowledge(summary, out / "knowledge.png", chance=1 / cfg.n_options)
     return report
 
 
@@ -367,8 +367,8 @@ def knowledge_report(report: dict[str, Any]) -> str:
     return "\n".join(md)
 
 
-def plot_knowledge(summary: dict[str, Any], path: str | Path) -> Path:
-    """Accuracy per method (bars) and corpus perplexity change (second panel)."""
+def plot_knowledge(summary: dict[str, Any], path: str | Path, chance: float = 0.25) -> Path:
+    """Accuracy per method (bars, ``chance`` dashed) and corpus perplexity change."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -378,7 +378,9 @@ def plot_knowledge(summary: dict[str, Any], path: str | Path) -> Path:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.0, 3.4))
     a1.bar(names, [100 * summary[m]["mean"]["acc"] for m in names], color="tab:green")
     a1.set_ylabel("accuracy (%)")
-    a1.set_title("questions without the documents")
+    a1.axhline(100 * chance, color="k", lw=0.8, ls="--", label="chance")
+    a1.legend(fontsize=8)
+    a1.set_title("multiple-choice accuracy")
     a2.bar(names, [summary[m]["mean"]["ppl_change"] for m in names], color="tab:gray")
     a2.set_ylabel("corpus perplexity change")
     a2.set_title("what the weights lost")
