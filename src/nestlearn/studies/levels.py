@@ -25,7 +25,6 @@ are the four needles' values, so the distractors are in the document too).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,10 +41,12 @@ __all__ = [
     "Item",
     "LevelsConfig",
     "build_items",
+    "choose",
     "level_periods",
     "option_logliks",
     "read_document",
     "run_cell",
+    "window_loss",
 ]
 
 TASKS = ("longhealth", "mk_niah")
@@ -97,6 +98,11 @@ class LevelsConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 1 <= self.num_questions <= 7:
             raise ValueError(f"num_questions must be 1..7, got {self.num_questions}")
+        if self.window % self.call_len:
+            raise ValueError(
+                f"window ({self.window}) must be a multiple of call_len ({self.call_len}); "
+                f"try window={max(1, self.window // self.call_len) * self.call_len}"
+            )
         if self.level_lr < 0:
             raise ValueError(f"level_lr must be >= 0, got {self.level_lr}")
         if any(k > 0 for k in self.levels):
@@ -179,7 +185,7 @@ def option_logliks(model: torch.nn.Module, state: Any, prompt: list[int],
     """Summed log-likelihood of each option (token ids) as a continuation of ``prompt``,
     starting from ``state`` (``None``: an empty context). ``state`` is not modified."""
     dev = model.embed.weight.device
-    logits, st = model(torch.tensor([prompt], device=dev), state=state)
+    logits, st = model(torch.tensor([prompt], device=dev), state=state, return_state=True)
     first = torch.log_softmax(logits[0, -1].float(), -1)
     out = []
     for opt in options:
@@ -194,35 +200,64 @@ def option_logliks(model: torch.nn.Module, state: Any, prompt: list[int],
     return out
 
 
+def window_loss(base: torch.nn.Module, doc: list[int], *, window: int, call_len: int) -> float:
+    """Mean next-token loss of ``doc`` read by ``base`` in the same calls and windows as
+    :func:`read_document`, nothing learning: the ICL reference for the reading loss."""
+    dev = base.embed.weight.device
+    ids, tgt = list(doc), list(doc[1:]) + [-100]
+    state, in_window, total, count = base.init_state(1), 0, 0.0, 0
+    with torch.no_grad():
+        for s in range(0, len(ids), call_len):
+            part = ids[s : s + call_len]
+            if in_window + len(part) > window:
+                state, in_window = reset_attention(base, state), 0
+            in_window += len(part)
+            logits, state = base(torch.tensor([part], device=dev), state=state)
+            t = torch.tensor(tgt[s : s + call_len], device=dev)
+            keep = t >= 0
+            if keep.any():
+                lp = torch.log_softmax(logits[0].float(), -1)
+                total -= float(lp[keep.nonzero()[:, 0], t[keep]].sum())
+                count += int(keep.sum())
+    return total / max(count, 1)
+
+
+def choose(logliks: Sequence[float]) -> int:
+    """The option with the highest log-likelihood; a tie goes to the first."""
+    return max(range(len(logliks)), key=lambda j: (logliks[j], -j))
+
+
 def read_document(base: torch.nn.Module, doc: list[int], periods: Sequence[int], *,
-                  lr: float, window: int, call_len: int) -> torch.nn.Module:  # fmt: skip
+                  lr: float, window: int, call_len: int) -> tuple[torch.nn.Module, float]:  # fmt: skip
     """Stream ``doc`` through ``base`` with stacked levels of ``periods`` learning by eq. 71
     (attention cache emptied every ``window`` tokens); return the plain Transformer++ that
-    holds the levels' fast weights after the document (the pending chunk applied)."""
+    holds the levels' fast weights after the document (the pending chunk applied) and the mean
+    next-token loss of the document while it was read (each token predicted before the levels
+    learned from it)."""
     from nestlearn.models.ntp import ntp_forward
     from nestlearn.pretrained.stacking import stack_levels
 
     model = stack_levels(base, periods, lr=lr, learn_lr=False, objective="ntp").eval()
-    step = math.gcd(*[int(p) for p in periods])
-    call = max(step, (call_len // step) * step)
     dev = model.embed.weight.device
-    ids = list(doc)
-    # pad to the chunk grid with unscored tokens (zero gradient: the levels do not move)
-    pad = (-len(ids)) % step
-    tgt = ids[1:] + [-100] * (1 + pad)
-    ids = ids + [ids[-1]] * pad
+    # calls need not align with the levels' chunks: ntp_forward splits its segments on the
+    # position grid; the last token has no target (the question is not part of the stream)
+    ids, tgt = list(doc), list(doc[1:]) + [-100]
+    call = call_len
     state = model.init_state(1)
-    in_window = 0
+    in_window, total, count = 0, 0.0, 0
     for s in range(0, len(ids), call):
         part = ids[s : s + call]
         if in_window + len(part) > window:  # the window moves on; fast weights stay
             state, in_window = reset_attention(model, state), 0
         in_window += len(part)
-        out = ntp_forward(model, torch.tensor([part], device=dev),
-                          torch.tensor([tgt[s : s + call]], device=dev), state=state,
-                          first_order=True)  # fmt: skip
+        t = tgt[s : s + call]
+        out = ntp_forward(model, torch.tensor([part], device=dev), torch.tensor([t], device=dev),
+                          state=state, first_order=True)  # fmt: skip
         state = out.state.detach()
-    return frozen_transformer(model, state, base)
+        n = sum(1 for x in t if x >= 0)
+        total += float(out.loss.detach()) * n
+        count += n
+    return frozen_transformer(model, state, base), total / max(count, 1)
 
 
 def run_cell(base: torch.nn.Module, items: Sequence[Item], n_levels: int, period: int | None,
@@ -239,19 +274,22 @@ def run_cell(base: torch.nn.Module, items: Sequence[Item], n_levels: int, period
     base = base.eval()
     dev = base.embed.weight.device
     periods = level_periods(n_levels, int(period), cfg.ratio) if n_levels > 0 else []
-    rows = []
+    rows, losses = [], []
     for it in items:
         state = None
         model = base
         if mode == "context":
             with torch.no_grad():
-                _, state = base(torch.tensor([it.doc], device=dev))
+                _, state = base(torch.tensor([it.doc], device=dev), return_state=True)
         elif n_levels > 0:
-            model = read_document(base, it.doc, periods, lr=cfg.level_lr, window=cfg.window,
-                                  call_len=cfg.call_len)  # fmt: skip
+            model, loss = read_document(base, it.doc, periods, lr=cfg.level_lr,
+                                        window=cfg.window, call_len=cfg.call_len)  # fmt: skip
+            losses.append(loss)
+        else:
+            losses.append(window_loss(base, it.doc, window=cfg.window, call_len=cfg.call_len))
         for q, (prompt, opts, ans) in enumerate(zip(it.prompts, it.options, it.answers)):
             ll = option_logliks(model, state, prompt, opts)
-            pred = max(range(len(ll)), key=lambda j: (ll[j], -j))
+            pred = choose(ll)
             rows.append({"index": it.index, "question": q, "kind": it.kinds[q] if it.kinds else "",
                          "answer": ans, "pred": pred, "correct": pred == ans,
                          "loglik": [round(x, 4) for x in ll]})  # fmt: skip
@@ -264,6 +302,7 @@ def run_cell(base: torch.nn.Module, items: Sequence[Item], n_levels: int, period
         "levels": n_levels, "period": period, "periods": periods, "mode": mode,
         "accuracy": sum(r["correct"] for r in rows) / n if n else float("nan"),
         "n_questions": n, "questions": rows, "wall_time_s": time.perf_counter() - t0,
+        "reading_loss": sum(losses) / len(losses) if losses else None,
         "stream_tokens": sum(len(it.doc) for it in items) if (n_levels or mode == "context") else 0,
     }  # fmt: skip
 
@@ -275,12 +314,15 @@ def cell_key(task: str, length: int, n_levels: int, period: int | None, mode: st
     return f"{task}-{length}-L{n_levels}" + (f"-P{period}" if n_levels else "")
 
 
-def settings_of(cfg: LevelsConfig, task: str) -> dict[str, Any]:
-    """What a finished cell must match to be reused."""
-    d = asdict(cfg)
-    common = {k: d[k] for k in ("window", "level_lr", "call_len", "ratio", "seed")}
+def settings_of(cfg: LevelsConfig, task: str, n_levels: int = 1, mode: str = "window") -> dict[str, Any]:
+    """What a finished cell must match to be reused (only the settings that change it)."""
+    d: dict[str, Any] = {"seed": cfg.seed}
     if task == "longhealth":
-        common.update(num=cfg.num_docs, num_questions=cfg.num_questions)
+        d.update(num=cfg.num_docs, num_questions=cfg.num_questions)
     else:
-        common.update(num=cfg.num_niah)
-    return common
+        d.update(num=cfg.num_niah)
+    if mode == "window":
+        d.update(window=cfg.window, call_len=cfg.call_len)
+        if n_levels > 0:
+            d.update(level_lr=cfg.level_lr, ratio=cfg.ratio)
+    return d

@@ -88,7 +88,7 @@ def run_levels(
     for i, (task, n, k, p, mode) in enumerate(cells):
         key = cell_key(task, n, k, p, mode)
         path = out / "cells" / f"{key}.json"
-        want = {"model": model_name, **settings_of(cfg, task)}
+        want = {"model": model_name, **settings_of(cfg, task, k, mode)}
         old = _read_cell(path, want)
         if old is not None:
             say(f"[{i + 1}/{len(cells)}] {key}: reusing ({100 * old['accuracy']:.1f}%)")

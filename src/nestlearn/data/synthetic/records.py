@@ -173,18 +173,18 @@ def record_sample(
             f"length={length} is too short for a record with tokenizer {tokenizer.name}: its "
             f"facts alone take {need} tokens; use length >= {need + 256}"
         )
-    gaps = len(pieces) - 1
-    narrative: list[list[str]] = [[] for _ in range(gaps + 1)]
-    per_gap = budget / (gaps + 1)
-    for g in range(gaps + 1):
-        used = 0
-        while True:
-            s = NARRATIVE[int(rng.integers(len(NARRATIVE)))]
-            n = len(tokenizer.encode(" " + s))
-            if used + n > per_gap:
-                break
-            narrative[g].append(s)
-            used += n
+    # round-robin over the gaps after each fact, so the facts spread over the whole record
+    gaps = len(pieces)
+    narrative: list[list[str]] = [[] for _ in range(gaps)]
+    used, count, misses = 0, 0, 0
+    while misses < 20:
+        s = NARRATIVE[int(rng.integers(len(NARRATIVE)))]
+        n = len(tokenizer.encode(" " + s))
+        if used + n > budget:
+            misses += 1  # a shorter sentence may still fit
+            continue
+        narrative[count % gaps].append(s)
+        used, count = used + n, count + 1
     parts: list[str] = []
     for i, p in enumerate(pieces):
         parts.append(p)
