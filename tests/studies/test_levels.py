@@ -83,15 +83,16 @@ def test_mk_niah_items_options_are_the_needles_and_question_follows_the_document
     assert [it.doc for it in items] == [it.doc for it in again]
     for it in items:
         text = TOK.decode(it.doc)
-        prompt = TOK.decode(it.prompts[0])
-        opts = [TOK.decode(o).strip() for o in it.options[0]]
-        assert len(opts) == 4 and all(o in text for o in opts)  # all four needles' values
-        assert not any(o in prompt for o in opts)  # the question names the key, not the value
-        assert "special magic number for" in prompt
-        assert len(it.doc) + len(it.prompts[0]) == 1024
-        key = prompt.split("number for ")[1].split(" mentioned")[0]
-        right = opts[it.answers[0]]
-        assert f"for {key} is: {right}." in text  # the answer is the queried key's needle
+        assert len(it.doc) + len(it.prompts[0]) == 1024  # RULER's sample: the first question
+        assert len(it.prompts) == 4 and sorted(it.answers) == [0, 1, 2, 3]
+        for prompt_ids, opt_ids, a in zip(it.prompts, it.options, it.answers):
+            prompt = TOK.decode(prompt_ids)
+            opts = [TOK.decode(o).strip() for o in opt_ids]
+            assert len(opts) == 4 and all(o in text for o in opts)  # all four needles' values
+            assert not any(o in prompt for o in opts)  # the question names the key only
+            assert "special magic number for" in prompt
+            key = prompt.split("number for ")[1].split(" mentioned")[0]
+            assert f"for {key} is: {opts[a]}." in text  # the answer is that key's needle
 
 
 def test_longhealth_items_fact_offsets_point_at_the_answer():

@@ -49,9 +49,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-questions", type=int, default=7, help="questions per record (1..7)")
     p.add_argument("--niah-lengths", default="2k",
                    help="MK-NIAH lengths, e.g. 2k,4k,8k (default 2k)")  # fmt: skip
-    p.add_argument("--num-niah", type=int, default=2, help="MK-NIAH samples per length")
+    p.add_argument("--num-niah", type=int, default=1,
+                   help="MK-NIAH haystacks per length, 4 questions each (default 1)")  # fmt: skip
     p.add_argument("--window", type=int, default=512, help="attention window while reading")
-    p.add_argument("--level-lr", type=float, default=1.0, help="levels' inner learning rate")
+    p.add_argument("--level-lr", type=float, default=0.1,
+                   help="levels' inner learning rate (default 0.1)")  # fmt: skip
     p.add_argument("--call-len", type=int, default=128, help="tokens per learning call")
     p.add_argument("--no-in-context", action="store_true",
                    help="skip the whole-document-in-attention reference")  # fmt: skip

@@ -18,8 +18,9 @@ only weights that learned while reading can carry the answer. Protocol (``docs/l
   attention before the question (no window): what the model can do when it sees the record.
 
 Tasks: ``longhealth`` (generated patient records, :mod:`nestlearn.data.synthetic.records`) and
-``mk_niah`` (RULER MK-NIAH-1, :mod:`nestlearn.data.synthetic.niah`: four needles, the options
-are the four needles' values, so the distractors are in the document too).
+``mk_niah`` (RULER MK-NIAH-1, :mod:`nestlearn.data.synthetic.niah`: four needles with different
+keys; each key is asked in turn and the options are the four needles' values, so the
+distractors are in the document too).
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ class LevelsConfig:
     """Questions per record (1..7)."""
     niah_lengths: tuple[int, ...] = (2048,)
     """MK-NIAH haystack lengths in tokens (2048, 4096 and 8192 are the paper's scale)."""
-    num_niah: int = 2
-    """MK-NIAH samples per length (one question each)."""
+    num_niah: int = 1
+    """MK-NIAH haystacks per length (four questions each: every key is asked)."""
     levels: tuple[int, ...] = (0, 1, 2, 3)
     """Numbers of stacked levels; 0 = ICL (nothing learns)."""
     periods: tuple[int, ...] = (256, 1024)
@@ -75,8 +76,9 @@ class LevelsConfig:
     """Period ratio between consecutive levels (level ``i`` of ``K`` has ``P / ratio**(K-1-i)``)."""
     window: int = 512
     """Attention window while reading (tokens)."""
-    level_lr: float = 1.0
-    """Per-token inner learning rate of the levels (``eta = lr / period``, eq. 71)."""
+    level_lr: float = 0.1
+    """Per-token inner learning rate of the levels (``eta = lr / period``, eq. 71); 1.0
+    diverges when every document token is a target (docs/levels.md)."""
     call_len: int = 128
     """Tokens per ``ntp_forward`` call while reading (bounds its cost; see docs/continual.md)."""
     in_context: bool = True
@@ -164,15 +166,23 @@ def build_items(tokenizer: Any, task: str, length: int, num: int, *, seed: int =
                  if q.fact_char >= 0 else -1 for q in qs],
             ))  # fmt: skip
         elif task == "mk_niah":
+            from nestlearn.data.synthetic.niah import NIAH_TASKS, _template
+
             s = niah_sample("mk_niah_1", tokenizer, length, i, seed=seed, max_new_tokens=0)
             end = int(s.meta["context_end"])
             ids = [int(x) for x in s.input_ids]
-            answer = s.answers[0]
-            opts = [" " + v for v in s.needle_values]
-            where = s.needles[s.needle_values.index(answer)].token_start
-            items.append(Item(task, length, i, ids[:end], [ids[end:]],
-                              [[tokenizer.encode(o) for o in opts]],
-                              [s.needle_values.index(answer)], ["needle"], [where]))  # fmt: skip
+            opts = [tokenizer.encode(" " + v) for v in s.needle_values]
+            # every key is asked in turn (RULER's queried key first), each an MK-NIAH-1
+            # question whose options are the four needles' values: reading is the cost, asking
+            # is cheap, so four questions per haystack instead of one
+            keys = [s.queries[0]] + [k for k in s.needle_keys if k != s.queries[0]]
+            prompts = [ids[end:]] + [
+                tokenizer.encode(_template(NIAH_TASKS["mk_niah_1"], k)[1]) for k in keys[1:]
+            ]
+            answers = [s.needle_keys.index(k) for k in keys]
+            items.append(Item(task, length, i, ids[:end], prompts, [opts] * len(keys), answers,
+                              ["needle"] * len(keys),
+                              [s.needles[a].token_start for a in answers]))  # fmt: skip
         else:
             raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     return items
