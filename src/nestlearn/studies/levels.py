@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -324,7 +324,9 @@ def cell_key(task: str, length: int, n_levels: int, period: int | None, mode: st
     return f"{task}-{length}-L{n_levels}" + (f"-P{period}" if n_levels else "")
 
 
-def settings_of(cfg: LevelsConfig, task: str, n_levels: int = 1, mode: str = "window") -> dict[str, Any]:
+def settings_of(
+    cfg: LevelsConfig, task: str, n_levels: int = 1, mode: str = "window"
+) -> dict[str, Any]:
     """What a finished cell must match to be reused (only the settings that change it)."""
     d: dict[str, Any] = {"seed": cfg.seed}
     if task == "longhealth":

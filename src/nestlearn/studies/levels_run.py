@@ -170,7 +170,10 @@ def render_md(cells: list[dict[str, Any]], cfg: LevelsConfig, model_name: str) -
         for k in sorted({c["levels"] for c in win}):
             if k == 0:
                 c0 = next(c for c in win if c["levels"] == 0)
-                md.append(f"| 0 (ICL) | {_pct(c0['accuracy'])} (all periods) |" + " |" * (len(periods) - 1))
+                md.append(
+                    f"| 0 (ICL) | {_pct(c0['accuracy'])} (all periods) |"
+                    + " |" * (len(periods) - 1)
+                )
                 continue
             row = []
             for p in periods:
@@ -186,8 +189,11 @@ def render_md(cells: list[dict[str, Any]], cfg: LevelsConfig, model_name: str) -
             for q in c["questions"]:
                 kinds.setdefault(q["kind"], []).append(q["correct"])
         if len(kinds) > 1:
-            md.append("Accuracy by question kind over all window cells: " + ", ".join(
-                f"{k} {100 * sum(v) / len(v):.0f}%" for k, v in sorted(kinds.items())) + ".")
+            md.append(
+                "Accuracy by question kind over all window cells: "
+                + ", ".join(f"{k} {100 * sum(v) / len(v):.0f}%" for k, v in sorted(kinds.items()))
+                + "."
+            )
             md.append("")
     md.append(f"Wall time of the cells: {sum(c['wall_time_s'] for c in cells):.0f} s.")
     return "\n".join(md) + "\n"

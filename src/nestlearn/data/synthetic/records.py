@@ -124,7 +124,9 @@ def _date(rng: np.random.Generator, year_lo: int, year_hi: int) -> str:
     return f"{MONTHS[int(rng.integers(12))]} {int(rng.integers(1, 29))}, {int(rng.integers(year_lo, year_hi))}"
 
 
-def _options(answer: str, pool: list[str], doc: str, rng: np.random.Generator) -> tuple[list[str], int]:
+def _options(
+    answer: str, pool: list[str], doc: str, rng: np.random.Generator
+) -> tuple[list[str], int]:
     """``answer`` and three distractors from ``pool`` that do not occur in ``doc``."""
     free = [p for p in pool if p != answer and p not in doc]
     if len(free) < 3:
@@ -201,16 +203,32 @@ def record_sample(
     dose_pool = [d for d in DOSES if d not in doses] + [doses[k]]
     candidates = [
         q("diagnosis", f"What is the primary diagnosis of {name}?", diag, list(DIAGNOSES)),
-        q("physician", f"Who is the attending physician of {name}?", f"Dr. {doctor}",
-          [f"Dr. {d.strip()}" for d in DOCTORS]),  # fmt: skip
+        q(
+            "physician",
+            f"Who is the attending physician of {name}?",
+            f"Dr. {doctor}",
+            [f"Dr. {d.strip()}" for d in DOCTORS],
+        ),  # fmt: skip
         q("allergy", f"Which allergy is documented for {name}?", allergy, list(ALLERGIES)),
-        q("birth", f"What is the date of birth of {name}?", dob,
-          [_date(rng, 1931, 1990) for _ in range(12)]),  # fmt: skip
-        q("medication", f"Which medication was {name} started on, on day {days[k]} of admission?",
-          drugs[k], list(DRUGS)),  # fmt: skip
+        q(
+            "birth",
+            f"What is the date of birth of {name}?",
+            dob,
+            [_date(rng, 1931, 1990) for _ in range(12)],
+        ),  # fmt: skip
+        q(
+            "medication",
+            f"Which medication was {name} started on, on day {days[k]} of admission?",
+            drugs[k],
+            list(DRUGS),
+        ),  # fmt: skip
         q("dose", f"What daily dose of {drugs[k]} was {name} started on?", doses[k], dose_pool),
-        q("lab", f"What was {name}'s {lab} level on day {days[3]} of admission?", lab_value,
-          lab_pool),  # fmt: skip
+        q(
+            "lab",
+            f"What was {name}'s {lab} level on day {days[3]} of admission?",
+            lab_value,
+            lab_pool,
+        ),  # fmt: skip
     ]
     keep = sorted(rng.choice(len(candidates), size=num_questions, replace=False).tolist())
     facts = {"name": name, "diagnosis": diag, "physician": f"Dr. {doctor}", "allergy": allergy,
