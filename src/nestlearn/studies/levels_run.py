@@ -178,12 +178,22 @@ def render_md(cells: list[dict[str, Any]], cfg: LevelsConfig, model_name: str) -
             row = []
             for p in periods:
                 c = next((c for c in win if c["levels"] == k and c["period"] == p), None)
-                row.append("" if c is None else f"{_pct(c['accuracy'])} ({c['wall_time_s']:.0f} s)")
+                row.append("" if c is None else _pct(c["accuracy"]))
             md.append(f"| {k} | " + " | ".join(row) + " |")
         if ctx is not None:
             md += ["", f"In context (whole document in attention, nothing learns): "
                    f"{_pct(ctx['accuracy'])}%."]  # fmt: skip
-        md.append("")
+        md += ["", "| cell | periods of the blocks | accuracy | reading loss | wall time |",
+               "|---|---|--:|--:|--:|"]  # fmt: skip
+        for c in sorted(cs, key=lambda c: (c["mode"] == "window", c["period"] or 0, c["levels"])):
+            name = ("in context" if c["mode"] == "context" else
+                    "0 (ICL)" if c["levels"] == 0 else f"{c['levels']} levels, P={c['period']}")  # fmt: skip
+            loss = "" if c.get("reading_loss") is None else f"{c['reading_loss']:.3f}"
+            per = "/".join(str(p) for p in c["periods"]) or "-"
+            md.append(f"| {name} | {per} | {_pct(c['accuracy'])} | {loss} | "
+                      f"{c['wall_time_s']:.0f} s |")  # fmt: skip
+        md += ["", "Reading loss: mean next-token loss (nats) of the document while it was read "
+               "in windows (levels learning); lower than ICL's = the levels learned it.", ""]  # fmt: skip
         kinds: dict[str, list[bool]] = {}
         for c in win:
             for q in c["questions"]:
