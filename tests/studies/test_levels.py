@@ -24,7 +24,7 @@ from nestlearn.studies.levels import (
     run_cell,
     window_loss,
 )
-from nestlearn.studies.levels_run import plan_cells, run_levels
+from nestlearn.studies.levels_run import answer_prob, plan_cells, run_levels
 
 TOK = get_tokenizer("byte")
 
@@ -274,3 +274,9 @@ def test_cli_levels_refuses_bad_options(tmp_path, capsys):
     assert "--levels" in capsys.readouterr().out
     assert main(["levels", "--out", str(tmp_path), "--window", "100"]) == 2
     assert "multiple of call_len" in capsys.readouterr().out
+
+
+def test_answer_prob_by_hand():
+    cell = {"questions": [{"loglik": [0.0, 0.0, 0.0, 0.0], "answer": 2},
+                          {"loglik": [math.log(3), 0.0, 0.0, 0.0], "answer": 0}]}  # fmt: skip
+    assert answer_prob(cell) == pytest.approx((0.25 + 0.5) / 2)

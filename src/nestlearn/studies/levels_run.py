@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from nestlearn.studies.levels import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["plan_cells", "run_levels", "write_results"]
+__all__ = ["answer_prob", "plan_cells", "run_levels", "write_results"]
 
 TITLES = {"longhealth": "LongHealth-style records", "mk_niah": "MK-NIAH-1"}
 
@@ -117,6 +118,19 @@ def run_levels(
     return summary
 
 
+def answer_prob(cell: dict[str, Any]) -> float:
+    """Mean over questions of the right option's probability when the four options'
+    likelihoods are normalised against each other (softmax of the log-likelihoods): a finer
+    measure than accuracy on few questions (chance 0.25)."""
+    probs = []
+    for q in cell["questions"]:
+        ll = q["loglik"]
+        top = max(ll)
+        w = [math.exp(x - top) for x in ll]
+        probs.append(w[q["answer"]] / sum(w))
+    return sum(probs) / len(probs) if probs else float("nan")
+
+
 def _pct(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.1f}"
 
@@ -131,7 +145,10 @@ def write_results(out: Path, cells: list[dict[str, Any]], cfg: LevelsConfig,
     summary = {
         "model": model_name,
         "config": asdict(cfg),
-        "cells": [{k: v for k, v in c.items() if k != "questions"} for c in cells],
+        "cells": [
+            {**{k: v for k, v in c.items() if k != "questions"}, "answer_prob": answer_prob(c)}
+            for c in cells
+        ],
         "questions": {c["key"]: c["questions"] for c in cells},
         "wall_time_s": sum(c["wall_time_s"] for c in cells),
     }
@@ -157,7 +174,8 @@ def render_md(cells: list[dict[str, Any]], cfg: LevelsConfig, model_name: str) -
         "# Effect of levels (arXiv 2512.24695 §9.1, Fig. 7 analogue)", "",
         f"Model {model_name}; attention window {cfg.window} tokens while reading, questions "
         f"asked with the document out of the window; level lr {cfg.level_lr}, level period "
-        f"ratio {cfg.ratio}, seed {cfg.seed}. Accuracy in % (4 options: chance 25%).", "",
+        f"ratio {cfg.ratio}, seed {cfg.seed}. Accuracy in % (4 options: chance 25%), in brackets "
+        "the answer probability (below).", "",
     ]  # fmt: skip
     for (task, n), cs in _groups(cells).items():
         ctx = next((c for c in cs if c["mode"] == "context"), None)
@@ -165,35 +183,38 @@ def render_md(cells: list[dict[str, Any]], cfg: LevelsConfig, model_name: str) -
         nq = max((c["n_questions"] for c in cs), default=0)
         md += [f"## {TITLES.get(task, task)}, {n} tokens ({nq} questions)", ""]
         periods = [p for p in cfg.periods if any(c["period"] == p for c in win)]
-        md.append("| levels | " + " | ".join(f"lowest period {p}" for p in periods) + " |")
-        md.append("|---|" + "--:|" * len(periods))
+        heads = [f"lowest period {p}" for p in periods] or ["ICL"]
+        md.append("| levels | " + " | ".join(heads) + " |")
+        md.append("|---|" + "--:|" * len(heads))
+
+        def show(c: dict[str, Any] | None) -> str:
+            return "" if c is None else f"{_pct(c['accuracy'])} ({answer_prob(c):.2f})"
+
         for k in sorted({c["levels"] for c in win}):
             if k == 0:
                 c0 = next(c for c in win if c["levels"] == 0)
-                md.append(
-                    f"| 0 (ICL) | {_pct(c0['accuracy'])} (all periods) |"
-                    + " |" * (len(periods) - 1)
-                )
+                md.append("| 0 (ICL) | " + " | ".join([show(c0)] * len(heads)) + " |")
                 continue
-            row = []
-            for p in periods:
-                c = next((c for c in win if c["levels"] == k and c["period"] == p), None)
-                row.append("" if c is None else _pct(c["accuracy"]))
+            row = [show(next((c for c in win if c["levels"] == k and c["period"] == p), None))
+                   for p in periods]  # fmt: skip
             md.append(f"| {k} | " + " | ".join(row) + " |")
         if ctx is not None:
             md += ["", f"In context (whole document in attention, nothing learns): "
                    f"{_pct(ctx['accuracy'])}%."]  # fmt: skip
-        md += ["", "| cell | periods of the blocks | accuracy | reading loss | wall time |",
-               "|---|---|--:|--:|--:|"]  # fmt: skip
+        md += ["", "| cell | periods of the blocks | accuracy | answer prob. | reading loss | "
+               "wall time |", "|---|---|--:|--:|--:|--:|"]  # fmt: skip
         for c in sorted(cs, key=lambda c: (c["mode"] == "window", c["period"] or 0, c["levels"])):
             name = ("in context" if c["mode"] == "context" else
-                    "0 (ICL)" if c["levels"] == 0 else f"{c['levels']} levels, P={c['period']}")  # fmt: skip
+                    "0 (ICL)" if c["levels"] == 0 else
+                    f"{c['levels']} level{'s' if c['levels'] > 1 else ''}, P={c['period']}")  # fmt: skip
             loss = "" if c.get("reading_loss") is None else f"{c['reading_loss']:.3f}"
             per = "/".join(str(p) for p in c["periods"]) or "-"
-            md.append(f"| {name} | {per} | {_pct(c['accuracy'])} | {loss} | "
+            md.append(f"| {name} | {per} | {_pct(c['accuracy'])} | {answer_prob(c):.3f} | {loss} | "
                       f"{c['wall_time_s']:.0f} s |")  # fmt: skip
         md += ["", "Reading loss: mean next-token loss (nats) of the document while it was read "
-               "in windows (levels learning); lower than ICL's = the levels learned it.", ""]  # fmt: skip
+               "in windows (levels learning); lower than ICL's = the levels learned it. Answer prob.: "
+               "the right option's mean probability with the four options' likelihoods "
+               "normalised against each other (chance 0.25).", ""]  # fmt: skip
         kinds: dict[str, list[bool]] = {}
         for c in win:
             for q in c["questions"]:
@@ -210,7 +231,8 @@ def render_md(cells: list[dict[str, Any]], cfg: LevelsConfig, model_name: str) -
 
 
 def plot_levels(cells: list[dict[str, Any]], cfg: LevelsConfig, path: Path) -> Path:
-    """Accuracy against levels, one panel per task and length, one line per lowest period."""
+    """Accuracy (top) and answer probability (bottom) against levels, one panel per task and
+    length, one line per lowest period."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -219,27 +241,30 @@ def plot_levels(cells: list[dict[str, Any]], cfg: LevelsConfig, path: Path) -> P
     from nestlearn.data.prepare import atomic_write_bytes
 
     groups = _groups(cells)
-    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(4 * max(1, len(groups)), 3.4),
-                             squeeze=False)  # fmt: skip
-    for ax, ((task, n), cs) in zip(axes[0], groups.items()):
-        win = [c for c in cs if c["mode"] == "window"]
-        c0 = next((c for c in win if c["levels"] == 0), None)
-        for p in cfg.periods:
-            pts = sorted((c["levels"], c["accuracy"]) for c in win if c["period"] == p)
-            if c0 is not None:
-                pts = [(0, c0["accuracy"]), *pts]
-            if pts:
-                ax.plot([x for x, _ in pts], [100 * y for _, y in pts], "o-",
-                        label=f"lowest period {p}")  # fmt: skip
-        ctx = next((c for c in cs if c["mode"] == "context"), None)
-        if ctx is not None:
-            ax.axhline(100 * ctx["accuracy"], color="k", ls="--", lw=1, label="in context")
-        ax.axhline(25, color="grey", ls=":", lw=1, label="chance")
-        ax.set_title(f"{TITLES.get(task, task)}, {n} tokens", fontsize=9)
-        ax.set_xlabel("stacked levels (0 = ICL)")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(-2, 102)
-        ax.set_xticks(sorted({c["levels"] for c in win} | {0}))
+    cols = max(1, len(groups))
+    fig, axes = plt.subplots(2, cols, figsize=(4 * cols, 6.4), squeeze=False)
+    metrics = (("accuracy (%)", lambda c: 100 * c["accuracy"]),
+               ("answer probability (%)", lambda c: 100 * answer_prob(c)))  # fmt: skip
+    for row, (label, value) in enumerate(metrics):
+        for ax, ((task, n), cs) in zip(axes[row], groups.items()):
+            win = [c for c in cs if c["mode"] == "window"]
+            c0 = next((c for c in win if c["levels"] == 0), None)
+            for p in cfg.periods:
+                pts = sorted((c["levels"], value(c)) for c in win if c["period"] == p)
+                if c0 is not None:
+                    pts = [(0, value(c0)), *pts]
+                if pts:
+                    ax.plot([x for x, _ in pts], [y for _, y in pts], "o-",
+                            label=f"lowest period {p}")  # fmt: skip
+            ctx = next((c for c in cs if c["mode"] == "context"), None)
+            if ctx is not None:
+                ax.axhline(value(ctx), color="k", ls="--", lw=1, label="in context")
+            ax.axhline(25, color="grey", ls=":", lw=1, label="chance")
+            ax.set_title(f"{TITLES.get(task, task)}, {n} tokens", fontsize=9)
+            ax.set_xlabel("stacked levels (0 = ICL)")
+            ax.set_ylabel(label)
+            ax.set_ylim(-2, 102)
+            ax.set_xticks(sorted({c["levels"] for c in win} | {0}))
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     import io
