@@ -232,6 +232,15 @@ def test_run_levels_resumes_and_reruns_changed_settings(tmp_path):
     lines = []
     run_levels(out, load, cfg, model_name="tiny", progress=lines.append)
     assert len(calls) == 2 and sum("reusing" in s for s in lines) == 2
+    # report only: the missing cell is listed, not run, and the report holds the others
+    (out / "cells" / "longhealth-900-L1-P32.json").unlink()
+    lines = []
+    res3 = run_levels(out, load, cfg, model_name="tiny", progress=lines.append, report_only=True)
+    assert len(calls) == 2 and len(res3["cells"]) == 2
+    assert any("not finished (report only)" in s for s in lines)
+    assert "| 1 level, P=32 |" not in (out / "results.md").read_text()
+    run_levels(out, load, cfg, model_name="tiny")
+    assert len(calls) == 3
     # another level lr: only the cells that depend on it run again
     lines = []
     run_levels(out, load, _small_cfg(level_lr=0.5), model_name="tiny", progress=lines.append)

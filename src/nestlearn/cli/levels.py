@@ -57,6 +57,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--call-len", type=int, default=128, help="tokens per learning call")
     p.add_argument("--no-in-context", action="store_true",
                    help="skip the whole-document-in-attention reference")  # fmt: skip
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: rewrite the report from the finished cells")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     g = p.add_argument_group("model")
@@ -111,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     name = str(Path(args.checkpoint).resolve()) if args.checkpoint else (
         f"gguf:{Path(args.gguf).name}" if args.gguf else args.pretrained)  # fmt: skip
     try:
-        run_levels(args.out, _loader(args), cfg, model_name=name, progress=print)
+        run_levels(args.out, _loader(args), cfg, model_name=name, progress=print,
+                   report_only=args.report_only)  # fmt: skip
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}")
         return 2

@@ -67,6 +67,7 @@ def run_levels(
     *,
     model_name: str,
     progress: Callable[[str], None] | None = None,
+    report_only: bool = False,
 ) -> dict[str, Any]:
     """Run every cell of :func:`plan_cells` not already finished in ``out``.
 
@@ -77,6 +78,7 @@ def run_levels(
         cfg: sizes and settings.
         model_name: recorded with each cell; a cell from another model is run again.
         progress: called with one line per step.
+        report_only: run no cell; report the finished ones (a partial grid) and list the rest.
     """
     say = progress or (lambda s: logger.info("%s", s))
     out = Path(out)
@@ -94,6 +96,9 @@ def run_levels(
         if old is not None:
             say(f"[{i + 1}/{len(cells)}] {key}: reusing ({100 * old['accuracy']:.1f}%)")
             done.append(old)
+            continue
+        if report_only:
+            say(f"[{i + 1}/{len(cells)}] {key}: not finished (report only)")
             continue
         if loaded is None:
             say(f"loading {model_name}")
