@@ -12,6 +12,8 @@ module               tasks                               paper table (arXiv 2512
                      memorization
 :mod:`.formal`       Parity, (aa)*, (abab)*, aⁿbⁿ,       Table 5 (Bin0/Bin1)
                      aⁿbⁿcⁿ, Shuffle-2
+:mod:`.records`      LongHealth-style patient records    Fig. 7 (effect of levels)
+                     with multiple-choice questions
 ==================== =================================== ==========================================
 
 Every generator is deterministic given its seed. Scoring and the CPU training recipes live in
