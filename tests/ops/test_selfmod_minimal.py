@@ -1,0 +1,25 @@
+"""The one-file spec ``ops/selfmod/minimal.py`` equals the real Hope mixer (hope defaults)."""
+
+from __future__ import annotations
+
+import torch
+
+from nestlearn.memory.self_modifying import SelfModifyingTitans
+from nestlearn.ops.selfmod.minimal import minimal_selfmod_mixer
+
+
+def test_minimal_equals_mixer() -> None:
+    torch.manual_seed(0)
+    # hope defaults, small chunks; T = 23 is a multiple of neither chunk size
+    layer = SelfModifyingTitans(16, 2, chunk_size=4, proj_chunk_size=8).double()
+    with torch.no_grad():  # random weights everywhere, so every path carries signal
+        for name, p in layer.named_parameters():
+            if "init" in name:
+                continue
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(2, 23, 16, dtype=torch.float64)
+    with torch.no_grad():
+        y, _ = layer(x)
+        y_min = minimal_selfmod_mixer(layer, x)
+    assert y.abs().max() > 1e-3
+    torch.testing.assert_close(y_min, y, rtol=0, atol=1e-9)
