@@ -95,7 +95,10 @@ def minimal_selfmod_mixer(layer, x: Tensor) -> Tensor:
     Pp, Pm = start(layer.proj_init), start(layer.mem_init)  # the priors (retain_to_init)
     Wp, Wm = Pp, Pm
     Sp, Sm = tuple(torch.zeros_like(w) for w in Wp), tuple(torch.zeros_like(w) for w in Wm)
-    rep = lambda t: t.repeat(1, n, *([1] * (t.dim() - 2)))  # [B, H, ...] -> [B, n H, ...]
+
+    def rep(t: Tensor) -> Tensor:  # [B, H, ...] -> [B, n H, ...]: one copy per projection memory
+        return t.repeat(1, n, *([1] * (t.dim() - 2)))
+
     ys = []
     for t in range(T):
         if t % Cp == 0:
