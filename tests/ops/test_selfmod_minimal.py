@@ -1,4 +1,9 @@
-"""The one-file spec ``ops/selfmod/minimal.py`` equals the real Hope mixer (hope defaults)."""
+"""The one-file spec ``ops/selfmod/minimal.py`` equals the real Hope mixer (hope defaults).
+
+The only end-to-end check of the selfmod op with the full strong-write rule (``exact_output``,
+``hidden_chunk``, ``hidden_prior``) on: tests/ops/test_selfmod_ops.py compares chunk and naive
+with it off, tests/ops/test_titans_exact.py checks the rule on a single Titans memory.
+"""
 
 from __future__ import annotations
 
@@ -21,5 +26,8 @@ def test_minimal_equals_mixer() -> None:
     with torch.no_grad():
         y, _ = layer(x)
         y_min = minimal_selfmod_mixer(layer, x)
+        layer.naive = True  # the per-token reference op inside the same layer
+        y_naive, _ = layer(x)
     assert y.abs().max() > 1e-3
     torch.testing.assert_close(y_min, y, rtol=0, atol=1e-9)
+    torch.testing.assert_close(y_min, y_naive, rtol=0, atol=1e-9)
