@@ -1,15 +1,19 @@
-"""Hope's self-modifying Titans mixer in one file: a per-token executable spec.
+"""One Hope block in one file: a per-token executable spec.
 
 Plain PyTorch, no nestlearn imports. ``minimal_selfmod_mixer(layer, x)`` computes what
 ``nestlearn.memory.self_modifying.SelfModifyingTitans`` (as the ``hope`` family configures it:
 the :class:`SelfModifyingOptions` defaults) returns for a fresh sequence, from that layer's own
-weights, one token at a time, with every inner gradient written out by hand. It is the readable
-companion of ``README.md`` in this folder; tests/ops/test_selfmod_minimal.py holds it equal to
-the chunked op to 1e-9 in float64.
+weights, one token at a time, with every inner gradient written out by hand;
+``minimal_hope_block(block, x)`` adds the pre-norm residuals and the CMS FFN (in-context,
+sequential, swiglu levels, objective "next", retention) of ``build_hope_block``. It is the
+readable companion of ``README.md`` in this folder; tests/ops/test_selfmod_minimal.py holds both
+equal to the real modules to 1e-9 in float64.
 
 Scope: the hope defaults (silu memories, DGD, momentum, weight decay, adaptive k and v, fixed q,
-per-memory convs, exact_output, hidden_chunk, retain_to_init), a fresh sequence (no threaded
-state), writes on (not ``set_memory_frozen``). Not the CMS FFN or the block's norms/residuals.
+per-memory convs, exact_output, hidden_chunk, retain_to_init; CMS as above), a fresh sequence
+(no threaded state), writes on (not frozen). Not: the Table 6 ablation switches, other
+activations, adaptive q, the nested / independent / outer / static CMS variants, the "ntp" CMS
+objective.
 
 Nested Learning (arXiv 2512.24695) eqs. 83-93. Every memory, per head, is a residual MLP
 ``M(z) = z + W1 silu(W0 z)`` (eq. 89). Axis legend: B batch, T tokens, H heads, F head dim,
@@ -128,3 +132,74 @@ def minimal_selfmod_mixer(layer, x: Tensor) -> Tensor:
     o = F.rms_norm(o, (Fd,)) * layer.out_norm_weight  # per-head output norm
     o = o.reshape(B, T, D) * torch.sigmoid(x @ layer.wg.weight.T)  # output gate
     return o @ layer.wo.weight.T
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole Hope block: pre-norm residual, the mixer above, then the CMS FFN (eqs. 94-97)
+
+
+def rmsnorm(x: Tensor, w: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
+    """RMSNorm computed in ``dtype``. The block's norms (``layers/norm.RMSNorm``) compute in
+    float32 even for float64 input; the CMS level norms in float64 for float64 input."""
+    xf = x.to(dtype)
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w.to(dtype)).to(x.dtype)
+
+
+def swiglu(Wi: Tensor, Wo: Tensor, z: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Level MLP ``Wo (silu(g) * u)``, ``[g; u] = Wi z``; per-sequence weights ``[B, ., .]``."""
+    g, u = torch.einsum("bhd,bd->bh", Wi, z).chunk(2, dim=-1)
+    a = F.silu(g) * u
+    return torch.einsum("bdh,bh->bd", Wo, a), (g, u, a)
+
+
+def cms_level(level, x: Tensor, lr: Tensor, period: int, keep: float) -> Tensor:
+    """One in-context CMS level (eq. 71, objective "next"), token by token.
+
+    Fast weights ``W = W_0 + Delta``. Token ``t`` adds the gradient of
+    ``1/2 ||MLP_W(x_{t-1}) - x_t||^2`` (predict the next input) to the chunk's sum; at every
+    ``period`` boundary ``Delta <- keep Delta - lr sum``; then ``y_t = MLP_W(x_t)``.
+    """
+    B, T, _ = x.shape
+    Wi0 = torch.cat([level.w_gate.weight, level.w_up.weight], dim=0).expand(B, -1, -1)
+    Wo0 = level.w_down.weight.expand(B, -1, -1)
+    Di, Do = torch.zeros_like(Wi0), torch.zeros_like(Wo0)
+    Gi, Go = torch.zeros_like(Wi0), torch.zeros_like(Wo0)
+    ys = []
+    for t in range(T):
+        Wi, Wo = Wi0 + Di, Wo0 + Do
+        if t > 0:  # the previous token's target is now known: accumulate its gradient
+            out, (g, u, a) = swiglu(Wi, Wo, x[:, t - 1])
+            e = out - x[:, t]
+            da = torch.einsum("bdh,bd->bh", Wo, e)
+            dh = torch.cat([da * u * dsilu(g), da * F.silu(g)], dim=-1)
+            Gi, Go = Gi + outer(dh, x[:, t - 1]), Go + outer(e, a)
+        if t % period == 0 and t > 0:
+            Di, Do = keep * Di - lr * Gi, keep * Do - lr * Go
+            Gi, Go = torch.zeros_like(Gi), torch.zeros_like(Go)
+            Wi, Wo = Wi0 + Di, Wo0 + Do
+        ys.append(swiglu(Wi, Wo, x[:, t])[0])
+    return torch.stack(ys, dim=1)
+
+
+def minimal_hope_block(block, x: Tensor) -> Tensor:
+    """``x [B, T, D] -> [B, T, D]``: one Hope block (``hope`` family defaults, fresh sequence).
+
+    ``h = x + mixer(norm(x))``; ``y = h + CMS(norm(h))`` where the CMS is the sequential chain
+    ``u_0 = norm(h)``, ``b_l = MLP_l(norm_l(u_{l-1}))`` (no norm on the first level),
+    ``u_l = u_{l-1} + b_l``, and the block adds ``sum_l b_l`` (eqs. 70, 73, 97).
+    """
+    f32, cdt = torch.float32, torch.promote_types(x.dtype, torch.float32)
+    h = x + minimal_selfmod_mixer(
+        block.mixer, rmsnorm(x, block.mixer_norm.weight, block.mixer_norm.eps, f32)
+    )
+    cms = block.ffn
+    assert cms.in_context and cms.cfg.variant == "sequential" and cms.cfg.activation == "swiglu"
+    lrs = cms.cfg.lr_max * torch.sigmoid(cms.lr_logit)  # learned per-token rate of each level
+    keep = 1.0 - cms.cfg.retention
+    u = rmsnorm(h, block.ffn_norm.weight, block.ffn_norm.eps, f32)
+    y = torch.zeros_like(h)
+    for i, (level, period) in enumerate(zip(cms.levels, cms.periods)):
+        z = u if level.norm_weight is None else rmsnorm(u, level.norm_weight, level.eps, cdt)
+        b = cms_level(level, z, lrs[i] / period, period, keep)  # eq. 71: eta = lr / C
+        u, y = u + b, y + b
+    return h + y
