@@ -36,7 +36,7 @@ from nestlearn.studies.vit_optim.train import (
     time_optimizer_steps,
     train_cell,
 )
-from nestlearn.train.rundir import write_text_atomic
+from nestlearn.utils.files import atomic_write_text as write_text_atomic
 
 __all__ = ["DEFAULT_GRID", "CellStore", "StudySettings", "run_study", "select_lr"]
 
