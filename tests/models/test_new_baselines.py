@@ -106,14 +106,25 @@ def test_tiny_preset_matches_hope_tiny_and_starts_at_ln_vocab(family: str) -> No
 
 @pytest.mark.parametrize("family", FAMS)
 def test_loss_falls_on_real_text(family: str, tiny_data) -> None:
-    """40 AdamW steps on this package's own source bytes: the loss drops well below ln(256)."""
+    """40 AdamW steps on this package's own source bytes: the held-out loss drops well below
+    ln(256). Scored on 64 fixed held-out windows: the last training batches (8 random windows
+    each) scatter by +-0.3 and the source bytes change with every edit of the package."""
     torch.manual_seed(0)
     cfg = ModelConfig(family=family, vocab_size=256, dim=64, n_layers=2, n_heads=2,
                       max_seq_len=64)  # fmt: skip
     model = build_model(cfg, seed=0)
-    _, train, _ = tiny_data
+    _, train, val = tiny_data
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
+    vstarts = torch.randint(0, len(val) - 65, (64,), generator=torch.Generator().manual_seed(1))
+    held = torch.stack([torch.as_tensor(val.get(s, 65)) for s in vstarts.tolist()]).long()
+
+    def held_out_loss() -> float:
+        with torch.no_grad():
+            logits, _ = model(held[:, :-1])
+            return F.cross_entropy(logits.flatten(0, 1), held[:, 1:].flatten()).item()
+
+    before = held_out_loss()
     losses = []
     for _ in range(40):
         starts = torch.randint(0, len(train) - 65, (8,), generator=gen).tolist()
@@ -125,8 +136,9 @@ def test_loss_falls_on_real_text(family: str, tiny_data) -> None:
         opt.step()
         losses.append(loss.item())
     assert all(math.isfinite(x) for x in losses)
-    # measured: 2.96-3.2, memora 3.37 the slowest; ln(256) = 5.55
-    assert sum(losses[-5:]) / 5 < 3.45, losses[-5:]
+    after = held_out_loss()
+    # measured (session 6 source): 2.76-2.98, memora 3.25 the slowest; ln(256) = 5.55
+    assert after < 3.45 and after < before - 2.0, (before, after)
 
 
 def test_families_are_registered_with_decode_and_naive() -> None:
