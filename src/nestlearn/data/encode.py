@@ -88,9 +88,15 @@ def _rebuild(spec: tuple[str, ...]) -> Tokenizer:
 _WORKER: dict[str, Any] = {}
 
 
-def _exit_with_parent() -> None:
-    """Exit as soon as the parent process is gone (e.g. SIGKILLed): no orphaned workers."""
-    parent = os.getppid()
+def _exit_with_parent(parent: int) -> None:
+    """Exit as soon as the parent process ``parent`` is gone (e.g. SIGKILLed): no orphaned workers.
+
+    ``parent`` is the pid the parent passed in, not ``os.getppid()`` read here: a parent killed
+    before this worker started has already handed it to init, and a pid read now would be init's,
+    so the watch below would never fire (an orphan holding the parent's pipes forever).
+    """
+    if os.getppid() != parent:
+        os._exit(1)
 
     def watch() -> None:
         while True:
@@ -101,11 +107,13 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _init_worker(spec: tuple[str, ...], sha256: str, dtype: str, text_key: str) -> None:
+def _init_worker(
+    spec: tuple[str, ...], sha256: str, dtype: str, text_key: str, parent: int
+) -> None:
     # one thread per worker: the pool is the parallelism (and rayon threads would oversubscribe)
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _exit_with_parent()
+    _exit_with_parent(parent)
     tok = _rebuild(spec)
     if tok.sha256 != sha256:
         raise RuntimeError(f"tokenizer {tok.name} changed on disk while preparing; run it again")
@@ -139,7 +147,7 @@ class PayloadEncoder:
                 self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
-                initargs=(spec, self.tok.sha256, self.dtype.str, self.text_key),
+                initargs=(spec, self.tok.sha256, self.dtype.str, self.text_key, os.getpid()),
             )
         return self
 
