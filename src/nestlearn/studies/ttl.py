@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from nestlearn.studies.continual.classify import frozen_transformer, reset_attention
+from nestlearn.utils.files import atomic_write_text as write_text_atomic  # noqa: E402
 
 __all__ = [
     "CellStore",
@@ -230,15 +231,6 @@ class CellStore:
         cell = {**cell, "settings": self.settings}
         atomic_write_json(self.path(name), cell)
         return cell
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """``text`` to ``path`` through a temporary file and a rename."""
-    from nestlearn.data.prepare import atomic_write_bytes
-
-    path = Path(path)
-    atomic_write_bytes(path, text.encode("utf-8"))
-    return path
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
