@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from nestlearn.studies.continual.classify import frozen_transformer, reset_attention
-from nestlearn.utils.files import atomic_write_text as write_text_atomic  # noqa: E402
+from nestlearn.utils.files import atomic_write_text as write_text_atomic
 
 __all__ = [
     "CellStore",
