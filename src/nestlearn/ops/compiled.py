@@ -27,7 +27,17 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["MODES", "chunk_compile", "chunk_step", "disable", "enable", "enabled_mode"]
+__all__ = [
+    "MODES",
+    "chunk_compile",
+    "chunk_step",
+    "disable",
+    "enable",
+    "enabled_mode",
+    "grad_flows",
+    "steady",
+    "stepping",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -94,3 +104,42 @@ def chunk_step(fn: F) -> F:
         out = torch.compile(fn, dynamic=False, mode=_mode)
         _cache[key] = out
     return out  # type: ignore[return-value]
+
+
+def stepping() -> bool:
+    """Whether :func:`chunk_step` hands out compiled steps here (on, and not inside a trace)."""
+    return _mode is not None and not torch.compiler.is_compiling()
+
+
+def steady(t: torch.Tensor, requires_grad: bool) -> torch.Tensor:
+    """A first chunk's state ``t`` made to look like every later chunk's, so that one compiled
+    graph serves them all (Dynamo guards on strides and ``requires_grad``; each mismatch was a
+    separate graph, forward and backward, and Hope's cold compile paid for five of them).
+
+    An expanded (stride-0) initial weight is materialised, and a zero momentum buffer that the
+    later chunks' buffers differ from only in carrying a gradient becomes a leaf that requires
+    one (its gradient is discarded). The values are unchanged. A no-op unless :func:`stepping`.
+    """
+    if not stepping():
+        return t
+    if 0 in t.stride():
+        t = t.contiguous()
+    if requires_grad and not t.requires_grad:
+        t = t.detach().requires_grad_()
+    return t
+
+
+def grad_flows(*ts: object) -> bool:
+    """Whether a gradient is recorded through any of the tensors ``ts`` (None and non-tensors
+    skipped, nested tuples and lists searched)."""
+    if not torch.is_grad_enabled():
+        return False
+    stack = list(ts)
+    while stack:
+        t = stack.pop()
+        if isinstance(t, torch.Tensor):
+            if t.requires_grad:
+                return True
+        elif isinstance(t, (tuple, list)):
+            stack.extend(t)
+    return False

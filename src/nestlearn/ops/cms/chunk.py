@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nestlearn.ops import compiled
 from nestlearn.ops.cms.common import (
     Activation,
     CMSLevelState,
@@ -218,6 +219,15 @@ def _run(
 
     Carry = tuple[Any, ...]  # (base, S, grad, anchor, agrad, buf)
     full_step = chunk_step(cms_chunk_step)
+    # compiled steps: an empty S is a zero pair rather than None, so the first chunk (and the
+    # first after an eq. 72 restart) replays the later chunks' graph; dropped again at the end
+    S0: Pair | None = None
+    if local and compiled.stepping():
+        rg = not first_order and compiled.grad_flows(x, w_in, w_out, lr)
+        S0 = (
+            compiled.steady(x.new_zeros(B, *w_in.shape), rg),
+            compiled.steady(x.new_zeros(B, *w_out.shape), rg),
+        )
 
     def boundary(i: int, c: Carry) -> Carry:
         """Eq. 71 at the start of segment ``i``: apply the finished chunk's sum (and eq. 72)."""
@@ -232,7 +242,7 @@ def _run(
                 agrad = add(agrad, grad)
                 if p % R == 0:
                     anchor = scaled_sub(anchor, reset_lr if reset_lr is not None else lr, agrad)
-                    agrad, base, S = None, anchor, None
+                    agrad, base, S = None, anchor, S0
             grad = None
         return base, S, grad, anchor, agrad, buf
 
@@ -274,8 +284,10 @@ def _run(
         return ys, c
 
     groups, (base, S, grad, anchor, agrad, buf) = run_grouped(
-        len(bounds), group, seg_range, (base, None, grad, anchor, agrad, buf)
+        len(bounds), group, seg_range, (base, S0, grad, anchor, agrad, buf)
     )
+    if S0 is not None and S is S0:
+        S = None
     ys = [y for g in groups for y in g]
     y = torch.cat(ys, dim=1) if ys else x.new_zeros(B, 0, w_out.shape[0])
     if not keep_state:

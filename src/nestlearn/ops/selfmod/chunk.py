@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nestlearn.ops import compiled
 from nestlearn.ops.common import compute_dtype
 from nestlearn.ops.compiled import chunk_step
 from nestlearn.ops.recompute import check_recompute_group, recompute_active, run_grouped
@@ -29,7 +30,7 @@ from nestlearn.ops.selfmod.common import (
     project,
 )
 from nestlearn.ops.titans import chunk_titans
-from nestlearn.ops.titans.common import Activation, Optimizer, TitansState
+from nestlearn.ops.titans.common import Activation, Optimizer, TitansState, steady_titans_state
 
 __all__ = ["chunk_selfmod_titans"]
 
@@ -102,6 +103,9 @@ def chunk_selfmod_titans(
     xs, qs, ks, vs = (None if t is None else t.to(cdt) for t in (x, q, k, v))
     assert xs is not None
     mom = None if momentum is None else momentum.to(cdt)
+    if compiled.stepping():  # one compiled graph for the first projection chunk and the rest
+        grad = compiled.grad_flows(xs, qs, ks, vs, mom, eta_readout, alpha_readout, st.proj)
+        st = st._replace(proj=steady_titans_state(st.proj, grad))
 
     # 1. projection pass over proj_chunk_size chunks (aligned to the state's offset)
     proj = st.proj

@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nestlearn.ops import compiled
 from nestlearn.ops.common import compute_dtype, pad_axis, shift_right
 from nestlearn.ops.recompute import check_recompute_group, recompute_active
 from nestlearn.ops.scan import decay_matrix, exp_flush, log_gate
@@ -44,6 +45,7 @@ from nestlearn.ops.titans.common import (
     TitansState,
     check_inputs,
     check_prior,
+    steady_titans_state,
     zeros_state,
 )
 from nestlearn.ops.titans.linear import linear_chunks, linear_exact_chunks
@@ -136,6 +138,8 @@ def chunk_titans(
     if eta is not None and state.momentum is None:
         state = state._replace(momentum=tuple(torch.zeros_like(w) for w in state.weights))
     ins = [None if t is None else t.to(cdt) for t in (q, k, v, theta, eta, alpha)]
+    if compiled.stepping():  # one compiled graph for the first chunk and the rest
+        state = steady_titans_state(state, compiled.grad_flows(ins, state.weights, prior))
 
     C, off = chunk_size, state.offset
     head = min(C - off, T) if off > 0 else 0  # tokens that finish the chunk already under way

@@ -25,6 +25,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from nestlearn.ops import compiled
 from nestlearn.ops.common import check_per_token, check_values
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "activation_backward_fn",
     "check_inputs",
     "memory_forward",
+    "steady_titans_state",
     "zeros_state",
 ]
 
@@ -82,6 +84,16 @@ class TitansState(NamedTuple):
             return None if ts is None else tuple(t.to(dtype) for t in ts)
 
         return TitansState(_c(self.weights), _c(self.momentum), _c(self.anchor), self.offset)  # type: ignore[arg-type]
+
+
+def steady_titans_state(state: TitansState, requires_grad: bool) -> TitansState:
+    """``state`` with every tensor passed through :func:`nestlearn.ops.compiled.steady`, so the
+    first chunk's compiled step is the later chunks' graph (a no-op unless steps compile)."""
+
+    def _s(ts: tuple[Tensor, ...] | None) -> tuple[Tensor, ...] | None:
+        return None if ts is None else tuple(compiled.steady(t, requires_grad) for t in ts)
+
+    return state._replace(weights=_s(state.weights), momentum=_s(state.momentum))
 
 
 def zeros_state(
