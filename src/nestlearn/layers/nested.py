@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nestlearn.ops.conv import causal_depthwise_conv
+from nestlearn.memory.base import gated_readout, qkv_heads
 from nestlearn.ops.nested import (
     BACKENDS,
     MemorySpec,
@@ -42,7 +42,10 @@ from nestlearn.ops.nested import (
     param_shapes,
     project,
 )
+from nestlearn.utils.config import options_or_keywords
+from nestlearn.utils.init import uniform_
 from nestlearn.utils.residual import mark_residual_out
+from nestlearn.utils.state import detach_fields
 
 __all__ = ["NestedMixer", "NestedMixerState"]
 
@@ -60,10 +63,7 @@ class NestedMixerState(NamedTuple):
 
     def detach(self) -> NestedMixerState:
         """Cut the autograd history (truncated backprop through time)."""
-        return NestedMixerState(
-            None if self.inner is None else self.inner.detach(),
-            None if self.conv is None else self.conv.detach(),
-        )
+        return NestedMixerState(*detach_fields(self))
 
 
 @dataclass
@@ -130,11 +130,7 @@ class NestedMixer(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if options is None:
-            options = NestedMixerOptions(**kwargs)
-        elif kwargs:
-            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
-        self.options = o = options
+        self.options = o = options_or_keywords(NestedMixerOptions, options, kwargs)
         max_lr, momentum_max, retain_init = o.max_lr, o.momentum_max, o.retain_init
         delta_init, conv_size, backend = o.delta_init, o.conv_size, o.backend
         if dim % n_heads:
@@ -196,9 +192,7 @@ class NestedMixer(nn.Module):
                                                       self.n_heads, generator=gen)):  # fmt: skip
             p.copy_(init)
         if self.conv_weight is not None:
-            b = 1.0 / math.sqrt(self.conv_size)
-            u = torch.rand(self.conv_weight.shape, generator=gen, dtype=torch.float64)
-            self.conv_weight.copy_((2.0 * u - 1.0) * b)
+            uniform_(self.conv_weight, 1.0 / math.sqrt(self.conv_size), gen)
         init = {
             "lr": 0.0,
             "retain": math.log(self.retain_init / (1.0 - self.retain_init)),
@@ -234,15 +228,9 @@ class NestedMixer(nn.Module):
     ) -> tuple[Tensor, NestedMixerState | None]:
         """``x: [B, T, D] -> y: [B, T, D]``; with ``state`` continue that sequence (and return it)."""
         B, T, _ = x.shape
-        H, F_ = self.n_heads, self.head_dim
-        inner = state.inner if state is not None else None
-        tail = state.conv if state is not None else None
-        qkv = self.wqkv(x)
-        new_tail = None
-        if self.conv_weight is not None:
-            qkv, new_tail = causal_depthwise_conv(qkv, self.conv_weight, tail)
-        q, k, v = F.silu(qkv).view(B, T, 3, H, F_).unbind(2)
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        H = self.n_heads
+        inner, tail = state if state is not None else (None, None)
+        q, k, v, new_tail = qkv_heads(self.wqkv(x), self.conv_weight, tail, H)
         wdt = torch.promote_types(x.dtype, torch.float32)  # gates at least in float32
         g = self.wgates(x).to(wdt).view(B, T, len(self.gate_names), H) + self.gate_bias.to(wdt)
         gates = dict(zip(self.gate_names, g.unbind(2)))
@@ -257,9 +245,7 @@ class NestedMixer(nn.Module):
             norm_weight=self.mem_norm_weight, norm_bias=self.mem_norm_bias, backend=self.backend,
         )  # fmt: skip
         assert o is not None
-        o = F.rms_norm(o, (F_,)) * self.out_norm_weight.to(o.dtype)
-        o = o.to(x.dtype).reshape(B, T, self.dim) * torch.sigmoid(self.wg(x))
-        y = self.wo(o)
+        y = gated_readout(o, x, self.out_norm_weight, self.wg, self.wo, cast=True)
         return y, (NestedMixerState(inner, new_tail) if state is not None else None)
 
     def flops_per_token(self, seq_len: int) -> int:

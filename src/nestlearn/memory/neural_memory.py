@@ -48,17 +48,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nestlearn.ops.conv import causal_depthwise_conv
+from nestlearn.memory.base import ChunkLoopMemory, check_inner_rule, gated_readout, qkv_heads
 from nestlearn.ops.recompute import DEFAULT_RECOMPUTE_GROUP, check_recompute_group
 from nestlearn.ops.titans import TitansState, chunk_titans, naive_chunk_titans
 from nestlearn.ops.titans.common import memory_forward, read_weights
+from nestlearn.utils.dtypes import compute_dtype
+from nestlearn.utils.init import uniform_
 from nestlearn.utils.residual import mark_residual_out
+from nestlearn.utils.state import detach_fields
 
 __all__ = ["NeuralMemory", "NeuralMemoryOptions", "NeuralMemoryState"]
 
@@ -77,10 +79,7 @@ class NeuralMemoryState(NamedTuple):
 
     def detach(self) -> NeuralMemoryState:
         """Cut the autograd history (truncated backprop through time)."""
-        return NeuralMemoryState(
-            None if self.inner is None else self.inner.detach(),
-            None if self.conv is None else self.conv.detach(),
-        )
+        return NeuralMemoryState(*detach_fields(self))
 
 
 @dataclass
@@ -153,22 +152,10 @@ class NeuralMemoryOptions:
             raise ValueError(f"optimizer must be 'gd' or 'dgd', got {self.optimizer!r}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}; try 64")
-        if not self.max_lr > 0:
-            raise ValueError(f"max_lr must be > 0, got {self.max_lr}; try 1.0")
-        if self.conv_size < 0:
-            raise ValueError(f"conv_size must be >= 0, got {self.conv_size}; try 4")
-        if not 0.0 < self.momentum_max <= 1.0:
-            raise ValueError(f"momentum_max must be in (0, 1], got {self.momentum_max}; try 0.5")
-        if self.retain_to_init and not self.hidden_chunk:
-            raise ValueError(
-                "retain_to_init acts on chunk-level hidden layers; with hidden_chunk=false also "
-                "set retain_to_init=false"
-            )
-        if self.lr_init is not None and not 0.0 < self.lr_init < self.max_lr:
-            raise ValueError(f"lr_init must be in (0, max_lr={self.max_lr}), got {self.lr_init}")
+        check_inner_rule(self, max_lr_hint=1.0)
 
 
-class NeuralMemory(nn.Module):
+class NeuralMemory(ChunkLoopMemory):
     """Titans long-term memory layer with the house ``forward(x, *, state=None)`` signature.
 
     Args:
@@ -177,44 +164,17 @@ class NeuralMemory(nn.Module):
         options: the layer's options (:class:`NeuralMemoryOptions`, fields documented there);
             or give them as keywords (``NeuralMemory(64, 4, chunk_size=16)``), not both.
         init_seed: seed of this layer's own random init (``M_0``, conv), see ``reset_parameters``.
+
+    Construction (options or keywords), the shared inner-rule attributes and the chunk-loop
+    markers (``supports_naive``: ``options.naive`` runs the naive per-chunk reference op) are
+    :class:`~nestlearn.memory.base.ChunkLoopMemory`'s.
     """
 
-    supports_naive = True
-    chunk_steps = True
-    """Runs a Python loop over chunks (``nestlearn.ops.compiled``): ``train.compile`` compiles
-    its chunk steps, not the whole layer, whose unrolled loop would take minutes to compile."""
-    """``options.naive`` runs the naive per-chunk reference op (``nestlearn bench --naive``)."""
+    options_class = NeuralMemoryOptions
 
-    def __init__(
-        self,
-        dim: int,
-        n_heads: int = 4,
-        options: NeuralMemoryOptions | None = None,
-        *,
-        init_seed: int = 0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__()
-        if options is None:
-            options = NeuralMemoryOptions(**kwargs)
-        elif kwargs:
-            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
-        o = self.options = options
-        if dim % n_heads:
-            raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
-        self.recompute_group = check_recompute_group(o.recompute_group)
-        F_ = dim // n_heads
-        self.dim, self.n_heads, self.head_dim = dim, n_heads, F_
-        self.memory, self.activation, self.optimizer = o.memory, o.activation, o.optimizer
-        self.momentum, self.forget, self.chunk_size = o.momentum, o.forget, o.chunk_size
-        self.momentum_max = o.momentum_max
-        self.hidden_chunk = o.hidden_chunk
-        self.retain_to_init = o.retain_to_init
-        self.lr_init = o.max_lr / 2 if o.lr_init is None else o.lr_init
-        self.exact_output = o.exact_output
-        self.max_lr, self.conv_size, self.naive, self.init_seed = (
-            o.max_lr, o.conv_size, o.naive, init_seed,
-        )  # fmt: skip
+    def _build(self, o: NeuralMemoryOptions) -> None:
+        dim, n_heads, F_ = self.dim, self.n_heads, self.head_dim
+        self.memory, self.forget = o.memory, o.forget
         memory, conv_size, expansion, depth = o.memory, o.conv_size, o.expansion, o.depth
         P = 3 * dim
         self.wqkv = nn.Linear(dim, P, bias=False)
@@ -234,9 +194,6 @@ class NeuralMemory(nn.Module):
         self.out_norm_weight = nn.Parameter(torch.empty(n_heads, F_))
         self.wg = nn.Linear(dim, dim, bias=False)
         self.wo = mark_residual_out(nn.Linear(dim, dim, bias=False))
-        self.memory_frozen = False
-        if self.gate_bias.device.type != "meta":
-            self.reset_parameters()
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
@@ -273,9 +230,7 @@ class NeuralMemory(nn.Module):
             else:
                 w.copy_(randn(w.shape, 1.0 / math.sqrt(w.shape[-1])))
         if self.conv_weight is not None:
-            b = 1.0 / math.sqrt(self.conv_size)
-            u = torch.rand(self.conv_weight.shape, generator=gen, dtype=torch.float64)
-            self.conv_weight.copy_((2.0 * u - 1.0) * b)
+            uniform_(self.conv_weight, 1.0 / math.sqrt(self.conv_size), gen)
         self.gate_bias[0].fill_(math.log(self.lr_init / (self.max_lr - self.lr_init)))
         self.gate_bias[1].fill_(math.log(0.9 / 0.1))  # eta = 0.9 * momentum_max at init
         self.gate_bias[2].fill_(math.log(0.001 / 0.999))
@@ -311,23 +266,14 @@ class NeuralMemory(nn.Module):
         return self._initial_inner(batch).weights
 
     # --------------------------------------------------------------- forward
-    def _conv(self, u: Tensor, tail: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Causal depthwise conv over time. ``u: [B, T, P]``; returns output and the new tail."""
-        if self.conv_weight is None:
-            return u, None
-        return causal_depthwise_conv(u, self.conv_weight, tail)
-
     def forward(
         self, x: Tensor, *, state: NeuralMemoryState | None = None
     ) -> tuple[Tensor, NeuralMemoryState | None]:
         """``x: [B, T, D] -> y: [B, T, D]``; with ``state`` continue that sequence (and return it)."""
         B, T, _ = x.shape
-        H, F_ = self.n_heads, self.head_dim
-        inner = state.inner if state is not None else None
-        tail = state.conv if state is not None else None
-        qkv, new_tail = self._conv(self.wqkv(x), tail)
-        q, k, v = F.silu(qkv).view(B, T, 3, H, F_).unbind(2)
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        H = self.n_heads
+        inner, tail = state if state is not None else (None, None)
+        q, k, v, new_tail = qkv_heads(self.wqkv(x), self.conv_weight, tail, H)
         # gates in float32 at least: the op's scans run there anyway
         wdt = torch.promote_types(x.dtype, torch.float32)
         g = self.wgates(x).to(wdt).view(B, T, 3, H) + self.gate_bias.to(wdt)
@@ -341,7 +287,7 @@ class NeuralMemory(nn.Module):
                 if inner is not None
                 else self._initial_inner(B).weights
             )
-            cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+            cdt = compute_dtype(q)
             o = memory_forward(
                 tuple(w.to(cdt) for w in weights), q.to(cdt).transpose(1, 2), self.activation
             )  # [B, H, T, F]
@@ -360,9 +306,7 @@ class NeuralMemory(nn.Module):
                 o, inner = chunk_titans(
                     q, k, v, theta, eta, alpha, inner, **kw, recompute_group=self.recompute_group
                 )
-        o = F.rms_norm(o, (F_,)) * self.out_norm_weight.to(o.dtype)  # per head
-        o = o.reshape(B, T, self.dim) * torch.sigmoid(self.wg(x))
-        y = self.wo(o)
+        y = gated_readout(o, x, self.out_norm_weight, self.wg, self.wo)
         return y, (NeuralMemoryState(inner, new_tail) if state is not None else None)
 
     def flops_per_token(self, seq_len: int) -> int:

@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nestlearn.memory.base import ChunkLoopMemory, check_inner_rule, gated_readout
 from nestlearn.ops.conv import causal_depthwise_conv
 from nestlearn.ops.recompute import DEFAULT_RECOMPUTE_GROUP, check_recompute_group
 from nestlearn.ops.selfmod import (
@@ -54,7 +55,10 @@ from nestlearn.ops.selfmod import (
 from nestlearn.ops.selfmod.common import gradient_point
 from nestlearn.ops.titans import TitansState, memory_forward
 from nestlearn.ops.titans.common import read_weights
+from nestlearn.utils.dtypes import compute_dtype
+from nestlearn.utils.init import uniform_
 from nestlearn.utils.residual import mark_residual_out
+from nestlearn.utils.state import detach_fields
 
 __all__ = ["SelfModifyingOptions", "SelfModifyingTitans", "SelfModifyingTitansState"]
 
@@ -73,10 +77,7 @@ class SelfModifyingTitansState(NamedTuple):
 
     def detach(self) -> SelfModifyingTitansState:
         """Cut the autograd history (truncated backprop through time)."""
-        return SelfModifyingTitansState(
-            None if self.inner is None else self.inner.detach(),
-            None if self.conv is None else self.conv.detach(),
-        )
+        return SelfModifyingTitansState(*detach_fields(self))
 
 
 @dataclass
@@ -157,19 +158,7 @@ class SelfModifyingOptions:
                 f"chunk_size and proj_chunk_size must be >= 1, got {self.chunk_size}, "
                 f"{self.proj_chunk_size}; try 32 and 64"
             )
-        if not self.max_lr > 0:
-            raise ValueError(f"max_lr must be > 0, got {self.max_lr}; try 0.5")
-        if self.conv_size < 0:
-            raise ValueError(f"conv_size must be >= 0, got {self.conv_size}; try 4")
-        if not 0.0 < self.momentum_max <= 1.0:
-            raise ValueError(f"momentum_max must be in (0, 1], got {self.momentum_max}; try 0.5")
-        if self.retain_to_init and not self.hidden_chunk:
-            raise ValueError(
-                "retain_to_init acts on chunk-level hidden layers; with hidden_chunk=false also "
-                "set retain_to_init=false"
-            )
-        if self.lr_init is not None and not 0.0 < self.lr_init < self.max_lr:
-            raise ValueError(f"lr_init must be in (0, max_lr={self.max_lr}), got {self.lr_init}")
+        check_inner_rule(self, max_lr_hint=0.5)
         if not 0.0 <= self.proj_lr_scale <= 1.0:
             raise ValueError(f"proj_lr_scale must be in [0, 1], got {self.proj_lr_scale}")
         if self.optimizer not in ("gd", "dgd"):
@@ -182,7 +171,7 @@ class SelfModifyingOptions:
             raise ValueError("per_memory_conv needs conv_size > 0; try conv_size=4")
 
 
-class SelfModifyingTitans(nn.Module):
+class SelfModifyingTitans(ChunkLoopMemory):
     """Self-modifying Titans (Hope's sequence mixer) with the house ``forward(x, *, state)``.
 
     Args:
@@ -190,51 +179,24 @@ class SelfModifyingTitans(nn.Module):
         options: the layer's options (:class:`SelfModifyingOptions`, fields documented there);
             or give them as keywords (``SelfModifyingTitans(64, 4, chunk_size=16)``), not both.
         init_seed: seed of this layer's own init (the layer index).
+
+    Construction (options or keywords), the shared inner-rule attributes and the chunk-loop
+    markers (``supports_naive``: ``options.naive`` runs the per-token reference op) are
+    :class:`~nestlearn.memory.base.ChunkLoopMemory`'s.
     """
 
-    supports_naive = True
-    chunk_steps = True
-    """Runs a Python loop over chunks (``nestlearn.ops.compiled``): ``train.compile`` compiles
-    its chunk steps, not the whole layer, whose unrolled loop would take minutes to compile."""
-    """``options.naive`` runs the per-token reference op (``nestlearn bench --naive``)."""
+    options_class = SelfModifyingOptions
 
-    def __init__(
-        self,
-        dim: int,
-        n_heads: int = 4,
-        options: SelfModifyingOptions | None = None,
-        *,
-        init_seed: int = 0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__()
-        if options is None:
-            options = SelfModifyingOptions(**kwargs)
-        elif kwargs:
-            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
-        o = self.options = options
-        if dim % n_heads:
-            raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
-        self.recompute_group = check_recompute_group(o.recompute_group)
-        self.momentum_max = o.momentum_max
-        self.exact_output, self.hidden_chunk = o.exact_output, o.hidden_chunk
-        self.retain_to_init = o.retain_to_init
-        self.lr_init = o.max_lr / 2 if o.lr_init is None else o.lr_init
-        self.proj_lr_scale = o.proj_lr_scale
+    def _build(self, o: SelfModifyingOptions) -> None:
+        dim, n_heads, F_ = self.dim, self.n_heads, self.head_dim
+        self.proj_lr_scale, self.proj_chunk_size = o.proj_lr_scale, o.proj_chunk_size
         expansion, conv_size, momentum = o.expansion, o.conv_size, o.momentum
-        weight_decay = o.weight_decay
-        F_ = dim // n_heads
-        self.dim, self.n_heads, self.head_dim = dim, n_heads, F_
-        self.activation, self.optimizer = o.activation, o.optimizer
-        self.momentum, self.weight_decay = momentum, weight_decay
-        self.chunk_size, self.proj_chunk_size, self.max_lr = o.chunk_size, o.proj_chunk_size, o.max_lr
-        self.conv_size, self.naive, self.init_seed = conv_size, o.naive, init_seed
+        weight_decay = self.weight_decay = o.weight_decay
         adaptive = {"k": o.adaptive_k, "v": o.adaptive_v, "q": o.adaptive_q, "eta": True}
         adaptive["alpha"] = weight_decay
         self.names: tuple[str, ...] = tuple(p for p in PROJECTIONS if adaptive[p])
         # fixed projections, in channel order after the memory input x_m
         self.fixed: tuple[str, ...] = tuple(p for p in ("q", "k", "v") if not adaptive[p])
-        self.memory_frozen = False
         P = dim * (1 + len(self.fixed))
         self.w_in = nn.Linear(dim, P, bias=False)
         # per-memory conv: the memory input is convolved once per projection memory, each with its
@@ -262,8 +224,6 @@ class SelfModifyingTitans(nn.Module):
         self.out_norm_weight = nn.Parameter(torch.empty(n_heads, F_))
         self.wg = nn.Linear(dim, dim, bias=False)
         self.wo = mark_residual_out(nn.Linear(dim, dim, bias=False))
-        if self.eta_bias.device.type != "meta":
-            self.reset_parameters()
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
@@ -287,9 +247,7 @@ class SelfModifyingTitans(nn.Module):
                 torch.randn(w.shape, generator=gen, dtype=torch.float64) / math.sqrt(w.shape[-1])
             )
         if self.conv_weight is not None:
-            b = 1.0 / math.sqrt(self.conv_size)
-            u = torch.rand(self.conv_weight.shape, generator=gen, dtype=torch.float64)
-            self.conv_weight.copy_((2.0 * u - 1.0) * b)
+            uniform_(self.conv_weight, 1.0 / math.sqrt(self.conv_size), gen)
         self.eta_readout.zero_()
         self.eta_bias.fill_(math.log(self.lr_init / (self.max_lr - self.lr_init)))
         if self.alpha_readout is not None and self.alpha_bias is not None:
@@ -331,8 +289,7 @@ class SelfModifyingTitans(nn.Module):
         """``x: [B, T, D] -> y: [B, T, D]``; with ``state`` continue that sequence (and return it)."""
         B, T, D = x.shape
         H, F_ = self.n_heads, self.head_dim
-        inner = state.inner if state is not None else None
-        tail = state.conv if state is not None else None
+        inner, tail = state if state is not None else (None, None)
         u = self.w_in(x)
         new_tail = None
         if self.n_x > 1:  # one copy of the memory input per projection memory's conv
@@ -372,16 +329,14 @@ class SelfModifyingTitans(nn.Module):
                 o, inner = chunk_selfmod_titans(
                     xm, inner, **kw, recompute_group=self.recompute_group
                 )
-        o = F.rms_norm(o, (F_,)) * self.out_norm_weight.to(o.dtype)  # per head
-        o = o.reshape(B, T, D) * torch.sigmoid(self.wg(x))
-        y = self.wo(o)
+        y = gated_readout(o, x, self.out_norm_weight, self.wg, self.wo)
         if state is None:
             return y, None
         return y, SelfModifyingTitansState(inner, new_tail)
 
     def _read_only(self, xm: Tensor, inner: SelfModState, kw: dict) -> Tensor:
         """Frozen memories: project at the projection memories' gradient point, read M_memory."""
-        cdt = torch.float64 if xm.dtype == torch.float64 else torch.float32
+        cdt = compute_dtype(xm)
         fixed = {n: (None if kw[n] is None else kw[n].to(cdt)) for n in ("q", "k", "v")}
         p = project(
             tuple(w.to(cdt) for w in gradient_point(inner.proj)), xm.to(cdt), kw["names"],

@@ -21,9 +21,11 @@ import difflib
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "check_keys", "from_dict"]
+T = TypeVar("T")
+
+__all__ = ["ConfigError", "check_keys", "from_dict", "options_or_keywords"]
 
 
 class ConfigError(ValueError):
@@ -170,3 +172,16 @@ def from_dict(
         if what is not None and group and group not in msg:
             msg = f"{group}: {msg}"
         raise ConfigError(msg) from e
+
+
+def options_or_keywords(cls: type[T], options: T | None, kwargs: Mapping[str, Any]) -> T:
+    """A layer's options, given whole (``options``) or as keywords (``cls(**kwargs)``), not both.
+
+    The layers take ``Layer(dim, n_heads, options)`` or ``Layer(dim, n_heads, chunk_size=16)``;
+    this is that rule, written once. Raises ``TypeError`` when both are given.
+    """
+    if options is None:
+        return cls(**kwargs)
+    if kwargs:
+        raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
+    return options
