@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from nestlearn.layers.deltanet import RECURRENT_MAX_T, DeltaNetMixer, DeltaNetMixerOptions
 from nestlearn.ops.comba import chunk_comba, naive_recurrent_comba
+from nestlearn.utils.config import options_or_keywords
 
 __all__ = ["CombaMixer"]
 
@@ -58,10 +59,7 @@ class CombaMixer(DeltaNetMixer):
         init_seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        if options is None:
-            options = CombaMixerOptions(**kwargs)
-        elif kwargs:
-            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
+        options = options_or_keywords(CombaMixerOptions, options, kwargs)
         self.correction_init = options.correction_init
         super().__init__(dim, n_heads, options, gated=True, norm_eps=norm_eps, init_seed=init_seed)
         self.decay = nn.Parameter(torch.empty(n_heads))

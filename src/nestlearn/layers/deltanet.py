@@ -31,12 +31,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestlearn.layers.norm import RMSNorm
+from nestlearn.ops.conv import short_conv_silu
 from nestlearn.ops.delta_rule import (
     chunk_delta_rule,
     chunk_gated_delta_rule,
     naive_recurrent_delta_rule,
     naive_recurrent_gated_delta_rule,
 )
+from nestlearn.utils.config import options_or_keywords
+from nestlearn.utils.init import uniform_
 from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["DeltaNetMixer", "DeltaNetState", "ShortConv", "delta_op_flops"]
@@ -81,21 +84,13 @@ class ShortConv(nn.Module):
         generator seeded by ``init_seed`` (set from the model's seed by ``init_weights``), never
         from torch's global generator."""
         gen = torch.Generator().manual_seed(0xC0471 + self.init_seed)
-        bound = 1.0 / math.sqrt(self.width)
-        u = torch.rand(self.weight.shape, generator=gen, dtype=torch.float64)
-        self.weight.copy_((2 * u - 1) * bound)
+        uniform_(self.weight, 1.0 / math.sqrt(self.width), gen)
 
     def init_tail(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         return torch.zeros(batch_size, self.width - 1, self.channels, device=device, dtype=dtype)
 
     def forward(self, x: Tensor, tail: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        B, T, Cc = x.shape
-        if tail is None:
-            tail = self.init_tail(B, x.device, x.dtype)
-        xt = torch.cat([tail.to(x.dtype), x], dim=1)  # [B, W-1+T, Cc]
-        y = F.conv1d(xt.transpose(1, 2), self.weight.to(x.dtype), groups=Cc)  # [B, Cc, T]
-        new_tail = xt[:, xt.shape[1] - (self.width - 1) :]
-        return F.silu(y.transpose(1, 2)), new_tail
+        return short_conv_silu(x, self.weight, tail)
 
 
 @dataclass
@@ -164,11 +159,7 @@ class DeltaNetMixer(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if options is None:
-            options = DeltaNetMixerOptions(**kwargs)
-        elif kwargs:
-            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
-        self.options = o = options
+        self.options = o = options_or_keywords(DeltaNetMixerOptions, options, kwargs)
         head_dim, expand_v, conv_size, output_gate = o.head_dim, o.expand_v, o.conv_size, o.output_gate
         chunk_size, naive, backend = o.chunk_size, o.naive, o.backend
         self.init_seed = init_seed

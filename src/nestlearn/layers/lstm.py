@@ -16,6 +16,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from nestlearn.utils.init import uniform_
+from nestlearn.utils.state import detach_fields
+
 __all__ = ["LSTMMixer", "LSTMState"]
 
 
@@ -27,9 +30,7 @@ class LSTMState(NamedTuple):
 
     def detach(self) -> LSTMState:
         """Cut the autograd history (truncated backprop through time)."""
-        return LSTMState(
-            None if self.h is None else self.h.detach(), None if self.c is None else self.c.detach()
-        )
+        return LSTMState(*detach_fields(self))
 
 
 class LSTMMixer(nn.Module):
@@ -57,8 +58,7 @@ class LSTMMixer(nn.Module):
         gen = torch.Generator().manual_seed(0x157 + self.init_seed)
         b = 1.0 / math.sqrt(self.dim)
         for p in self.lstm.parameters():
-            u = torch.rand(p.shape, generator=gen, dtype=torch.float64)
-            p.copy_((2.0 * u - 1.0) * b)
+            uniform_(p, b, gen)
         D = self.dim
         self.lstm.bias_ih_l0[D : 2 * D].fill_(1.0)  # gate order: input, forget, cell, output
         self.lstm.bias_hh_l0[D : 2 * D].zero_()

@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nestlearn.ops.conv import short_conv_silu
 from nestlearn.ops.ssd import chunk_ssd, naive_ssd
+from nestlearn.utils.config import options_or_keywords
 from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["Mamba2Mixer", "Mamba2State"]
@@ -110,11 +112,7 @@ class Mamba2Mixer(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if options is None:
-            options = Mamba2MixerOptions(**kwargs)
-        elif kwargs:
-            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
-        self.options = o = options
+        self.options = o = options_or_keywords(Mamba2MixerOptions, options, kwargs)
         d_state, expand, head_dim, n_groups = o.d_state, o.expand, o.head_dim, o.n_groups
         conv_width, chunk_size, naive = o.conv_width, o.chunk_size, o.naive
         inner = expand * dim
@@ -225,17 +223,7 @@ class Mamba2Mixer(nn.Module):
     def _conv(self, xbc: Tensor, tail: Tensor | None) -> tuple[Tensor, Tensor]:
         """Causal depthwise conv + SiLU over ``xbc: [B, T, Cc]``; returns the output and the new
         tail (last ``W - 1`` inputs). ``tail=None`` means a fresh sequence (zero padding)."""
-        W = self.conv_width
-        if tail is None:
-            tail = xbc.new_zeros(xbc.shape[0], W - 1, self.conv_dim)
-        full = torch.cat([tail.to(xbc.dtype), xbc], dim=1)  # [B, W - 1 + T, Cc]
-        out = F.conv1d(
-            full.transpose(1, 2),
-            self.conv_weight.to(xbc.dtype)[:, None, :],
-            self.conv_bias.to(xbc.dtype),
-            groups=self.conv_dim,
-        ).transpose(1, 2)  # [B, T, Cc]
-        return F.silu(out), full[:, full.shape[1] - (W - 1) :]
+        return short_conv_silu(xbc, self.conv_weight, tail, self.conv_bias)
 
     def _gated_norm(self, y: Tensor, z: Tensor) -> Tensor:
         """``rmsnorm(y * silu(z)) * weight`` per group of ``E / G`` channels (Mamba2's

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from nestlearn.layers.rope import apply_rope, rope_cos_sin, rope_frequencies
 from nestlearn.ops.retention import chunk_retention, naive_recurrent_retention
+from nestlearn.utils.config import options_or_keywords
 from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["HeadGroupNorm", "RetNetMixer", "RetNetState", "retnet_gammas"]
@@ -129,11 +130,7 @@ class RetNetMixer(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if options is None:
-            options = RetNetMixerOptions(**kwargs)
-        elif kwargs:
-            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
-        self.options = o = options
+        self.options = o = options_or_keywords(RetNetMixerOptions, options, kwargs)
         expand_v, chunk_size, naive, backend = o.expand_v, o.chunk_size, o.naive, o.backend
         if dim % n_heads:
             raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestlearn.ops.rwkv7 import chunk_rwkv7, naive_recurrent_rwkv7
+from nestlearn.utils.config import options_or_keywords
 from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["RWKV7Mixer", "RWKV7State"]
@@ -110,11 +111,7 @@ class RWKV7Mixer(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if options is None:
-            options = RWKV7MixerOptions(**kwargs)
-        elif kwargs:
-            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
-        self.options = o = options
+        self.options = o = options_or_keywords(RWKV7MixerOptions, options, kwargs)
         chunk_size, naive, backend = o.chunk_size, o.naive, o.backend
         if dim % n_heads:
             raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")

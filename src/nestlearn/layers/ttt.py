@@ -31,7 +31,9 @@ from torch import Tensor, nn
 
 from nestlearn.layers.rope import rope_cos_sin, rope_frequencies
 from nestlearn.ops.ttt import TTTState, chunk_ttt, naive_ttt
+from nestlearn.utils.config import options_or_keywords
 from nestlearn.utils.residual import mark_residual_out
+from nestlearn.utils.state import detach_fields
 
 __all__ = ["TTTMixer", "TTTMixerState"]
 
@@ -49,7 +51,7 @@ class TTTMixerState(NamedTuple):
 
     def detach(self) -> TTTMixerState:
         """Cut the autograd history (truncated backprop through time)."""
-        return TTTMixerState(None if self.inner is None else self.inner.detach())
+        return TTTMixerState(*detach_fields(self))
 
 
 def _rotate_half(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -123,11 +125,7 @@ class TTTMixer(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if options is None:
-            options = TTTMixerOptions(**kwargs)
-        elif kwargs:
-            raise TypeError(f"give options or keywords {sorted(kwargs)}, not both")
-        self.options = o = options
+        self.options = o = options_or_keywords(TTTMixerOptions, options, kwargs)
         mini_batch_size, base_lr, mlp_expand = o.mini_batch_size, o.base_lr, o.mlp_expand
         rope, gate, naive = o.rope, o.gate, o.naive
         if inner not in ("linear", "mlp"):
