@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nestlearn.memory.base import gated_readout, qkv_heads
+from nestlearn.memory.base import gated_readout, qkv_heads, readout_params, stacked_params
 from nestlearn.ops.nested import (
     BACKENDS,
     MemorySpec,
@@ -44,7 +44,6 @@ from nestlearn.ops.nested import (
 )
 from nestlearn.utils.config import options_or_keywords
 from nestlearn.utils.init import uniform_
-from nestlearn.utils.residual import mark_residual_out
 from nestlearn.utils.state import detach_fields
 
 __all__ = ["NestedMixer", "NestedMixerState"]
@@ -155,17 +154,13 @@ class NestedMixer(nn.Module):
         self.wgates = nn.Linear(dim, len(self.gate_names) * n_heads, bias=False)
         # biases live here, not in wgates: the model's init_weights zeroes Linear biases
         self.gate_bias = nn.Parameter(torch.empty(len(self.gate_names), n_heads))
-        self.mem_init = nn.ParameterList(
-            nn.Parameter(torch.empty(n_heads, *s)) for s in param_shapes(spec, F_, F_)
-        )
+        self.mem_init = stacked_params(n_heads, param_shapes(spec, F_, F_))
         if spec.norm == "layernorm":
             self.mem_norm_weight = nn.Parameter(torch.empty(n_heads, F_))
             self.mem_norm_bias = nn.Parameter(torch.empty(n_heads, F_))
         else:
             self.mem_norm_weight = self.mem_norm_bias = None
-        self.out_norm_weight = nn.Parameter(torch.empty(n_heads, F_))
-        self.wg = nn.Linear(dim, dim, bias=False)
-        self.wo = mark_residual_out(nn.Linear(dim, dim, bias=False))
+        self.out_norm_weight, self.wg, self.wo = readout_params(dim, n_heads)
         if self.gate_bias.device.type != "meta":
             self.reset_parameters()
 

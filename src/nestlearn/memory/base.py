@@ -10,6 +10,7 @@ nested-memory mixer (``layers/nested.py``) shares the projection and the readout
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
@@ -19,8 +20,16 @@ from torch import Tensor, nn
 from nestlearn.ops.conv import causal_depthwise_conv
 from nestlearn.ops.recompute import check_recompute_group
 from nestlearn.utils.config import options_or_keywords
+from nestlearn.utils.residual import mark_residual_out
 
-__all__ = ["ChunkLoopMemory", "check_inner_rule", "gated_readout", "qkv_heads"]
+__all__ = [
+    "ChunkLoopMemory",
+    "check_inner_rule",
+    "gated_readout",
+    "qkv_heads",
+    "readout_params",
+    "stacked_params",
+]
 
 
 def check_inner_rule(o: Any, max_lr_hint: float) -> None:
@@ -57,6 +66,20 @@ def qkv_heads(
     return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, new_tail
 
 
+def stacked_params(lead: int, shapes: Iterable[tuple[int, ...]]) -> nn.ParameterList:
+    """Uninitialised ``[lead, *shape]`` parameters, one per shape: per-head memory weights
+    (``lead = H``), or several memories stacked on the head axis (``lead = n H``)."""
+    return nn.ParameterList(nn.Parameter(torch.empty(lead, *s)) for s in shapes)
+
+
+def readout_params(dim: int, n_heads: int) -> tuple[nn.Parameter, nn.Linear, nn.Linear]:
+    """The parameters :func:`gated_readout` reads: the per-head norm weight ``[H, F]`` (set to
+    ones by the layer's ``reset_parameters``), ``W_g`` and the residual output ``W_o``."""
+    norm_weight = nn.Parameter(torch.empty(n_heads, dim // n_heads))
+    wg = nn.Linear(dim, dim, bias=False)
+    return norm_weight, wg, mark_residual_out(nn.Linear(dim, dim, bias=False))
+
+
 def gated_readout(
     o: Tensor, x: Tensor, norm_weight: Tensor, wg: nn.Module, wo: nn.Module, *, cast: bool = False
 ) -> Tensor:
@@ -82,6 +105,8 @@ class ChunkLoopMemory(nn.Module):
     """
 
     options_class: ClassVar[type]
+    state_class: ClassVar[type]
+    """The layer's state tuple ``(inner, conv)``."""
     supports_naive = True
     """``options.naive`` runs the naive reference op (``nestlearn bench --naive``)."""
     chunk_steps = True
@@ -109,6 +134,17 @@ class ChunkLoopMemory(nn.Module):
 
     def _build(self, o: Any) -> None:
         raise NotImplementedError
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Any:
+        """A fresh state: the next call starts from the meta-learned initial memory and a zero
+        conv tail."""
+        return self.state_class(None, None)
+
+    def set_memory_frozen(self, frozen: bool) -> None:
+        """``True``: read the memory as it is and write nothing (test-time learning off;
+        ``nestlearn.models.set_memory_frozen``). What a frozen call returns as its state is the
+        subclass's docstring's."""
+        self.memory_frozen = bool(frozen)
 
     def reset_parameters(self) -> None:
         raise NotImplementedError

@@ -53,13 +53,19 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from nestlearn.memory.base import ChunkLoopMemory, check_inner_rule, gated_readout, qkv_heads
+from nestlearn.memory.base import (
+    ChunkLoopMemory,
+    check_inner_rule,
+    gated_readout,
+    qkv_heads,
+    readout_params,
+    stacked_params,
+)
 from nestlearn.ops.recompute import DEFAULT_RECOMPUTE_GROUP, check_recompute_group
 from nestlearn.ops.titans import TitansState, chunk_titans, naive_chunk_titans
 from nestlearn.ops.titans.common import memory_forward, read_weights
 from nestlearn.utils.dtypes import compute_dtype
 from nestlearn.utils.init import uniform_
-from nestlearn.utils.residual import mark_residual_out
 from nestlearn.utils.state import detach_fields
 
 __all__ = ["NeuralMemory", "NeuralMemoryOptions", "NeuralMemoryState"]
@@ -165,12 +171,20 @@ class NeuralMemory(ChunkLoopMemory):
             or give them as keywords (``NeuralMemory(64, 4, chunk_size=16)``), not both.
         init_seed: seed of this layer's own random init (``M_0``, conv), see ``reset_parameters``.
 
-    Construction (options or keywords), the shared inner-rule attributes and the chunk-loop
-    markers (``supports_naive``: ``options.naive`` runs the naive per-chunk reference op) are
-    :class:`~nestlearn.memory.base.ChunkLoopMemory`'s.
+    Construction (options or keywords), the shared inner-rule attributes, ``init_state``,
+    ``set_memory_frozen`` and the chunk-loop markers (``supports_naive``: ``options.naive`` runs
+    the naive per-chunk reference op) are :class:`~nestlearn.memory.base.ChunkLoopMemory`'s.
+
+    Frozen (``set_memory_frozen(True)``), a call reads the state's current weights,
+    ``y_t = M(q_t)`` (the op's read with ``theta = 0``, no forgetting and no momentum
+    integration), and returns the memory part of the state unchanged: weights, momentum, chunk
+    anchor and offset. Only the conv tail, a record of the inputs, advances. ``theta = 0`` alone
+    would not do: a non-zero momentum keeps moving the weights (``M_t = M_{t-1} + eta_t
+    S_{t-1}``), so the op is bypassed.
     """
 
     options_class = NeuralMemoryOptions
+    state_class = NeuralMemoryState
 
     def _build(self, o: NeuralMemoryOptions) -> None:
         dim, n_heads, F_ = self.dim, self.n_heads, self.head_dim
@@ -188,12 +202,8 @@ class NeuralMemory(ChunkLoopMemory):
             hid = max(1, round(F_ * expansion))
             shapes = [(hid, F_)] + [(hid, hid)] * (depth - 2) + [(F_, hid)]
         # M_0: meta-learned initial memory weights, one set per head, input side first.
-        self.mem_init = nn.ParameterList(
-            nn.Parameter(torch.empty(n_heads, o, i)) for o, i in shapes
-        )
-        self.out_norm_weight = nn.Parameter(torch.empty(n_heads, F_))
-        self.wg = nn.Linear(dim, dim, bias=False)
-        self.wo = mark_residual_out(nn.Linear(dim, dim, bias=False))
+        self.mem_init = stacked_params(n_heads, shapes)
+        self.out_norm_weight, self.wg, self.wo = readout_params(dim, n_heads)
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
@@ -237,23 +247,6 @@ class NeuralMemory(ChunkLoopMemory):
         self.out_norm_weight.fill_(1.0)
 
     # ----------------------------------------------------------------- state
-    def init_state(
-        self, batch_size: int, device: torch.device, dtype: torch.dtype
-    ) -> NeuralMemoryState:
-        """A fresh state: the next call starts from ``M_0`` and a zero conv tail."""
-        return NeuralMemoryState(None, None)
-
-    def set_memory_frozen(self, frozen: bool) -> None:
-        """Freeze (or unfreeze) the in-context memory (``nestlearn.models.set_memory_frozen``).
-
-        Frozen, a call reads the state's current weights, ``y_t = M(q_t)`` (the op's read with
-        ``theta = 0``, no forgetting and no momentum integration), and returns the memory part
-        of the state unchanged: weights, momentum, chunk anchor and offset. Only the conv tail,
-        a record of the inputs, advances. ``theta = 0`` alone would not do: a non-zero momentum
-        keeps moving the weights (``M_t = M_{t-1} + eta_t S_{t-1}``), so the op is bypassed.
-        """
-        self.memory_frozen = bool(frozen)
-
     def _initial_inner(self, batch: int) -> TitansState:
         # expand (a view), so the outer gradient of every sequence sums into M_0
         w = tuple(p.expand(batch, *p.shape) for p in self.mem_init)

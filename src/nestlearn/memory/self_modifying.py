@@ -42,7 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nestlearn.memory.base import ChunkLoopMemory, check_inner_rule, gated_readout
+from nestlearn.memory.base import (
+    ChunkLoopMemory,
+    check_inner_rule,
+    gated_readout,
+    readout_params,
+    stacked_params,
+)
 from nestlearn.ops.conv import causal_depthwise_conv
 from nestlearn.ops.recompute import DEFAULT_RECOMPUTE_GROUP, check_recompute_group
 from nestlearn.ops.selfmod import (
@@ -57,7 +63,6 @@ from nestlearn.ops.titans import TitansState, memory_forward
 from nestlearn.ops.titans.common import read_weights
 from nestlearn.utils.dtypes import compute_dtype
 from nestlearn.utils.init import uniform_
-from nestlearn.utils.residual import mark_residual_out
 from nestlearn.utils.state import detach_fields
 
 __all__ = ["SelfModifyingOptions", "SelfModifyingTitans", "SelfModifyingTitansState"]
@@ -180,12 +185,14 @@ class SelfModifyingTitans(ChunkLoopMemory):
             or give them as keywords (``SelfModifyingTitans(64, 4, chunk_size=16)``), not both.
         init_seed: seed of this layer's own init (the layer index).
 
-    Construction (options or keywords), the shared inner-rule attributes and the chunk-loop
-    markers (``supports_naive``: ``options.naive`` runs the per-token reference op) are
-    :class:`~nestlearn.memory.base.ChunkLoopMemory`'s.
+    Construction (options or keywords), the shared inner-rule attributes, ``init_state``,
+    ``set_memory_frozen`` (frozen: the memories are read as they are, nothing is written) and
+    the chunk-loop markers (``supports_naive``: ``options.naive`` runs the per-token reference
+    op) are :class:`~nestlearn.memory.base.ChunkLoopMemory`'s.
     """
 
     options_class = SelfModifyingOptions
+    state_class = SelfModifyingTitansState
 
     def _build(self, o: SelfModifyingOptions) -> None:
         dim, n_heads, F_ = self.dim, self.n_heads, self.head_dim
@@ -215,15 +222,9 @@ class SelfModifyingTitans(ChunkLoopMemory):
         shapes = [(hid, F_), (F_, hid)]
         n = len(self.names)
         # meta-learned initial memories: projection memories stacked on the head axis
-        self.proj_init = nn.ParameterList(
-            nn.Parameter(torch.empty(n * n_heads, o, i)) for o, i in shapes
-        )
-        self.mem_init = nn.ParameterList(
-            nn.Parameter(torch.empty(n_heads, o, i)) for o, i in shapes
-        )
-        self.out_norm_weight = nn.Parameter(torch.empty(n_heads, F_))
-        self.wg = nn.Linear(dim, dim, bias=False)
-        self.wo = mark_residual_out(nn.Linear(dim, dim, bias=False))
+        self.proj_init = stacked_params(n * n_heads, shapes)
+        self.mem_init = stacked_params(n_heads, shapes)
+        self.out_norm_weight, self.wg, self.wo = readout_params(dim, n_heads)
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
@@ -258,16 +259,6 @@ class SelfModifyingTitans(ChunkLoopMemory):
         self.out_norm_weight.fill_(1.0)
 
     # ----------------------------------------------------------------- state
-    def init_state(
-        self, batch_size: int, device: torch.device, dtype: torch.dtype
-    ) -> SelfModifyingTitansState:
-        """A fresh state: the next call starts from the meta-learned memories, zero conv tail."""
-        return SelfModifyingTitansState(None, None)
-
-    def set_memory_frozen(self, frozen: bool) -> None:
-        """``True``: read the memories as they are and write nothing (test-time learning off)."""
-        self.memory_frozen = bool(frozen)
-
     def _initial_inner(self, batch: int) -> SelfModState:
         # expand (a view): every sequence starts from the same meta-learned weights
         def st(ps: nn.ParameterList) -> TitansState:
