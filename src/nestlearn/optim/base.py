@@ -209,6 +209,31 @@ class NestedOptimizer(Optimizer):
     def _method_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
         raise NotImplementedError
 
+    def _buffers(self, params: Sequence[Tensor], key: str = "momentum_buffer") -> list[Tensor]:
+        """``state[p][key]`` of each parameter, zeros (``p``'s shape and dtype) where it has none
+        yet."""
+        out = []
+        for p in params:
+            st = self.state[p]
+            if key not in st:
+                st[key] = torch.zeros_like(p)
+            out.append(st[key])
+        return out
+
+    def _apply(
+        self,
+        group: dict[str, Any],
+        params: Sequence[Tensor],
+        directions: Sequence[Tensor],
+        lrs: Sequence[float] | None = None,
+    ) -> None:
+        """:func:`apply_update` with the group's ``lr`` (each parameter's step size, unless
+        ``lrs``), ``weight_decay`` and ``foreach``."""
+        lr = group["lr"]
+        lrs = [lr] * len(params) if lrs is None else lrs
+        apply_update(params, directions, lrs, lr=lr, weight_decay=group["weight_decay"],
+                     foreach=group["foreach"])  # fmt: skip
+
     def _fallback_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
         """AdamW on a fallback group (state keys ``step``, ``exp_avg``, ``exp_avg_sq``)."""
         grads, ms, vs, steps = [], [], [], []
@@ -223,14 +248,10 @@ class NestedOptimizer(Optimizer):
             ms.append(st["exp_avg"])
             vs.append(st["exp_avg_sq"])
             steps.append(st["step"])
-        foreach = group["foreach"]
         d, m, v = adamw_update(
             grads, ms, vs, steps, betas=group["fallback_betas"], eps=group["fallback_eps"],
-            foreach=foreach,
+            foreach=group["foreach"],
         )  # fmt: skip
         store(self.state, params, "exp_avg", m)
         store(self.state, params, "exp_avg_sq", v)
-        apply_update(
-            params, d, [group["lr"]] * len(params), lr=group["lr"],
-            weight_decay=group["weight_decay"], foreach=foreach,
-        )  # fmt: skip
+        self._apply(group, params, d)

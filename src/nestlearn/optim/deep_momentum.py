@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from nestlearn.optim.base import NestedOptimizer, apply_update, as_matrix
+from nestlearn.optim.base import NestedOptimizer, as_matrix
 from nestlearn.utils.dtypes import compute_dtype
 
 OBJECTIVES = ("dot", "l2")
@@ -165,5 +165,4 @@ class DeepMomentum(NestedOptimizer):
             st["w1"].copy_(new.w1)
             st["w2"].copy_(new.w2)
             dirs.append(d.reshape(p.shape))
-        apply_update(params, dirs, [group["lr"]] * len(params), lr=group["lr"],
-                     weight_decay=group["weight_decay"], foreach=group["foreach"])  # fmt: skip
+        self._apply(group, params, dirs)

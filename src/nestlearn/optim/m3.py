@@ -41,13 +41,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from nestlearn.optim.base import NestedOptimizer, apply_update, store
+from nestlearn.optim.base import NestedOptimizer, store
 from nestlearn.optim.momentum import output_map
 from nestlearn.optim.newton_schulz import (
     ADJUST_LR_FNS,
     NS_COEFFICIENTS,
     NS_EPS,
-    muon_lr_scale,
+    muon_lrs,
 )
 
 VARIANTS = ("stabilised", "literal")
@@ -218,7 +218,6 @@ class M3(NestedOptimizer):
         hp = {k: group[k] for k in ("betas", "alpha", "slow_every", "eps", "variant",
                                     "precondition", "ns_steps", "ns_coefficients", "ns_eps",
                                     "ns_dtype")}  # fmt: skip
-        lr = group["lr"]
         for (step, n_slow), ps in by_step.items():
             state = M3State(*([self.state[p][k] for p in ps] for k in self._KEYS))
             d, new, n_slow = m3_update(
@@ -228,9 +227,4 @@ class M3(NestedOptimizer):
                 store(self.state, ps, key, fresh)
             for p in ps:
                 self.state[p]["n_slow"] = n_slow
-            if group["variant"] == "stabilised":
-                lrs = [lr * muon_lr_scale(p.shape, group["adjust_lr_fn"]) for p in ps]
-            else:
-                lrs = [lr] * len(ps)
-            apply_update(ps, d, lrs, lr=lr, weight_decay=group["weight_decay"],
-                         foreach=group["foreach"])  # fmt: skip
+            self._apply(group, ps, d, muon_lrs(group, ps, scaled=group["variant"] == "stabilised"))

@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nestlearn.optim.base import NestedOptimizer, apply_update, as_matrix, store
+from nestlearn.optim.base import NestedOptimizer, as_matrix, store
 from nestlearn.optim.newton_schulz import (
     ADJUST_LR_FNS,
     NS_COEFFICIENTS,
     NS_EPS,
-    muon_lr_scale,
+    muon_lrs,
     newton_schulz_many,
     resolve_ns_dtype,
 )
@@ -45,6 +45,19 @@ def _check_common(lr: float, momentum: float) -> None:
         raise ValueError(f"lr must be > 0, got {lr}")
     if not 0 <= momentum <= 1:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+
+
+def _momentum_step(
+    opt: NestedOptimizer, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+) -> list[Tensor]:
+    """:func:`momentum_update` of ``grads`` with the group's settings on ``opt``'s
+    ``momentum_buffer`` of each parameter (zeros at first), which it replaces; returns the
+    directions."""
+    d, new = momentum_update(grads, opt._buffers(params), momentum=group["momentum"],
+                             ema=group["ema"], nesterov=group["nesterov"],
+                             foreach=group["foreach"])  # fmt: skip
+    store(opt.state, params, "momentum_buffer", new)
+    return d
 
 
 def momentum_update(
@@ -208,8 +221,7 @@ class PreconditionedMomentum(NestedOptimizer):
             )
             st["momentum_buffer"], st["second_moment"] = b, v
             dirs.append(d)
-        apply_update(params, dirs, [group["lr"]] * len(params), lr=group["lr"],
-                     weight_decay=group["weight_decay"], foreach=group["foreach"])  # fmt: skip
+        self._apply(group, params, dirs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,16 +287,12 @@ class DeltaMomentum(NestedOptimizer):
 
     def _method_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
         news = []
-        for p in params:
-            st = self.state[p]
-            if "momentum_buffer" not in st:
-                st["momentum_buffer"] = torch.zeros_like(p)
-            d, _ = delta_momentum_update(p.grad, st["momentum_buffer"], momentum=group["momentum"],
+        for p, buf in zip(params, self._buffers(params)):
+            d, _ = delta_momentum_update(p.grad, buf, momentum=group["momentum"],
                                          decay=group["decay"], normalize=group["normalize"])  # fmt: skip
-            st["momentum_buffer"] = d
             news.append(d)
-        apply_update(params, news, [group["lr"]] * len(params), lr=group["lr"],
-                     weight_decay=group["weight_decay"], foreach=group["foreach"])  # fmt: skip
+        store(self.state, params, "momentum_buffer", news)
+        self._apply(group, params, news)
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,18 +350,8 @@ class FeatureMapMomentum(NestedOptimizer):
                          fallback_eps=fallback_eps, foreach=foreach)  # fmt: skip
 
     def _method_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        bufs = []
-        for p in params:
-            st = self.state[p]
-            if "momentum_buffer" not in st:
-                st["momentum_buffer"] = torch.zeros_like(p)
-            bufs.append(st["momentum_buffer"])
         feats = [feature_map(p.grad, group["feature_map"], group["temperature"]) for p in params]
-        d, new = momentum_update(feats, bufs, momentum=group["momentum"], ema=group["ema"],
-                                 nesterov=group["nesterov"], foreach=group["foreach"])  # fmt: skip
-        store(self.state, params, "momentum_buffer", new)
-        apply_update(params, d, [group["lr"]] * len(params), lr=group["lr"],
-                     weight_decay=group["weight_decay"], foreach=group["foreach"])  # fmt: skip
+        self._apply(group, params, _momentum_step(self, group, params, feats))
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,23 +446,9 @@ class NonlinearOutputMomentum(NestedOptimizer):
         return self._output != "newton-schulz" or p.ndim >= 2
 
     def _method_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        bufs = []
-        for p in params:
-            st = self.state[p]
-            if "momentum_buffer" not in st:
-                st["momentum_buffer"] = torch.zeros_like(p)
-            bufs.append(st["momentum_buffer"])
-        grads = [p.grad for p in params]
-        d, new = momentum_update(grads, bufs, momentum=group["momentum"], ema=group["ema"],
-                                 nesterov=group["nesterov"], foreach=group["foreach"])  # fmt: skip
-        store(self.state, params, "momentum_buffer", new)
+        d = _momentum_step(self, group, params, [p.grad for p in params])
         out = output_map(d, group["output"], ns_steps=group["ns_steps"],
                          ns_coefficients=group["ns_coefficients"], ns_eps=group["ns_eps"],
                          ns_dtype=group["ns_dtype"], batched=group["foreach"])  # fmt: skip
-        lr = group["lr"]
-        if group["output"] == "newton-schulz":
-            lrs = [lr * muon_lr_scale(p.shape, group["adjust_lr_fn"]) for p in params]
-        else:
-            lrs = [lr] * len(params)
-        apply_update(params, out, lrs, lr=lr, weight_decay=group["weight_decay"],
-                     foreach=group["foreach"])  # fmt: skip
+        lrs = muon_lrs(group, params, scaled=group["output"] == "newton-schulz")
+        self._apply(group, params, out, lrs)

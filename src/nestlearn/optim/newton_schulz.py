@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -117,6 +118,15 @@ def newton_schulz_many(
         for j, i in enumerate(idx):
             out[i] = ys[j]
     return out  # type: ignore[return-value]
+
+
+def muon_lrs(group: dict[str, Any], params: Sequence[Tensor], *, scaled: bool) -> list[float]:
+    """Each parameter's step size: the group's ``lr``, times :func:`muon_lr_scale` of its shape
+    (with the group's ``adjust_lr_fn``) when ``scaled``."""
+    lr = group["lr"]
+    if not scaled:
+        return [lr] * len(params)
+    return [lr * muon_lr_scale(p.shape, group["adjust_lr_fn"]) for p in params]
 
 
 def muon_lr_scale(shape: Sequence[int], adjust_lr_fn: str | None) -> float:
