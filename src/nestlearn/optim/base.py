@@ -220,6 +220,17 @@ class NestedOptimizer(Optimizer):
             out.append(st[key])
         return out
 
+    def _counted_state(self, p: Tensor, keys: Sequence[str]) -> dict[str, Any]:
+        """``state[p]`` with this step counted: ``step`` (0 and zero ``keys`` tensors the first
+        time) incremented, so the first step is 1."""
+        st = self.state[p]
+        if keys[0] not in st:
+            st["step"] = 0
+            for key in keys:
+                st[key] = torch.zeros_like(p)
+        st["step"] += 1
+        return st
+
     def _apply(
         self,
         group: dict[str, Any],
@@ -238,12 +249,7 @@ class NestedOptimizer(Optimizer):
         """AdamW on a fallback group (state keys ``step``, ``exp_avg``, ``exp_avg_sq``)."""
         grads, ms, vs, steps = [], [], [], []
         for p in params:
-            st = self.state[p]
-            if "exp_avg" not in st:
-                st["step"] = 0
-                st["exp_avg"] = torch.zeros_like(p)
-                st["exp_avg_sq"] = torch.zeros_like(p)
-            st["step"] += 1
+            st = self._counted_state(p, ("exp_avg", "exp_avg_sq"))
             grads.append(p.grad)
             ms.append(st["exp_avg"])
             vs.append(st["exp_avg_sq"])

@@ -210,12 +210,7 @@ class PreconditionedMomentum(NestedOptimizer):
         keys = ("momentum", "preconditioner", "apply_to", "ema", "nesterov", "beta2", "eps")
         hp = {k: group[k] for k in keys}
         for p in params:
-            st = self.state[p]
-            if "momentum_buffer" not in st:
-                st["step"] = 0
-                st["momentum_buffer"] = torch.zeros_like(p)
-                st["second_moment"] = torch.zeros_like(p)
-            st["step"] += 1
+            st = self._counted_state(p, ("momentum_buffer", "second_moment"))
             d, b, v = preconditioned_momentum_update(
                 p.grad, st["momentum_buffer"], st["second_moment"], st["step"], **hp
             )
