@@ -19,6 +19,8 @@ See docs/continual.md, "Continual translation of a novel language".
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 COMMAND = "ctnl"
 HELP = "continual translation of constructed languages learned in context: ICL vs Hope-1/2/3"
@@ -72,27 +74,38 @@ def _say(text: str) -> None:
     print(text, flush=True)  # progress shows at once when the output goes to a file
 
 
-def run(args: argparse.Namespace) -> int:
+def run_study(
+    args: argparse.Namespace, make_config: Callable[[], Any], run_fn: Callable[..., dict]
+) -> int:
+    """The run of ``ctnl`` and ``knowledge``: build the study's config (``make_config``; a
+    ``ValueError`` is printed and exits 2, before any model is loaded), set the threads, load the
+    model and run the study (``run_fn``, e.g. ``run_ctnl``) into ``args.out``."""
     import torch
 
-    from nestlearn.studies.ctnl import CTNLConfig, run_ctnl
-
     try:
-        cfg = CTNLConfig(
-            seeds=args.seeds, levels=args.levels, periods=args.periods, level_lr=args.level_lr,
-            window=args.window, n_parallel=args.parallel, n_test=args.test, n_nouns=args.nouns,
-            n_verbs=args.verbs, n_adjectives=args.adjectives, max_new=args.max_new,
-        )  # fmt: skip
-        from nestlearn.studies.ctnl import _tasks
-
-        for s in cfg.seeds:  # generator limits, before loading any model
-            _tasks(cfg, s)
+        cfg = make_config()
     except ValueError as e:
         print(f"error: {e}")
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok, source = load_model(args)
-    rep = run_ctnl(model, tok, args.out, cfg, source=source, progress=_say)
+    rep = run_fn(model, tok, args.out, cfg, source=source, progress=_say)
     print(f"report: {args.out}/results.md ({rep['wall_s_this_call']:.0f} s)")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from nestlearn.studies.ctnl import CTNLConfig, _tasks, run_ctnl
+
+    def make_config() -> CTNLConfig:
+        cfg = CTNLConfig(
+            seeds=args.seeds, levels=args.levels, periods=args.periods, level_lr=args.level_lr,
+            window=args.window, n_parallel=args.parallel, n_test=args.test, n_nouns=args.nouns,
+            n_verbs=args.verbs, n_adjectives=args.adjectives, max_new=args.max_new,
+        )  # fmt: skip
+        for s in cfg.seeds:  # generator limits, before loading any model
+            _tasks(cfg, s)
+        return cfg
+
+    return run_study(args, make_config, run_ctnl)

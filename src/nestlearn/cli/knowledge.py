@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 
-from nestlearn.cli.ctnl import add_model_args, ints, load_model
+from nestlearn.cli.ctnl import add_model_args, ints, run_study
 
 COMMAND = "knowledge"
 HELP = "knowledge incorporation: facts from documents via context, fine-tuning or Hope levels"
@@ -38,28 +38,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ppl-window", type=int, default=512, help="perplexity window in tokens")
 
 
-def _say(text: str) -> None:
-    print(text, flush=True)  # progress shows at once when the output goes to a file
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from nestlearn.studies.knowledge import KnowledgeConfig, run_knowledge
 
-    try:
-        cfg = KnowledgeConfig(
+    def make_config() -> KnowledgeConfig:
+        return KnowledgeConfig(
             seeds=args.seeds, levels=args.levels, periods=args.periods, level_lr=args.level_lr,
             passes=args.passes, n_entities=args.entities, n_options=args.options,
             ft_steps=args.ft_steps, ft_lr=args.ft_lr, ppl_tokens=args.ppl_tokens,
             ppl_window=args.ppl_window, window=args.window,
         )  # fmt: skip
-    except ValueError as e:
-        print(f"error: {e}")
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, tok, source = load_model(args)
-    rep = run_knowledge(model, tok, args.out, cfg, source=source, progress=_say)
-    print(f"report: {args.out}/results.md ({rep['wall_s_this_call']:.0f} s)")
-    return 0
+
+    return run_study(args, make_config, run_knowledge)

@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,15 @@ from nestlearn.eval.chrf import corpus_chrf
 from nestlearn.studies.ttl import (
     CellStore,
     LevelStream,
+    check_levels,
     greedy,
     hope_periods,
     newline_ids,
     prefill,
+    run_cell,
     save_figure,
     window_ids,
-    write_text_atomic,
+    write_results,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,15 +83,8 @@ class CTNLConfig:
     call_len: int = 128
 
     def __post_init__(self) -> None:
-        if not self.seeds:
-            raise ValueError("seeds is empty; give at least one seed, e.g. 0")
-        if not self.levels or any(k < 0 or k > len(self.periods) for k in self.levels):
-            raise ValueError(f"levels must be in 0..{len(self.periods)} (0 = ICL, k = Hope-k with "
-                             f"periods[:k]), got {self.levels}")  # fmt: skip
-        if len(set(self.levels)) != len(self.levels):
-            raise ValueError(f"levels repeats a value: {self.levels}")
-        if any(p < 1 for p in self.periods):
-            raise ValueError(f"periods must be positive token counts, got {self.periods}")
+        check_levels(self.seeds, self.levels, self.periods, lowest=0,
+                     meaning="0 = ICL, k = Hope-k with periods[:k]")  # fmt: skip
         if self.level_lr <= 0:
             raise ValueError(f"level_lr must be > 0 (0 would make Hope-k equal ICL), got "
                              f"{self.level_lr}")  # fmt: skip
@@ -210,31 +206,26 @@ def run_ctnl(
         a, b = _tasks(cfg, seed)
         for method in methods:
             name = f"seed{seed}-{method}"
-            cell = store.get(name, cell_keys(method))
-            if cell is not None:
-                say(f"{name}: reusing {store.path(name)}")
-            else:
-                t0, c0 = time.perf_counter(), time.process_time()
-                say(f"{name}: {a.language.name} ({a.language.order}) and {b.language.name} "
-                    f"({b.language.order})")  # fmt: skip
-                res = _run_method(method, model, tr, a, b, cfg, say)
-                cell = store.put(name, {"seed": seed, "method": method, "results": res,
-                                        "wall_s": time.perf_counter() - t0,
-                                        "cpu_s": time.process_time() - c0})  # fmt: skip
-                r = cell["results"]
-                say(f"{name}: chrF " + ", ".join(f"{c} {r[c]['chrf']:.1f}" for c in CELLS)
-                    + f" ({cell['wall_s']:.0f} s)")  # fmt: skip
-            cells[name] = cell
+            cells[name] = run_cell(
+                store, name, cell_keys(method), {"seed": seed, "method": method},
+                partial(_run_method, method, model, tr, a, b, cfg, say), say,
+                start=f"{name}: {a.language.name} ({a.language.order}) and {b.language.name} "
+                f"({b.language.order})",
+                done=_done_line,
+            )  # fmt: skip
     summary = _summarize(cells, cfg, methods)
     report = {"config": asdict(cfg), "source": source, "summary": summary, "cells": cells,
               "languages": {str(s): [_describe(t) for t in _tasks(cfg, s)] for s in cfg.seeds},
               "wall_s_this_call": time.perf_counter() - t_all}  # fmt: skip
-    from nestlearn.data.prepare import atomic_write_json
-
-    atomic_write_json(out / "results.json", report)
-    write_text_atomic(out / "results.md", ctnl_report(report))
+    write_results(out, report, ctnl_report(report))
     plot_ctnl(summary, out / "ctnl.png")
     return report
+
+
+def _done_line(name: str, cell: dict[str, Any]) -> str:
+    r = cell["results"]
+    return (f"{name}: chrF " + ", ".join(f"{c} {r[c]['chrf']:.1f}" for c in CELLS)
+            + f" ({cell['wall_s']:.0f} s)")  # fmt: skip
 
 
 def _describe(t: CTNLTask) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,13 @@ from nestlearn.data.synthetic.facts import ATTRIBUTES, FactSet, fact_set
 from nestlearn.studies.ttl import (
     CellStore,
     LevelStream,
+    check_levels,
     hope_periods,
     option_logprobs,
     prefill,
+    run_cell,
     save_figure,
-    write_text_atomic,
+    write_results,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,15 +75,8 @@ class KnowledgeConfig:
     call_len: int = 128
 
     def __post_init__(self) -> None:
-        if not self.seeds:
-            raise ValueError("seeds is empty; give at least one seed, e.g. 0")
-        if any(k < 1 or k > len(self.periods) for k in self.levels):
-            raise ValueError(f"levels must be in 1..{len(self.periods)} (Hope-k uses "
-                             f"periods[:k]), got {self.levels}")  # fmt: skip
-        if len(set(self.levels)) != len(self.levels):
-            raise ValueError(f"levels repeats a value: {self.levels}")
-        if any(p < 1 for p in self.periods):
-            raise ValueError(f"periods must be positive token counts, got {self.periods}")
+        check_levels(self.seeds, self.levels, self.periods, lowest=1,
+                     meaning="Hope-k uses periods[:k]")  # fmt: skip
         for name in ("level_lr", "ft_lr"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -269,32 +265,44 @@ def run_knowledge(
         facts = fact_set(seed, n_entities=cfg.n_entities, n_options=cfg.n_options)
         for method in method_names(cfg.levels):
             name = f"seed{seed}-{method}"
-            cell = store.get(name, cell_keys(method))
-            if cell is not None:
-                say(f"{name}: reusing {store.path(name)}")
-            else:
-                t0, c0 = time.perf_counter(), time.process_time()
-                say(f"{name}: {len(facts.documents)} documents, {len(facts.questions)} questions")
-                res = _run_method(method, model, tokenizer, facts, cfg, wins(), say)
-                res.setdefault("ppl", base["ppl"])
-                cell = store.put(name, {"seed": seed, "method": method, "results": res,
-                                        "wall_s": time.perf_counter() - t0,
-                                        "cpu_s": time.process_time() - c0})  # fmt: skip
-                r = cell["results"]
-                say(f"{name}: accuracy {100 * r['acc']:.1f}%, margin {r['margin']:+.2f} nats, "
-                    f"corpus ppl {r['ppl']:.3f} ({cell['wall_s']:.0f} s)")  # fmt: skip
-            cells[name] = cell
+            compute = partial(_cell_results, base["ppl"], wins, method, model, tokenizer, facts,
+                              cfg, say)  # fmt: skip
+            cells[name] = run_cell(
+                store, name, cell_keys(method), {"seed": seed, "method": method}, compute, say,
+                start=f"{name}: {len(facts.documents)} documents, {len(facts.questions)} questions",
+                done=_done_line,
+            )
     summary = _summarize(cells, cfg, base["ppl"])
     report = {"config": asdict(cfg), "source": source, "base_ppl": base["ppl"],
               "summary": summary, "cells": cells,
               "example": _example(cfg.seeds[0], cfg),
               "wall_s_this_call": time.perf_counter() - t_all}  # fmt: skip
-    from nestlearn.data.prepare import atomic_write_json
-
-    atomic_write_json(out / "results.json", report)
-    write_text_atomic(out / "results.md", knowledge_report(report))
+    write_results(out, report, knowledge_report(report))
     plot_knowledge(summary, out / "knowledge.png", chance=1 / cfg.n_options)
     return report
+
+
+def _cell_results(
+    base_ppl: float,
+    windows: Callable[[], list[list[int]]],
+    method: str,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    facts: FactSet,
+    cfg: KnowledgeConfig,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """``_run_method``'s results, with the pretrained corpus perplexity where the method leaves
+    the weights as they were; ``windows()`` gives the perplexity windows (read when needed)."""
+    res = _run_method(method, model, tokenizer, facts, cfg, windows(), say)
+    res.setdefault("ppl", base_ppl)
+    return res
+
+
+def _done_line(name: str, cell: dict[str, Any]) -> str:
+    r = cell["results"]
+    return (f"{name}: accuracy {100 * r['acc']:.1f}%, margin {r['margin']:+.2f} nats, "
+            f"corpus ppl {r['ppl']:.3f} ({cell['wall_s']:.0f} s)")  # fmt: skip
 
 
 def _example(seed: int, cfg: KnowledgeConfig) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,9 @@ from nestlearn.utils.files import atomic_write_text as write_text_atomic
 
 __all__ = [
     "CellStore",
+    "check_levels",
+    "run_cell",
+    "write_results",
     "LevelStream",
     "greedy",
     "hope_periods",
@@ -231,6 +235,56 @@ class CellStore:
         cell = {**cell, "settings": self.settings}
         atomic_write_json(self.path(name), cell)
         return cell
+
+
+def run_cell(
+    store: CellStore,
+    name: str,
+    keys: Sequence[str],
+    fixed: dict[str, Any],
+    compute: Callable[[], dict[str, Any]],
+    say: Callable[[str], None],
+    *,
+    start: str,
+    done: Callable[[str, dict[str, Any]], str],
+) -> dict[str, Any]:
+    """Cell ``name`` of a study: the stored one when its ``keys`` settings match (said as
+    reused), else ``compute()``'s results stored as ``{**fixed, "results": ..., "wall_s",
+    "cpu_s"}``. ``start`` is said before computing, ``done(name, cell)`` after."""
+    cell = store.get(name, keys)
+    if cell is not None:
+        say(f"{name}: reusing {store.path(name)}")
+        return cell
+    t0, c0 = time.perf_counter(), time.process_time()
+    say(start)
+    res = compute()
+    cell = store.put(name, {**fixed, "results": res, "wall_s": time.perf_counter() - t0,
+                            "cpu_s": time.process_time() - c0})  # fmt: skip
+    say(done(name, cell))
+    return cell
+
+
+def write_results(out: Path, report: dict[str, Any], markdown: str) -> None:
+    """``out/results.json`` (the report) and ``out/results.md``, each written atomically."""
+    from nestlearn.data.prepare import atomic_write_json
+
+    atomic_write_json(out / "results.json", report)
+    write_text_atomic(out / "results.md", markdown)
+
+
+def check_levels(
+    seeds: Sequence[int], levels: Sequence[int], periods: Sequence[int], *, lowest: int, meaning: str
+) -> None:
+    """The checks of a Hope-levels study's ``seeds``, ``levels`` (each in ``lowest..len(periods)``,
+    ``meaning`` says what they are; at least one when ``lowest`` is 0) and ``periods``."""
+    if not seeds:
+        raise ValueError("seeds is empty; give at least one seed, e.g. 0")
+    if (lowest == 0 and not levels) or any(k < lowest or k > len(periods) for k in levels):
+        raise ValueError(f"levels must be in {lowest}..{len(periods)} ({meaning}), got {levels}")
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"levels repeats a value: {levels}")
+    if any(p < 1 for p in periods):
+        raise ValueError(f"periods must be positive token counts, got {periods}")
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
