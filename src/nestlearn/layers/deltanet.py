@@ -39,6 +39,7 @@ from nestlearn.ops.delta_rule import (
     naive_recurrent_gated_delta_rule,
 )
 from nestlearn.utils.config import options_or_keywords
+from nestlearn.utils.dtypes import compute_dtype
 from nestlearn.utils.init import uniform_
 from nestlearn.utils.residual import mark_residual_out
 
@@ -214,7 +215,7 @@ class DeltaNetMixer(nn.Module):
         self, batch_size: int, device: torch.device, dtype: torch.dtype
     ) -> DeltaNetState:
         """A fresh state: zero conv tail and zero memory."""
-        mdt = torch.float64 if dtype == torch.float64 else torch.float32
+        mdt = compute_dtype(dtype)
         memory = torch.zeros(
             batch_size, self.n_heads, self.head_k, self.head_v, device=device, dtype=mdt
         )
@@ -230,7 +231,7 @@ class DeltaNetMixer(nn.Module):
             state.conv if state is not None else None,
         )
         act = qkv.dtype  # bf16 under autocast even though x is float32
-        cdt = torch.float64 if act == torch.float64 else torch.float32  # the op's compute dtype
+        cdt = compute_dtype(act)  # the op's compute dtype
         q, k, v = qkv.to(cdt).split([H * K, H * K, H * V], dim=-1)
         q = F.normalize(q.view(B, T, H, K), dim=-1, eps=1e-6)
         k = F.normalize(k.view(B, T, H, K), dim=-1, eps=1e-6)

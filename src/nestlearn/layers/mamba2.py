@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from nestlearn.ops.conv import short_conv_silu
 from nestlearn.ops.ssd import chunk_ssd, naive_ssd
 from nestlearn.utils.config import options_or_keywords
+from nestlearn.utils.dtypes import compute_dtype
 from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["Mamba2Mixer", "Mamba2State"]
@@ -182,7 +183,7 @@ class Mamba2Mixer(nn.Module):
     # ----------------------------------------------------------------- state
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Mamba2State:
         """A fresh (all-zero) state for ``batch_size`` sequences."""
-        cdt = torch.float64 if dtype == torch.float64 else torch.float32
+        cdt = compute_dtype(dtype)
         conv = torch.zeros(
             batch_size, self.conv_width - 1, self.conv_dim, device=device, dtype=dtype
         )

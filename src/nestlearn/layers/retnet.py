@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from nestlearn.layers.rope import apply_rope, rope_cos_sin, rope_frequencies
 from nestlearn.ops.retention import chunk_retention, naive_recurrent_retention
 from nestlearn.utils.config import options_or_keywords
+from nestlearn.utils.dtypes import compute_dtype
 from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["HeadGroupNorm", "RetNetMixer", "RetNetState", "retnet_gammas"]
@@ -75,7 +76,7 @@ class HeadGroupNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x: [..., H, V] -> [..., H * V]``."""
-        cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        cdt = compute_dtype(x.dtype)
         xf = F.layer_norm(x.to(cdt), (self.head_dim,), eps=self.eps).flatten(-2)
         return (xf * self.weight.to(cdt) + self.bias.to(cdt)).to(x.dtype)
 
@@ -167,7 +168,7 @@ class RetNetMixer(nn.Module):
         return retnet_gammas(self.n_heads, device=device)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> RetNetState:
-        mdt = torch.float64 if dtype == torch.float64 else torch.float32
+        mdt = compute_dtype(dtype)
         shape = (batch_size, self.n_heads, self.head_k, self.head_v)
         return RetNetState(torch.zeros(shape, device=device, dtype=mdt), 0)
 
@@ -181,7 +182,7 @@ class RetNetMixer(nn.Module):
         k = self.wk(x).view(B, T, H, K)
         v = self.wv(x).view(B, T, H, V)
         act = q.dtype  # bf16 under autocast even though x is float32
-        cdt = torch.float64 if act == torch.float64 else torch.float32  # the op's compute dtype
+        cdt = compute_dtype(act)  # the op's compute dtype
         cos, sin = rope_cos_sin(torch.arange(past, past + T, device=x.device), self.inv_freq)
         q = apply_rope(q.to(cdt), cos, sin, interleaved=True)
         k = apply_rope(k.to(cdt), cos, sin, interleaved=True)

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from nestlearn.ops.rwkv7 import chunk_rwkv7, naive_recurrent_rwkv7
 from nestlearn.utils.config import options_or_keywords
+from nestlearn.utils.dtypes import compute_dtype
 from nestlearn.utils.residual import mark_residual_out
 
 __all__ = ["RWKV7Mixer", "RWKV7State"]
@@ -197,7 +198,7 @@ class RWKV7Mixer(nn.Module):
             up.copy_(0.1 * gain * q.T)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> RWKV7State:
-        mdt = torch.float64 if dtype == torch.float64 else torch.float32
+        mdt = compute_dtype(dtype)
         F_ = self.head_dim
         return RWKV7State(
             torch.zeros(batch_size, self.dim, device=device, dtype=dtype),
@@ -213,7 +214,7 @@ class RWKV7Mixer(nn.Module):
         shifted = torch.cat([prev, x[:, :-1]], dim=1)
         xs = x.unsqueeze(2) + (shifted - x).unsqueeze(2) * self.mu.to(x.dtype)  # [B, T, 6, D]
         xr, xw, xk, xv, xa, xg = xs.unbind(2)
-        cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        cdt = compute_dtype(x.dtype)
         r, k, v = self.wr(xr), self.wk(xk), self.wv(xv)
         w = -W_SCALE * torch.sigmoid(
             (torch.tanh(xw @ self.w_down) @ self.w_up + self.w_bias).to(cdt)

@@ -42,6 +42,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from nestlearn.memory.cms import CMSState, ContinuumMemory
 from nestlearn.models.skeleton import ModelState
 from nestlearn.ops.cms.common import add
+from nestlearn.utils.dtypes import compute_dtype
 
 __all__ = [
     "NTPOutput",
@@ -282,7 +283,7 @@ def _materialize(mod: ContinuumMemory, st: CMSState, B: int, device: torch.devic
     for level, ls in zip(mod.levels, st.levels):
         if ls.delta is None:
             w_in, w_out = level.weights()
-            cdt = torch.float64 if w_in.dtype == torch.float64 else torch.float32
+            cdt = compute_dtype(w_in.dtype)
             z = (torch.zeros((B, *w_in.shape), device=device, dtype=cdt, requires_grad=True),
                  torch.zeros((B, *w_out.shape), device=device, dtype=cdt, requires_grad=True))  # fmt: skip
             ls = ls._replace(delta=z)

@@ -36,9 +36,7 @@ import dataclasses
 import errno
 import hashlib
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +52,7 @@ from nestlearn.models.state_check import (
     probe,
     state_classes,
 )
+from nestlearn.utils.files import atomic_write_bytes
 
 __all__ = [
     "FORMAT",
@@ -278,23 +277,11 @@ def save_state(
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, blob)
     except OSError as e:  # name the file asked for, not the temporary one
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

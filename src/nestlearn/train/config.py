@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import yaml
 from nestlearn.models.config import ModelConfig
 from nestlearn.optim.config import OptimConfig
 from nestlearn.utils.config import ConfigError, from_dict
+from nestlearn.utils.files import atomic_write_text
 
 __all__ = [
     "ConfigError",
@@ -367,17 +367,7 @@ def config_text(cfg: TrainConfig) -> str:
 
 def dump_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write ``cfg`` to ``path`` atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(config_text(cfg))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, config_text(cfg))
 
 
 def load_run_config(path: str | Path) -> dict[str, Any]:
