@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from nestlearn.layers.deltanet import RECURRENT_MAX_T, DeltaNetMixer, DeltaNetMixerOptions
 from nestlearn.ops.comba import chunk_comba, naive_recurrent_comba
+from nestlearn.ops.fla_dispatch import fla_or_none
 from nestlearn.utils.config import options_or_keywords
 
 __all__ = ["CombaMixer"]
@@ -90,12 +91,10 @@ class CombaMixer(DeltaNetMixer):
         d = torch.sigmoid(self.decay.to(q.dtype)).view(1, 1, -1, 1)
         p = d * k
         qc = q - self.correction.to(q.dtype).view(1, 1, -1, 1) * p
-        if self.backend == "fla" or (self.backend == "auto" and q.is_cuda and not self.naive):
-            from nestlearn.ops.fla_fast import fla_comba  # CUDA only: CPU never imports fla
-
-            out = fla_comba(qc, k, v, p, g, beta, S0, act_dtype=act, required=self.backend == "fla")
-            if out is not None:
-                return out
+        out = fla_or_none("fla_comba", self.backend, self.naive, qc, k, v, p, g, beta, S0,
+                          act_dtype=act)  # fmt: skip
+        if out is not None:
+            return out
         if self.naive or q.shape[1] <= RECURRENT_MAX_T:
             return naive_recurrent_comba(qc, k, v, p, g, beta, S0)
         return chunk_comba(qc, k, v, p, g, beta, S0, chunk_size=self.chunk_size)

@@ -38,6 +38,7 @@ from nestlearn.ops.delta_rule import (
     naive_recurrent_delta_rule,
     naive_recurrent_gated_delta_rule,
 )
+from nestlearn.ops.fla_dispatch import fla_or_none
 from nestlearn.utils.config import options_or_keywords
 from nestlearn.utils.dtypes import compute_dtype
 from nestlearn.utils.init import uniform_
@@ -258,14 +259,10 @@ class DeltaNetMixer(nn.Module):
         S0: Tensor | None,
         act: torch.dtype,
     ) -> tuple[Tensor, Tensor]:
-        if self.backend == "fla" or (self.backend == "auto" and q.is_cuda and not self.naive):
-            from nestlearn.ops.fla_fast import fla_delta_rule  # CUDA only: CPU never imports fla
-
-            out = fla_delta_rule(
-                q, k, v, beta, g, S0, act_dtype=act, required=self.backend == "fla"
-            )
-            if out is not None:
-                return out
+        out = fla_or_none("fla_delta_rule", self.backend, self.naive, q, k, v, beta, g, S0,
+                          act_dtype=act)  # fmt: skip
+        if out is not None:
+            return out
         if self.naive or q.shape[1] <= RECURRENT_MAX_T:
             if g is None:
                 return naive_recurrent_delta_rule(q, k, v, beta, S0)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestlearn.layers.rope import apply_rope, rope_cos_sin, rope_frequencies
+from nestlearn.ops.fla_dispatch import fla_or_none
 from nestlearn.ops.retention import chunk_retention, naive_recurrent_retention
 from nestlearn.utils.config import options_or_keywords
 from nestlearn.utils.dtypes import compute_dtype
@@ -194,17 +195,14 @@ class RetNetMixer(nn.Module):
     def _retention(
         self, q: Tensor, k: Tensor, v: Tensor, S0: Tensor | None, act: torch.dtype
     ) -> tuple[Tensor, Tensor]:
-        if self.backend == "fla" or (self.backend == "auto" and q.is_cuda and not self.naive):
-            from nestlearn.ops.fla_fast import fla_retention  # CUDA only: CPU never imports fla
-
-            out = fla_retention(
-                q, k, v, self.decays(q.device), S0, act_dtype=act, required=self.backend == "fla"
-            )
-            if out is not None:
-                return out
+        decays = self.decays(q.device)
+        out = fla_or_none("fla_retention", self.backend, self.naive, q, k, v, decays, S0,
+                          act_dtype=act)  # fmt: skip
+        if out is not None:
+            return out
         if self.naive or q.shape[1] <= RECURRENT_MAX_T:
-            return naive_recurrent_retention(q, k, v, self.decays(q.device), S0)
-        return chunk_retention(q, k, v, self.decays(q.device), S0, chunk_size=self.chunk_size)
+            return naive_recurrent_retention(q, k, v, decays, S0)
+        return chunk_retention(q, k, v, decays, S0, chunk_size=self.chunk_size)
 
     def flops_per_token(self, seq_len: int) -> int:
         """Forward FLOPs per token: projections plus the chunkwise retention.

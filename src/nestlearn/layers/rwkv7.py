@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nestlearn.ops.fla_dispatch import fla_or_none
 from nestlearn.ops.rwkv7 import chunk_rwkv7, naive_recurrent_rwkv7
 from nestlearn.utils.config import options_or_keywords
 from nestlearn.utils.dtypes import compute_dtype
@@ -243,12 +244,10 @@ class RWKV7Mixer(nn.Module):
         self, r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
         S0: Tensor | None, act: torch.dtype,
     ) -> tuple[Tensor, Tensor]:  # fmt: skip
-        if self.backend == "fla" or (self.backend == "auto" and r.is_cuda and not self.naive):
-            from nestlearn.ops.fla_fast import fla_rwkv7  # CUDA only: CPU never imports fla
-
-            out = fla_rwkv7(r, w, k, v, a, b, S0, act_dtype=act, required=self.backend == "fla")
-            if out is not None:
-                return out
+        out = fla_or_none("fla_rwkv7", self.backend, self.naive, r, w, k, v, a, b, S0,
+                          act_dtype=act)  # fmt: skip
+        if out is not None:
+            return out
         if self.naive or r.shape[1] <= RECURRENT_MAX_T:
             return naive_recurrent_rwkv7(r, w, k, v, a, b, S0)
         return chunk_rwkv7(r, w, k, v, a, b, S0, chunk_size=self.chunk_size)
