@@ -16,8 +16,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--steps",
         type=int,
         default=150,
-        help="optimizer steps per model (default 150 x 16 x 256 tokens: about 10 minutes for "
-        "both models on 2 CPU cores)",
+        help="optimizer steps per model (default 150 x 16 x 256 tokens: about 40 minutes for "
+        "both models on 2 idle CPU cores, nearly all of it hope-tiny's)",
     )
     p.add_argument(
         "--models",
