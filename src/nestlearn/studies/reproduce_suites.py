@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["SUITES", "Suite"]
 
@@ -55,6 +56,19 @@ class Suite:
     context_length: int = 512
     context_windows: int = 16
     threads: int = 2
+    ttl_model: str = "smollm2-135m"
+    """The model whose MLPs ``levels``, ``ctnl`` and ``knowledge`` stack into CMS levels: a
+    pretrained name (used only when its GGUF is on disk: ``nestlearn pretrained smollm2-135m``
+    fetches it once, or ``--gguf FILE``; absent, those studies are skipped) or ``run:<family>``,
+    the suite's own first finished run of that family (``reproduce_studies``)."""
+    levels: dict[str, Any] | None = None
+    """``nestlearn levels`` (Fig. 7 analogue): ``LevelsConfig`` fields instead of the command's
+    defaults; ``{}`` = the defaults, ``None`` = not in this suite. The same for ``ctnl``
+    (``CTNLConfig``), ``knowledge`` (``KnowledgeConfig``) and ``vit_optim`` (the fields of
+    ``ViTConfig``, ``TrainSettings`` and ``StudySettings``, and ``lrs``: every optimizer's grid)."""
+    ctnl: dict[str, Any] | None = None
+    knowledge: dict[str, Any] | None = None
+    vit_optim: dict[str, Any] | None = None
 
 
 SUITES: dict[str, Suite] = {
@@ -87,6 +101,17 @@ SUITES: dict[str, Suite] = {
         sniah_samples=4,
         context_length=512,
         context_windows=4,
+        # the studies at plumbing size on the suite's own transformer (byte tokens, ~3M params):
+        # all four together cost about 25 s of one thread (docs/reproduce.md)
+        ttl_model="run:transformer",
+        levels=dict(tasks=("longhealth",), doc_length=900, num_docs=1, num_questions=2,
+                    levels=(0, 1), periods=(32,), window=64, call_len=32),
+        ctnl=dict(levels=(0, 1), periods=(16, 32), n_parallel=1, n_test=2, n_nouns=2, n_verbs=1,
+                  n_adjectives=1, max_new=3, window=512),
+        knowledge=dict(levels=(1,), periods=(16, 32), n_entities=4, ft_steps=2, ppl_tokens=128,
+                       ppl_window=64),
+        vit_optim=dict(steps=10, eval_every=5, batch_size=16, dim=32, depth=1, lrs=(1e-2,),
+                       seeds=1, timing_steps=2),
     ),
     # Budget: 14 families x 3 seeds = 42 runs of 204,800 tokens. Stage costs measured on the
     # 2-core machine (session 4, docs/reproduce.md "Measured cost") for the fuller `medium`
