@@ -151,3 +151,13 @@ def test_study_keys_change_with_their_own_settings_only(tmp_path) -> None:
                                                                     suite)  # fmt: skip
     other = dataclasses.replace(suite, ttl_model="smollm2-135m")
     assert stage_key(tmp_path, "levels", "l", other) != stage_key(tmp_path, "levels", "l", suite)
+
+
+def test_suites_size_the_studies_as_documented() -> None:
+    smoke, small, medium = SUITES["smoke"], SUITES["small"], SUITES["medium"]
+    assert smoke.ttl_model == "run:transformer" and "transformer" in smoke.models
+    assert small.ttl_model == medium.ttl_model == "smollm2-135m"
+    for name in rs.STUDIES:  # every suite names every study; medium at the commands' defaults
+        assert getattr(smoke, name) and getattr(small, name) and getattr(medium, name) == {}
+    assert smoke.vit_optim["steps"] <= 10 and small.vit_optim["seeds"] == 2
+    assert small.levels["levels"] == (0, 3) and small.knowledge["levels"] == (3,)

@@ -134,11 +134,20 @@ SUITES: dict[str, Suite] = {
         recall_steps=200,
         formal_steps=200,
         sniah_tasks=(),  # the S-NIAH chart alone costs about an hour: medium has it
+        # the studies at reduced size, measured at one thread (docs/reproduce.md): vit-optim
+        # 3 rates x 3 optimizers + 1 more seed, 400 steps, ~2 min; on SmolLM2 (skipped where it
+        # is not on disk) levels: one 1,024-token record, ICL and Hope-3 at period 256, ~1.5 min;
+        # knowledge: Hope-3 only; ctnl: ICL and Hope-3
+        levels=dict(tasks=("longhealth",), doc_length=1024, num_docs=1, levels=(0, 3),
+                    periods=(256,)),
+        ctnl=dict(levels=(0, 3)),
+        knowledge=dict(levels=(3,)),
+        vit_optim=dict(lrs=(3e-3, 1e-2, 3e-2), seeds=2, timing_steps=20, timing_widths=(64,)),
     ),
     "medium": Suite(
         name="medium",
-        description="every registered tiny preset, 3 seeds, fuller evaluations, ~3.5 h on 2 CPU "
-        "cores",
+        description="every registered tiny preset, 3 seeds, fuller evaluations and the studies at "
+        "their defaults, ~4 h on 2 CPU cores",
         models=None,
         tokens=16 * 256 * 50,
         seeds=3,
@@ -148,5 +157,10 @@ SUITES: dict[str, Suite] = {
         niah_lengths=(1024, 2048),
         niah_samples=6,
         formal_steps=200,
+        # every study at its command's defaults (about 40 min of one thread together)
+        levels={},
+        ctnl={},
+        knowledge={},
+        vit_optim={},
     ),
 }
