@@ -319,12 +319,13 @@ def _knowledge_md(v: dict[str, Any]) -> list[str]:
 
 
 def _vit_md(v: dict[str, Any]) -> list[str]:
-    def pm(ms: Sequence[float], scale: float = 1.0, fmt: str = ".4f") -> str:
-        return f"{format(scale * ms[0], fmt)} ± {format(scale * ms[1], fmt)}"
+    def pm(ms: Sequence[float], n: int, scale: float = 1.0, fmt: str = ".4f") -> str:
+        m = format(scale * ms[0], fmt)
+        return m if n == 1 else f"{m} ± {format(scale * ms[1], fmt)}"  # one seed: no std
 
     rows = [[r["optimizer"], f"{r['lr']:g}" + (" (edge)" if r["lr_on_edge"] else ""),
-             str(r["seeds"]), pm(r["train_loss"]), pm(r["test_loss"]),
-             pm(r["test_acc"], 100, ".1f"),
+             str(r["seeds"]), pm(r["train_loss"], r["seeds"]), pm(r["test_loss"], r["seeds"]),
+             pm(r["test_acc"], r["seeds"], 100, ".1f"),
              "n/a" if r.get("step_ms") is None else f"{r['step_ms']:.2f}"] for r in v["rows"]]  # fmt: skip
     grid = ", ".join(f"{n} {len(g)}" for n, g in v["grids"].items())
     return [
