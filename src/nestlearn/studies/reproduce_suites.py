@@ -121,7 +121,8 @@ SUITES: dict[str, Suite] = {
     # samples per cell, MQAR and in-context recall at 200 steps (no selective copying).
     "small": Suite(
         name="small",
-        description="every registered tiny preset, 3 seeds, ~2 h on 2 CPU cores",
+        description="every registered tiny preset, 3 seeds, the studies at reduced size, ~2.3 h on "
+        "2 CPU cores",
         models=None,
         tokens=16 * 256 * 50,
         seeds=3,
