@@ -219,6 +219,9 @@ def test_smoke_suite_end_to_end(tmp_path, monkeypatch) -> None:
     assert "**Skipped:** no task data folder" in text
     assert (tmp_path / "loss_curves.png").is_file()
     assert "## 8. Honest verdict" in text
+    # the four studies ran on the suite's own transformer (sklearn: vit-optim's digits)
+    assert "## 7b. Studies" in text and "a model this suite trained" in text
+    assert all("error" not in v for v in res["studies"].values())
     # a rerun resumes from the cache: same numbers, no training
     mtime = (tmp_path / "cache" / "test_lm").stat().st_mtime
     run_reproduce(SUITES["smoke"], tmp_path)

@@ -2,8 +2,11 @@
 
 Trains the tiny presets on one token budget with several seeds, then runs test perplexity,
 zero-shot commonsense (Table 2 layout; needs --data-dir or NESTLEARN_DATA_DIR), NIAH (Table 1),
-MQAR/MAD (Tables 3-4), formal languages (Table 5) and context usage (Fig. 10). Every finished
-step is cached under OUT/cache and OUT/runs, so rerunning the same command resumes.
+MQAR/MAD (Tables 3-4), formal languages (Table 5), context usage (Fig. 10) and the studies the
+suite names (levels, ctnl, knowledge, vit-optim; the first three need SmolLM2-135M on disk:
+`nestlearn pretrained smollm2-135m --out DIR` once, or --gguf FILE; without it they are skipped).
+Every finished step is cached under OUT/cache, OUT/runs and OUT/studies, so rerunning the same
+command resumes.
 
 Suites: smoke (two models, minutes) and small (every registered -tiny preset, 3 seeds, ~2 h on
 2 CPU cores). See docs/reproduce.md.
@@ -41,6 +44,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
         help="families or presets instead of the suite's lineup",
     )
     p.add_argument(
+        "--gguf",
+        default=None,
+        metavar="FILE",
+        help="SmolLM2-135M GGUF for the levels/ctnl/knowledge studies (default: the one "
+        "`nestlearn pretrained smollm2-135m` cached; never downloaded by reproduce)",
+    )
+    p.add_argument(
         "--report-only",
         action="store_true",
         help="train and evaluate nothing: write index.md from what OUT already holds "
@@ -66,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             models=models,
             stage=lambda s: print(f"{time.strftime('%H:%M:%S')} {s}", flush=True),
             compute=not args.report_only,
+            gguf=args.gguf,
         )
     except ValueError as e:
         print(f"error: {e}")

@@ -10,6 +10,9 @@ Stages (each result is cached as JSON under ``OUT/cache/`` so an interrupted run
 6. formal languages Bin0/Bin1 (Table 5), and the S-NIAH analogue (Table 1's single-needle
    tasks; each family trained at 512 tokens, tested at 512 / 2K / 8K: :mod:`.sniah`);
 7. loss against position on the held-out corpus (Fig. 10);
+8. the studies the suite names (:mod:`.reproduce_studies`): effect of levels (Fig. 7), CTNL
+   (Fig. 8), knowledge incorporation and M3 on a ViT (Fig. 11 / 12), each run by its command's
+   code in ``OUT/studies/<study>/``; skipped, with the reason, when their model or data is absent;
 
 then ``OUT/index.md`` with PNG plots, the paper's numbers beside ours and a verdict generated
 from the numbers (:func:`nestlearn.studies.report_md.verdict`).
@@ -90,6 +93,10 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "formal": ("formal_steps", "formal_num_train", "formal_num_test"),
     "sniah": ("sniah_train_length", "sniah_lengths", "sniah_steps", "sniah_samples"),
     "context": ("seq_len", "context_length", "context_windows"),
+    "levels": ("levels", "ttl_model"),
+    "ctnl": ("ctnl", "ttl_model"),
+    "knowledge": ("knowledge", "ttl_model"),
+    "vit_optim": ("vit_optim",),
 }
 
 
@@ -219,6 +226,7 @@ class Reproduction:
     formal: list[dict] = field(default_factory=list)
     sniah: list[dict] = field(default_factory=list)
     context: list[dict] = field(default_factory=list)
+    studies: dict[str, Any] = field(default_factory=dict)
     plots: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -231,12 +239,15 @@ def run_reproduce(
     models: Sequence[str] | None = None,
     stage: Callable[[str], None] | None = None,
     compute: bool = True,
+    gguf: str | Path | None = None,
 ) -> Path:
     """Run ``suite`` into ``out`` (resuming from ``out/cache``) and write ``out/index.md``.
 
     ``models`` overrides the suite's lineup; ``stage`` is called with a line per stage
     (progress). ``compute=False`` trains and evaluates nothing: the report is written from the
     runs and cached evaluations already in ``out`` (what a long suite has done so far).
+    ``gguf``: a local GGUF of the pretrained model the level studies stack (default: the one in
+    the cache of ``nestlearn pretrained``; without either they are skipped).
     Returns the path of ``index.md``.
     """
     from nestlearn.eval.zeroshot import DataDirError, resolve_data_dir
@@ -386,6 +397,11 @@ def run_reproduce(
 
         plot_losses({m: r.run_dir for m, r in firsts.items()}, out / "loss_curves.png")
         res.plots["loss curves"] = "loss_curves.png"
+
+    # 8. studies (levels, CTNL, knowledge, vit-optim): each one cached item
+    from nestlearn.studies.reproduce_studies import studies_stage
+
+    studies_stage(suite, cache, res, out, step, say, runs=done, gguf=gguf)
 
     res.meta["wall_time_s"] = time.perf_counter() - t0
     res.meta["stage_cost"] = costs

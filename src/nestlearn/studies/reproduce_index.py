@@ -215,6 +215,9 @@ def write_index(results: dict[str, Any], out: str | Path) -> Path:
         ]
     else:
         md += ["**Not run** (no trained model, or the evaluation failed).", ""]
+    from nestlearn.studies.reproduce_studies import studies_section
+
+    md += studies_section(results)
     md += cost_section(meta)
     md += ["## 8. Honest verdict", ""]
     md += [f"- {line}" for line in R.verdict(results)] or ["- Nothing finished; no verdict."]

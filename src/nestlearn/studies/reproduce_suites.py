@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["SUITES", "Suite"]
 
@@ -55,6 +56,19 @@ class Suite:
     context_length: int = 512
     context_windows: int = 16
     threads: int = 2
+    ttl_model: str = "smollm2-135m"
+    """The model whose MLPs ``levels``, ``ctnl`` and ``knowledge`` stack into CMS levels: a
+    pretrained name (used only when its GGUF is on disk: ``nestlearn pretrained smollm2-135m``
+    fetches it once, or ``--gguf FILE``; absent, those studies are skipped) or ``run:<family>``,
+    the suite's own first finished run of that family (``reproduce_studies``)."""
+    levels: dict[str, Any] | None = None
+    """``nestlearn levels`` (Fig. 7 analogue): ``LevelsConfig`` fields instead of the command's
+    defaults; ``{}`` = the defaults, ``None`` = not in this suite. The same for ``ctnl``
+    (``CTNLConfig``), ``knowledge`` (``KnowledgeConfig``) and ``vit_optim`` (the fields of
+    ``ViTConfig``, ``TrainSettings`` and ``StudySettings``, and ``lrs``: every optimizer's grid)."""
+    ctnl: dict[str, Any] | None = None
+    knowledge: dict[str, Any] | None = None
+    vit_optim: dict[str, Any] | None = None
 
 
 SUITES: dict[str, Suite] = {
@@ -87,6 +101,17 @@ SUITES: dict[str, Suite] = {
         sniah_samples=4,
         context_length=512,
         context_windows=4,
+        # the studies at plumbing size on the suite's own transformer (byte tokens, ~3M params):
+        # all four together cost about 25 s of one thread (docs/reproduce.md)
+        ttl_model="run:transformer",
+        levels=dict(tasks=("longhealth",), doc_length=900, num_docs=1, num_questions=2,
+                    levels=(0, 1), periods=(32,), window=64, call_len=32),
+        ctnl=dict(levels=(0, 1), periods=(16, 32), n_parallel=1, n_test=2, n_nouns=2, n_verbs=1,
+                  n_adjectives=1, max_new=3, window=512),
+        knowledge=dict(levels=(1,), periods=(16, 32), n_entities=4, ft_steps=2, ppl_tokens=128,
+                       ppl_window=64),
+        vit_optim=dict(steps=10, eval_every=5, batch_size=16, dim=32, depth=1, lrs=(1e-2,),
+                       seeds=1, timing_steps=2),
     ),
     # Budget: 14 families x 3 seeds = 42 runs of 204,800 tokens. Stage costs measured on the
     # 2-core machine (session 4, docs/reproduce.md "Measured cost") for the fuller `medium`
@@ -96,7 +121,8 @@ SUITES: dict[str, Suite] = {
     # samples per cell, MQAR and in-context recall at 200 steps (no selective copying).
     "small": Suite(
         name="small",
-        description="every registered tiny preset, 3 seeds, ~2 h on 2 CPU cores",
+        description="every registered tiny preset, 3 seeds, the studies at reduced size, ~2.3 h on "
+        "2 CPU cores",
         models=None,
         tokens=16 * 256 * 50,
         seeds=3,
@@ -109,11 +135,20 @@ SUITES: dict[str, Suite] = {
         recall_steps=200,
         formal_steps=200,
         sniah_tasks=(),  # the S-NIAH chart alone costs about an hour: medium has it
+        # the studies at reduced size, measured at one thread (docs/reproduce.md): vit-optim
+        # 3 rates x 3 optimizers + 1 more seed, 400 steps, ~2 min; on SmolLM2 (skipped where it
+        # is not on disk) levels: one 1,024-token record, ICL and Hope-3 at period 256, ~1.5 min;
+        # knowledge: Hope-3 only; ctnl: ICL and Hope-3
+        levels=dict(tasks=("longhealth",), doc_length=1024, num_docs=1, levels=(0, 3),
+                    periods=(256,)),
+        ctnl=dict(levels=(0, 3)),
+        knowledge=dict(levels=(3,)),
+        vit_optim=dict(lrs=(3e-3, 1e-2, 3e-2), seeds=2, timing_steps=20, timing_widths=(64,)),
     ),
     "medium": Suite(
         name="medium",
-        description="every registered tiny preset, 3 seeds, fuller evaluations, ~3.5 h on 2 CPU "
-        "cores",
+        description="every registered tiny preset, 3 seeds, fuller evaluations and the studies at "
+        "their defaults, ~4 h on 2 CPU cores",
         models=None,
         tokens=16 * 256 * 50,
         seeds=3,
@@ -123,5 +158,10 @@ SUITES: dict[str, Suite] = {
         niah_lengths=(1024, 2048),
         niah_samples=6,
         formal_steps=200,
+        # every study at its command's defaults (about 40 min of one thread together)
+        levels={},
+        ctnl={},
+        knowledge={},
+        vit_optim={},
     ),
 }
