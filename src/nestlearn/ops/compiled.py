@@ -34,7 +34,6 @@ __all__ = [
     "disable",
     "enable",
     "enabled_mode",
-    "grad_flows",
     "steady",
     "stepping",
 ]
@@ -128,18 +127,3 @@ def steady(t: torch.Tensor, requires_grad: bool) -> torch.Tensor:
         t = t.detach().requires_grad_()
     return t
 
-
-def grad_flows(*ts: object) -> bool:
-    """Whether a gradient is recorded through any of the tensors ``ts`` (None and non-tensors
-    skipped, nested tuples and lists searched)."""
-    if not torch.is_grad_enabled():
-        return False
-    stack = list(ts)
-    while stack:
-        t = stack.pop()
-        if isinstance(t, torch.Tensor):
-            if t.requires_grad:
-                return True
-        elif isinstance(t, (tuple, list)):
-            stack.extend(t)
-    return False

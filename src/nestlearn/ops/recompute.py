@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 __all__ = [
     "DEFAULT_RECOMPUTE_GROUP",
     "check_recompute_group",
+    "grad_flows",
     "group_views",
     "recompute_active",
     "run_grouped",
@@ -59,14 +60,16 @@ def _tensors(obj: Any) -> Iterable[Tensor]:
             yield from _tensors(o)
 
 
-def recompute_active(group: int | None, *inputs: Any) -> bool:
-    """Whether grouped recompute applies: ``group > 0``, grad mode on and some input needs grad.
+def grad_flows(*inputs: Any) -> bool:
+    """Whether a gradient is recorded through any of ``inputs``: grad mode on and some tensor
+    needs grad. ``inputs`` may hold tensors, ``None`` and (nested) tuples / lists of them."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in _tensors(inputs))
 
-    ``inputs`` may hold tensors, ``None`` and (nested) tuples / lists of them (e.g. states).
-    """
-    if not group or not torch.is_grad_enabled():
-        return False
-    return any(t.requires_grad for t in _tensors(inputs))
+
+def recompute_active(group: int | None, *inputs: Any) -> bool:
+    """Whether grouped recompute applies: ``group > 0`` and :func:`grad_flows` through
+    ``inputs`` (tensors, ``None`` and nested tuples / lists of them, e.g. states)."""
+    return bool(group) and grad_flows(*inputs)
 
 
 def run_grouped(

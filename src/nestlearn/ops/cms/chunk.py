@@ -54,7 +54,12 @@ from nestlearn.ops.cms.common import (
 )
 from nestlearn.ops.common import compute_dtype
 from nestlearn.ops.compiled import chunk_step
-from nestlearn.ops.recompute import check_recompute_group, recompute_active, run_grouped
+from nestlearn.ops.recompute import (
+    check_recompute_group,
+    grad_flows,
+    recompute_active,
+    run_grouped,
+)
 
 __all__ = ["chunk_cms_level", "fold_pending"]
 
@@ -223,7 +228,7 @@ def _run(
     # first after an eq. 72 restart) replays the later chunks' graph; dropped again at the end
     S0: Pair | None = None
     if local and compiled.stepping():
-        rg = not first_order and compiled.grad_flows(x, w_in, w_out, lr)
+        rg = not first_order and grad_flows(x, w_in, w_out, lr)
         S0 = (
             compiled.steady(x.new_zeros(B, *w_in.shape), rg),
             compiled.steady(x.new_zeros(B, *w_out.shape), rg),

@@ -20,7 +20,12 @@ from torch import Tensor
 from nestlearn.ops import compiled
 from nestlearn.ops.common import compute_dtype
 from nestlearn.ops.compiled import chunk_step
-from nestlearn.ops.recompute import check_recompute_group, recompute_active, run_grouped
+from nestlearn.ops.recompute import (
+    check_recompute_group,
+    grad_flows,
+    recompute_active,
+    run_grouped,
+)
 from nestlearn.ops.selfmod.common import (
     Projections,
     SelfModState,
@@ -104,7 +109,7 @@ def chunk_selfmod_titans(
     assert xs is not None
     mom = None if momentum is None else momentum.to(cdt)
     if compiled.stepping():  # one compiled graph for the first projection chunk and the rest
-        grad = compiled.grad_flows(xs, qs, ks, vs, mom, eta_readout, alpha_readout, st.proj)
+        grad = grad_flows(xs, qs, ks, vs, mom, eta_readout, alpha_readout, st.proj)
         st = st._replace(proj=steady_titans_state(st.proj, grad))
 
     # 1. projection pass over proj_chunk_size chunks (aligned to the state's offset)

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from nestlearn.ops import compiled
 from nestlearn.ops.common import compute_dtype, pad_axis, shift_right
-from nestlearn.ops.recompute import check_recompute_group, recompute_active
+from nestlearn.ops.recompute import check_recompute_group, grad_flows, recompute_active
 from nestlearn.ops.scan import decay_matrix, exp_flush, log_gate
 from nestlearn.ops.titans.common import (
     Activation,
@@ -139,7 +139,7 @@ def chunk_titans(
         state = state._replace(momentum=tuple(torch.zeros_like(w) for w in state.weights))
     ins = [None if t is None else t.to(cdt) for t in (q, k, v, theta, eta, alpha)]
     if compiled.stepping():  # one compiled graph for the first chunk and the rest
-        state = steady_titans_state(state, compiled.grad_flows(ins, state.weights, prior))
+        state = steady_titans_state(state, grad_flows(ins, state.weights, prior))
 
     C, off = chunk_size, state.offset
     head = min(C - off, T) if off > 0 else 0  # tokens that finish the chunk already under way
