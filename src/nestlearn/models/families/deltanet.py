@@ -15,6 +15,7 @@ import torch
 from nestlearn.layers.deltanet import DeltaNetMixer, DeltaNetMixerOptions
 from nestlearn.layers.ffn import SwiGLU
 from nestlearn.models.config import ModelConfig
+from nestlearn.models.families._shared import meta_module, paper_shape, tiny_shape
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
 from nestlearn.utils.config import from_dict
@@ -80,8 +81,7 @@ def matched_ffn_hidden(
 
 
 def _ffn(gated: bool, dim: int, n_heads: int, multiple: int, **mixer: Any) -> int:
-    with torch.device("meta"):
-        m = DeltaNetMixer(dim, n_heads, gated=gated, **mixer)
+    m = meta_module(DeltaNetMixer, dim, n_heads, gated=gated, **mixer)
     return matched_ffn_hidden(m, dim, n_heads, multiple)
 
 
@@ -90,11 +90,7 @@ for _name, _gated in (("deltanet", False), ("gated-deltanet", True)):
         f"{_name}-tiny",
         "CPU demo size: d=256, 4 layers, 4 heads, seq 256; FFN width matched to transformer-tiny",
         family=_name,
-        vocab_size=0,
-        dim=256,
-        n_layers=4,
-        n_heads=4,
-        max_seq_len=256,
+        **tiny_shape(),
         ffn_hidden=_ffn(_gated, 256, 4, 8),
     )
 # Table 2 shapes (760M/30B and 1.3B/100B; vocab 32K, training length 4K as in the Titans recipe).
@@ -105,11 +101,7 @@ for _size, _dim, _heads in (("760m", 1536, 12), ("1.3b", 2048, 16)):
         f"deltanet-{_size}",
         f"Nested Learning Table 2 {_size.upper()} shape (d={_dim}, 24 layers), vocab 32K, seq 4096",
         family="deltanet",
-        vocab_size=32000,
-        dim=_dim,
-        n_layers=24,
-        n_heads=_heads,
-        max_seq_len=4096,
+        **paper_shape(_dim, n_heads=_heads),
         ffn_hidden=_ffn(False, _dim, _heads, 64),
     )
 # Gated DeltaNet (Yang, Kautz & Hatamizadeh 2024): keys 0.75 D and values 1.5 D (expand_v 2), as
@@ -122,11 +114,7 @@ for _size, _dim, _heads in (("760m", 1536, 6), ("1.3b", 2048, 8)):
         f"Gated DeltaNet at the Table 2 {_size.upper()} shape (d={_dim}, 24 layers, "
         "keys 0.75d / values 1.5d), vocab 32K, seq 4096",
         family="gated-deltanet",
-        vocab_size=32000,
-        dim=_dim,
-        n_layers=24,
-        n_heads=_heads,
-        max_seq_len=4096,
+        **paper_shape(_dim, n_heads=_heads),
         ffn_hidden=_ffn(True, _dim, _heads, 64, **_mx),
         mixer=dict(_mx),
     )

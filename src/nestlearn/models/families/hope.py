@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from nestlearn.layers.attention import CausalSelfAttention
 from nestlearn.memory.cms import CMSConfig, ContinuumMemory
 from nestlearn.memory.self_modifying import SelfModifyingOptions, SelfModifyingTitans
 from nestlearn.models.config import ModelConfig
+from nestlearn.models.families._shared import config_attention, paper_shape, tiny_shape
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
 from nestlearn.ops.recompute import DEFAULT_RECOMPUTE_GROUP, check_recompute_group
@@ -100,15 +100,7 @@ def build_hope_block(cfg: ModelConfig, layer: int) -> Block:
 
 def build_hope_attention_block(cfg: ModelConfig, layer: int) -> Block:
     o = HopeAttentionOptions.from_mapping(cfg.mixer)
-    attn = CausalSelfAttention(
-        cfg.dim,
-        cfg.n_heads,
-        cfg.n_kv_heads,
-        rope_base=cfg.rope_base,
-        rope_interleaved=cfg.rope_interleaved,
-        qk_norm=cfg.qk_norm,
-    )
-    return Block(cfg.dim, attn, _cms(o, cfg.dim), cfg.norm_eps)
+    return Block(cfg.dim, config_attention(cfg), _cms(o, cfg.dim), cfg.norm_eps)
 
 
 register_family(
@@ -135,11 +127,7 @@ register_preset(
     "CPU size matched to transformer-tiny: d=256, 4 layers, 4 heads, seq 256, chunks 32/64, "
     "CMS periods 16/64/128",
     family="hope",
-    vocab_size=0,
-    dim=256,
-    n_layers=4,
-    n_heads=4,
-    max_seq_len=256,
+    **tiny_shape(),
     mixer={"cms": {"hidden_mult": 0.625}},
 )
 register_preset(
@@ -147,38 +135,19 @@ register_preset(
     "CPU size matched to transformer-tiny: d=256, 4 layers, 4 heads, seq 256, CMS periods "
     "16/64/128",
     family="hope-attention",
-    vocab_size=0,
-    dim=256,
-    n_layers=4,
-    n_heads=4,
-    max_seq_len=256,
+    **tiny_shape(),
 )
 # Paper shapes (Table 2: 760M/30B and 1.3B/100B; widths as our Transformer++ presets). The CMS
 # periods for 4K-token training are not given in the paper (digest §9 item 4); these are ours:
 # three levels, the slowest updating twice per training sequence.
 _PAPER_CMS = {"periods": (16, 256, 2048)}
 for _size, _dim in (("760m", 1536), ("1.3b", 2048)):
-    register_preset(
-        f"hope-{_size}",
-        f"Nested Learning Table 2 {_size.upper()} shape (d={_dim}, 24 layers), vocab 32K, seq "
-        "4096, CMS periods 16/256/2048",
-        family="hope",
-        vocab_size=32000,
-        dim=_dim,
-        n_layers=24,
-        n_heads=16,
-        max_seq_len=4096,
-        mixer={"cms": dict(_PAPER_CMS)},
-    )
-    register_preset(
-        f"hope-attention-{_size}",
-        f"Hope-Attention at the Table 2 {_size.upper()} shape (d={_dim}, 24 layers), vocab 32K, "
-        "seq 4096, CMS periods 16/256/2048",
-        family="hope-attention",
-        vocab_size=32000,
-        dim=_dim,
-        n_layers=24,
-        n_heads=16,
-        max_seq_len=4096,
-        mixer={"cms": dict(_PAPER_CMS)},
-    )
+    for _fam, _what in (("hope", "Nested Learning"), ("hope-attention", "Hope-Attention at the")):
+        register_preset(
+            f"{_fam}-{_size}",
+            f"{_what} Table 2 {_size.upper()} shape (d={_dim}, 24 layers), vocab 32K, seq 4096, "
+            "CMS periods 16/256/2048",
+            family=_fam,
+            **paper_shape(_dim),
+            mixer={"cms": dict(_PAPER_CMS)},
+        )

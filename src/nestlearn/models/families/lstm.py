@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from nestlearn.layers.ffn import SwiGLU
 from nestlearn.layers.lstm import LSTMMixer
 from nestlearn.models.config import ModelConfig
+from nestlearn.models.families._shared import meta_module, tiny_shape
 from nestlearn.models.families.deltanet import matched_ffn_hidden, mixer_options
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
@@ -35,20 +34,10 @@ def build_lstm_block(cfg: ModelConfig, layer: int) -> Block:
 register_family(Family("lstm", build_lstm_block, "LSTM (torch.nn.LSTM) mixer + SwiGLU"))
 
 
-def _ffn(dim: int, n_heads: int, multiple: int) -> int:
-    with torch.device("meta"):
-        m = LSTMMixer(dim)
-    return matched_ffn_hidden(m, dim, n_heads, multiple)
-
-
 register_preset(
     "lstm-tiny",
     "CPU demo size: d=256, 4 layers, seq 256; FFN width matched to transformer-tiny",
     family="lstm",
-    vocab_size=0,
-    dim=256,
-    n_layers=4,
-    n_heads=4,
-    max_seq_len=256,
-    ffn_hidden=_ffn(256, 4, 8),
+    **tiny_shape(),
+    ffn_hidden=matched_ffn_hidden(meta_module(LSTMMixer, 256), 256, 4, 8),
 )

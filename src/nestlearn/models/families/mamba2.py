@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nestlearn.layers.attention import CausalSelfAttention
 from nestlearn.layers.ffn import SwiGLU
 from nestlearn.layers.mamba2 import Mamba2Mixer, Mamba2MixerOptions
 from nestlearn.models.config import ModelConfig
+from nestlearn.models.families._shared import config_attention, paper_shape, tiny_shape
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
 from nestlearn.utils.config import from_dict
@@ -76,15 +76,7 @@ def build_samba_block(cfg: ModelConfig, layer: int) -> Block:
     if opts.pattern[layer % len(opts.pattern)] == "M":
         mixer: Any = _mamba2(cfg, opts, layer)
     else:
-        mixer = CausalSelfAttention(
-            cfg.dim,
-            cfg.n_heads,
-            cfg.n_kv_heads,
-            rope_base=cfg.rope_base,
-            rope_interleaved=cfg.rope_interleaved,
-            qk_norm=cfg.qk_norm,
-            window=opts.window,
-        )
+        mixer = config_attention(cfg, window=opts.window)
     return Block(cfg.dim, mixer, SwiGLU(cfg.dim, cfg.ffn_width), cfg.norm_eps)
 
 
@@ -112,23 +104,15 @@ register_preset(
     "mamba2-tiny",
     "CPU demo size: d=256, 8 Mamba2 blocks (no MLP, N=32), seq 256; matched to transformer-tiny",
     family="mamba2",
-    vocab_size=0,
-    dim=256,
-    n_layers=8,
-    n_heads=4,
-    max_seq_len=256,
+    **tiny_shape(n_layers=8),
     mixer={"d_state": 32},
 )
 register_preset(
     "samba-tiny",
     "CPU demo size: d=256, 4 blocks (Mamba2/SWA alternating, window 128, FFN 576), seq 256",
     family="samba",
-    vocab_size=0,
-    dim=256,
-    n_layers=4,
-    n_heads=4,
+    **tiny_shape(),
     ffn_hidden=576,
-    max_seq_len=256,
     mixer={"d_state": 32, "window": 128},
 )
 # Paper shapes. Mamba2's own ladder (Dao & Gu 2024, Table of model sizes): 780M = d 1536 x 48
@@ -140,11 +124,7 @@ for _name, _dim in (("760m", 1536), ("1.3b", 2048)):
         f"Mamba2 recipe at the Nested Learning Table 2 {_name.upper()} scale: d={_dim}, "
         "48 layers, N=128, vocab 32K, seq 4096",
         family="mamba2",
-        vocab_size=32000,
-        dim=_dim,
-        n_layers=48,
-        n_heads=16,
-        max_seq_len=4096,
+        **paper_shape(_dim, n_layers=48),
         mixer={"d_state": 128},
     )
     # Samba: Mamba/SWA pairs with SwiGLU MLPs and a 2048-token window (Ren et al. 2024). The
@@ -155,10 +135,6 @@ for _name, _dim in (("760m", 1536), ("1.3b", 2048)):
         f"Samba at the Nested Learning Table 2 {_name.upper()} scale: d={_dim}, 24 layers "
         "(12 Mamba2 + 12 SWA, window 2048), vocab 32K, seq 4096",
         family="samba",
-        vocab_size=32000,
-        dim=_dim,
-        n_layers=24,
-        n_heads=16,
-        max_seq_len=4096,
+        **paper_shape(_dim),
         mixer={"d_state": 128, "window": 2048},
     )

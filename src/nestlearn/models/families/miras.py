@@ -27,6 +27,7 @@ import torch
 from nestlearn.layers.ffn import SwiGLU
 from nestlearn.layers.nested import NestedMixer, NestedMixerOptions
 from nestlearn.models.config import ModelConfig
+from nestlearn.models.families._shared import tiny_shape
 from nestlearn.models.registry import FAMILIES, Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
 from nestlearn.ops.nested import MemorySpec
@@ -125,11 +126,7 @@ def register_nested_family(
         "CPU size matched to hope-tiny: d=256, 4 layers, 4 heads, seq 256; "
         + MemorySpec.from_dict(SPECS[name]).describe(),
         family=name,
-        vocab_size=0,
-        dim=256,
-        n_layers=4,
-        n_heads=4,
-        max_seq_len=256,
+        **tiny_shape(),
         ffn_hidden=tiny_ffn(name),
     )
     return preset

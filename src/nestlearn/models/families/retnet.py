@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from nestlearn.layers.ffn import SwiGLU
 from nestlearn.layers.retnet import RetNetMixer, RetNetMixerOptions
 from nestlearn.models.config import ModelConfig
+from nestlearn.models.families._shared import meta_module, paper_shape, tiny_shape
 from nestlearn.models.families.deltanet import matched_ffn_hidden, mixer_options
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
@@ -43,20 +42,14 @@ register_family(
 
 
 def _ffn(dim: int, n_heads: int, multiple: int) -> int:
-    with torch.device("meta"):
-        m = RetNetMixer(dim, n_heads)
-    return matched_ffn_hidden(m, dim, n_heads, multiple)
+    return matched_ffn_hidden(meta_module(RetNetMixer, dim, n_heads), dim, n_heads, multiple)
 
 
 register_preset(
     "retnet-tiny",
     "CPU demo size: d=256, 4 layers, 4 heads, values 2d, seq 256; FFN matched to transformer-tiny",
     family="retnet",
-    vocab_size=0,
-    dim=256,
-    n_layers=4,
-    n_heads=4,
-    max_seq_len=256,
+    **tiny_shape(),
     ffn_hidden=_ffn(256, 4, 8),
 )
 # Table 2 shapes; heads of key dim 256 as in RetNet's 1.3B model (d=2048, 8 heads).
@@ -65,10 +58,6 @@ for _size, _dim, _heads in (("760m", 1536, 6), ("1.3b", 2048, 8)):
         f"retnet-{_size}",
         f"Nested Learning Table 2 {_size.upper()} shape (d={_dim}, 24 layers), vocab 32K, seq 4096",
         family="retnet",
-        vocab_size=32000,
-        dim=_dim,
-        n_layers=24,
-        n_heads=_heads,
-        max_seq_len=4096,
+        **paper_shape(_dim, n_heads=_heads),
         ffn_hidden=_ffn(_dim, _heads, 64),
     )

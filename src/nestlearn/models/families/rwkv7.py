@@ -15,6 +15,7 @@ from nestlearn.layers.comba import CombaMixer, CombaMixerOptions
 from nestlearn.layers.ffn import SwiGLU
 from nestlearn.layers.rwkv7 import RWKV7Mixer, RWKV7MixerOptions
 from nestlearn.models.config import ModelConfig
+from nestlearn.models.families._shared import tiny_shape
 from nestlearn.models.families.deltanet import mixer_options
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
@@ -88,10 +89,6 @@ for _name, _build, _what in (("rwkv7", build_rwkv7_block, "RWKV-7"),
         f"{_name}-tiny",
         f"{_what} at CPU size matched to hope-tiny: d=256, 4 layers, 4 heads, seq 256",
         family=_name,
-        vocab_size=0,
-        dim=256,
-        n_layers=4,
-        n_heads=4,
-        max_seq_len=256,
+        **tiny_shape(),
         ffn_hidden=_tiny_ffn(_build, _name),
     )

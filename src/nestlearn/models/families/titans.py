@@ -17,6 +17,7 @@ from typing import Any
 from nestlearn.layers.ffn import SwiGLU
 from nestlearn.memory.neural_memory import NeuralMemory, NeuralMemoryOptions
 from nestlearn.models.config import ModelConfig
+from nestlearn.models.families._shared import paper_shape, tiny_shape
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
 from nestlearn.utils.config import from_dict
@@ -63,30 +64,14 @@ register_preset(
     "titans-tiny",
     "CPU size matched to transformer-tiny: d=256, 4 layers, 4 heads, seq 256, chunk 64",
     family="titans",
-    vocab_size=0,
-    dim=256,
-    n_layers=4,
-    n_heads=4,
-    max_seq_len=256,
+    **tiny_shape(),
     ffn_hidden=512,
 )
-register_preset(
-    "titans-760m",
-    "Nested Learning Table 2 760M/30B shape (d=1536, 24 layers), vocab 32K, seq 4096",
-    family="titans",
-    vocab_size=32000,
-    dim=1536,
-    n_layers=24,
-    n_heads=16,
-    max_seq_len=4096,
-)
-register_preset(
-    "titans-1.3b",
-    "Nested Learning Table 2 1.3B/100B shape (d=2048, 24 layers), vocab 32K, seq 4096",
-    family="titans",
-    vocab_size=32000,
-    dim=2048,
-    n_layers=24,
-    n_heads=16,
-    max_seq_len=4096,
-)
+for _size, _dim, _tokens in (("760m", 1536, "30B"), ("1.3b", 2048, "100B")):
+    register_preset(
+        f"titans-{_size}",
+        f"Nested Learning Table 2 {_size.upper()}/{_tokens} shape (d={_dim}, 24 layers), vocab 32K, "
+        "seq 4096",
+        family="titans",
+        **paper_shape(_dim),
+    )

@@ -55,6 +55,7 @@ from nestlearn.layers.persistent_attention import PersistentAttention
 from nestlearn.layers.titans_hybrid import MACMixer, MAGMixer, MALMixer
 from nestlearn.memory.neural_memory import NeuralMemory
 from nestlearn.models.config import ModelConfig
+from nestlearn.models.families._shared import config_attention, paper_shape, tiny_shape
 from nestlearn.models.families.titans import TitansOptions, build_neural_memory
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
@@ -100,16 +101,8 @@ def _memory(cfg: ModelConfig, o: TitansHybridOptions, layer: int) -> NeuralMemor
 def _attention(
     cfg: ModelConfig, o: TitansHybridOptions, layer: int, window: int | None
 ) -> PersistentAttention:
-    return PersistentAttention(
-        cfg.dim,
-        cfg.n_heads,
-        cfg.n_kv_heads,
-        n_persistent=o.n_persistent,
-        rope_base=cfg.rope_base,
-        rope_interleaved=cfg.rope_interleaved,
-        qk_norm=cfg.qk_norm,
-        window=window,
-        init_seed=layer,
+    return config_attention(
+        cfg, PersistentAttention, n_persistent=o.n_persistent, window=window, init_seed=layer
     )
 
 
@@ -175,11 +168,7 @@ for _fam, _ffn in _TINY_FFN.items():
         + ("segment 64" if _fam == "titans-mac" else "window 64")
         + ", 16 persistent tokens, memory chunk 64",
         family=_fam,
-        vocab_size=0,
-        dim=256,
-        n_layers=4,
-        n_heads=4,
-        max_seq_len=256,
+        **tiny_shape(),
         ffn_hidden=_ffn,
         mixer=_opt,
     )
@@ -191,11 +180,7 @@ for _fam, _ffn in _TINY_FFN.items():
             f"seq 4096, FFN {_PAPER_FFN[_fam][_size]} (matched to transformer-{_size}), "
             + ("segment 512" if _fam == "titans-mac" else "window 512"),
             family=_fam,
-            vocab_size=32000,
-            dim=_dim,
-            n_layers=24,
-            n_heads=16,
-            max_seq_len=4096,
+            **paper_shape(_dim),
             ffn_hidden=_PAPER_FFN[_fam][_size],
             mixer=_big,
         )

@@ -7,9 +7,9 @@ of frequency zero (section 1.1 of the paper).
 
 from __future__ import annotations
 
-from nestlearn.layers.attention import CausalSelfAttention
 from nestlearn.layers.ffn import SwiGLU
 from nestlearn.models.config import ModelConfig
+from nestlearn.models.families._shared import config_attention, paper_shape, tiny_shape
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
 
@@ -19,15 +19,7 @@ def build_transformer_block(cfg: ModelConfig, layer: int) -> Block:
         raise ValueError(
             f"the transformer family takes no model.mixer options, got {sorted(cfg.mixer)}"
         )
-    attn = CausalSelfAttention(
-        cfg.dim,
-        cfg.n_heads,
-        cfg.n_kv_heads,
-        rope_base=cfg.rope_base,
-        rope_interleaved=cfg.rope_interleaved,
-        qk_norm=cfg.qk_norm,
-    )
-    return Block(cfg.dim, attn, SwiGLU(cfg.dim, cfg.ffn_width), cfg.norm_eps)
+    return Block(cfg.dim, config_attention(cfg), SwiGLU(cfg.dim, cfg.ffn_width), cfg.norm_eps)
 
 
 register_family(
@@ -39,52 +31,21 @@ register_preset(
     "transformer-tiny",
     "CPU demo size: d=256, 4 layers, 4 heads, seq 256",
     family="transformer",
-    vocab_size=0,
-    dim=256,
-    n_layers=4,
-    n_heads=4,
-    max_seq_len=256,
+    **tiny_shape(),
 )
 # Titans recipe shapes (Behrouz et al. 2025, Titans section 5.1: 170M/340M/400M/760M,
 # Llama-2 32K tokenizer, training length 4K). The exact widths are not printed in the
-# paper; these follow the usual GPT-3/Mamba size ladder at those parameter counts.
-register_preset(
-    "transformer-170m",
-    "Titans recipe 170M shape (d=768, 12 layers), vocab 32K, seq 4096",
-    family="transformer",
-    vocab_size=32000,
-    dim=768,
-    n_layers=12,
-    n_heads=12,
-    max_seq_len=4096,
-)
-register_preset(
-    "transformer-340m",
-    "Titans recipe 340M shape (d=1024, 24 layers), vocab 32K, seq 4096",
-    family="transformer",
-    vocab_size=32000,
-    dim=1024,
-    n_layers=24,
-    n_heads=16,
-    max_seq_len=4096,
-)
-register_preset(
-    "transformer-760m",
-    "Nested Learning Table 2 760M/30B shape (d=1536, 24 layers), vocab 32K, seq 4096",
-    family="transformer",
-    vocab_size=32000,
-    dim=1536,
-    n_layers=24,
-    n_heads=16,
-    max_seq_len=4096,
-)
-register_preset(
-    "transformer-1.3b",
-    "Nested Learning Table 2 1.3B/100B shape (d=2048, 24 layers), vocab 32K, seq 4096",
-    family="transformer",
-    vocab_size=32000,
-    dim=2048,
-    n_layers=24,
-    n_heads=16,
-    max_seq_len=4096,
-)
+# paper; these follow the usual GPT-3/Mamba size ladder at those parameter counts; then the
+# Nested Learning Table 2 shapes (760M/30B and 1.3B/100B).
+for _size, _dim, _layers, _heads, _where in (
+    ("170m", 768, 12, 12, "Titans recipe 170M"),
+    ("340m", 1024, 24, 16, "Titans recipe 340M"),
+    ("760m", 1536, 24, 16, "Nested Learning Table 2 760M/30B"),
+    ("1.3b", 2048, 24, 16, "Nested Learning Table 2 1.3B/100B"),
+):
+    register_preset(
+        f"transformer-{_size}",
+        f"{_where} shape (d={_dim}, {_layers} layers), vocab 32K, seq 4096",
+        family="transformer",
+        **paper_shape(_dim, n_layers=_layers, n_heads=_heads),
+    )

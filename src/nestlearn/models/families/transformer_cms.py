@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from nestlearn.layers.attention import CausalSelfAttention
 from nestlearn.memory.cms import CMSConfig, ContinuumMemory
 from nestlearn.models.config import ModelConfig
+from nestlearn.models.families._shared import config_attention
 from nestlearn.models.registry import Family, register_family
 from nestlearn.models.skeleton import Block
 from nestlearn.utils.config import check_keys
@@ -79,14 +79,7 @@ class TransformerCMSOptions:
 
 def build_transformer_cms_block(cfg: ModelConfig, layer: int) -> Block:
     opts = TransformerCMSOptions.from_mapping(cfg.mixer, cfg.n_layers, cfg.dim)
-    attn = CausalSelfAttention(
-        cfg.dim,
-        cfg.n_heads,
-        cfg.n_kv_heads,
-        rope_base=cfg.rope_base,
-        rope_interleaved=cfg.rope_interleaved,
-        qk_norm=cfg.qk_norm,
-    )
+    attn = config_attention(cfg)  # built first: the modules draw their init in this order
     return Block(cfg.dim, attn, ContinuumMemory(cfg.dim, opts.for_layer(layer)), cfg.norm_eps)
 
 

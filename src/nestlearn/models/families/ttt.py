@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from nestlearn.layers.ffn import SwiGLU
 from nestlearn.layers.ttt import TTTMixer, TTTMixerOptions
 from nestlearn.models.config import ModelConfig
+from nestlearn.models.families._shared import paper_shape, tiny_shape
 from nestlearn.models.registry import Family, register_family, register_preset
 from nestlearn.models.skeleton import Block
 from nestlearn.utils.config import from_dict
@@ -60,22 +61,14 @@ register_preset(
     "ttt-linear-tiny",
     "CPU demo size: d=256, 4 layers, 4 heads, mini-batch 16, seq 256",
     family="ttt-linear",
-    vocab_size=0,
-    dim=256,
-    n_layers=4,
-    n_heads=4,
-    max_seq_len=256,
+    **tiny_shape(),
 )
 register_preset(
     "ttt-mlp-tiny",
     "CPU demo size: d=256, 4 layers, 4 heads, mini-batch 16, FFN 512, seq 256",
     family="ttt-mlp",
-    vocab_size=0,
-    dim=256,
-    n_layers=4,
-    n_heads=4,
+    **tiny_shape(),
     ffn_hidden=512,
-    max_seq_len=256,
 )
 # Paper shapes: TTT follows the GPT-3/Mamba size ladder with head dim 64 (Sun et al. 2024,
 # 760M: d=1536 x 24 layers, 1.3B: d=2048 x 24 layers); Nested Learning Table 2 compares at
@@ -87,9 +80,5 @@ for _kind in ("linear", "mlp"):
             f"TTT-{_kind.upper() if _kind == 'mlp' else 'Linear'} (T) at the Nested Learning "
             f"Table 2 {_name.upper()} scale: d={_dim}, 24 layers, head dim 64, vocab 32K, seq 4096",
             family=f"ttt-{_kind}",
-            vocab_size=32000,
-            dim=_dim,
-            n_layers=24,
-            n_heads=_dim // 64,
-            max_seq_len=4096,
+            **paper_shape(_dim, n_heads=_dim // 64),
         )
