@@ -33,7 +33,9 @@ __all__ = [
     "check_values",
     "compute_dtype",
     "heads_first",
+    "matrix_state",
     "pad_axis",
+    "per_chunk",
     "shift_right",
 ]
 
@@ -60,6 +62,22 @@ def heads_first(x: Tensor, length: int, dtype: torch.dtype) -> Tensor:
     One copy up front, so every per-chunk slice of it is a plain strided batch for ``bmm``.
     """
     return pad_axis(x.to(dtype).transpose(1, 2), length, dim=2).contiguous()
+
+
+def per_chunk(x: Tensor, n_chunks: int) -> list[Tensor]:
+    """Heads-first ``[B, H, N, ...]`` -> ``N`` tensors ``[B * H, ...]``, one bmm batch per chunk
+    (views; unbinding once keeps backward ``O(N)``, where slicing in the loop would not)."""
+    return list(x.reshape(x.shape[0] * x.shape[1], n_chunks, *x.shape[3:]).unbind(1))
+
+
+def matrix_state(
+    initial_state: Tensor | None, shape: tuple[int, int, int, int], dtype: torch.dtype, like: Tensor
+) -> Tensor:
+    """The ``[B, H, K, V]`` state a linear recurrence starts from, in the compute ``dtype``:
+    ``initial_state`` cast, or zeros on ``like``'s device when it is ``None``."""
+    if initial_state is None:
+        return torch.zeros(shape, dtype=dtype, device=like.device)
+    return initial_state.to(dtype)
 
 
 def shift_right(x: Tensor, dim: int, fill: float) -> Tensor:

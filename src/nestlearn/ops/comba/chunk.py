@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from nestlearn.ops.comba.common import check_comba_inputs, compute_dtype
-from nestlearn.ops.common import heads_first
+from nestlearn.ops.common import heads_first, matrix_state, per_chunk
 from nestlearn.ops.delta_rule.chunk import auto_chunk_size
 
 __all__ = ["chunk_comba"]
@@ -90,16 +90,9 @@ def chunk_comba(
     Wv = Tinv @ (vc * bc)
     Wp = Tinv @ (pc * bc * gamma)
     qg = qc * gamma
-    S = torch.zeros(B, H, K, V, dtype=cdt, device=q.device)
-    if initial_state is not None:
-        S = initial_state.to(cdt)
-    Gn = B * H
-
-    def bh(x: Tensor) -> list[Tensor]:
-        return list(x.reshape(Gn, N, *x.shape[3:]).unbind(1))
-
-    Wvs, Wps, Ps, qgs, kes, cds = (bh(x) for x in (Wv, Wp, P, qg, k_end.mT, chunk_decay))
-    S = S.reshape(Gn, K, V)
+    S = matrix_state(initial_state, (B, H, K, V), cdt, q)
+    Wvs, Wps, Ps, qgs, kes, cds = (per_chunk(x, N) for x in (Wv, Wp, P, qg, k_end.mT, chunk_decay))
+    S = S.reshape(B * H, K, V)
     outs = []
     for n in range(N):
         U = torch.baddbmm(Wvs[n], Wps[n], S, alpha=-1.0)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from nestlearn.ops.comba.common import check_comba_inputs, compute_dtype
+from nestlearn.ops.common import matrix_state
 
 __all__ = ["naive_recurrent_comba"]
 
@@ -54,9 +55,7 @@ def naive_recurrent_comba(
     cdt = compute_dtype(q)
     scale = K**-0.5 if scale is None else scale
     qf, kf, vf, pf, gf, bf = (t.to(cdt) for t in (q, k, v, p, g, beta))
-    S = torch.zeros(B, H, K, V, dtype=cdt, device=q.device)
-    if initial_state is not None:
-        S = initial_state.to(cdt)
+    S = matrix_state(initial_state, (B, H, K, V), cdt, q)
     out = []
     for t in range(T):
         S = gf[:, t].exp()[..., None, None] * S

@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nestlearn.ops.common import heads_first
+from nestlearn.ops.common import heads_first, matrix_state
 from nestlearn.ops.delta_rule.common import check_delta_inputs, compute_dtype
 
 __all__ = ["chunk_delta_rule", "chunk_gated_delta_rule"]
@@ -108,10 +108,7 @@ def _chunk(
     Wk = Tinv @ rhs_k  # [B, H, N, C, K]
     kt_end = k_end.transpose(-1, -2)  # [B, H, N, K, C]
 
-    if initial_state is None:
-        S = torch.zeros(B, H, K, V, dtype=cdt, device=q.device)
-    else:
-        S = initial_state.to(cdt)
+    S = matrix_state(initial_state, (B, H, K, V), cdt, q)
     G3 = B * H  # (B, H) merge into one bmm batch without copies: every tensor is heads-first
 
     def bh(x: Tensor) -> Tensor:

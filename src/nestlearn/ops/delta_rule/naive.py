@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nestlearn.ops.common import matrix_state
 from nestlearn.ops.delta_rule.common import check_delta_inputs, compute_dtype
 
 __all__ = ["naive_recurrent_delta_rule", "naive_recurrent_gated_delta_rule"]
@@ -42,10 +43,7 @@ def _recurrent(
     cdt = compute_dtype(q)
     scale = K**-0.5 if scale is None else scale
     qf, kf, vf, bf = (t.to(cdt) for t in (q, k, v, beta))
-    if initial_state is None:
-        S = torch.zeros(B, H, K, V, dtype=cdt, device=q.device)
-    else:
-        S = initial_state.to(cdt)
+    S = matrix_state(initial_state, (B, H, K, V), cdt, q)
     out = []
     for t in range(T):
         if g is not None:

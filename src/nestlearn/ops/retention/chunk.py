@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nestlearn.ops.common import heads_first
+from nestlearn.ops.common import heads_first, matrix_state
 from nestlearn.ops.retention.common import check_retention_inputs, compute_dtype
 
 __all__ = ["chunk_retention"]
@@ -95,10 +95,7 @@ def chunk_retention(
     dS = k_end.transpose(-1, -2) @ vc  # [B, H, N, K, V] what each chunk writes
     chunk_decay = G[..., -1].exp()[:, :, None, None]  # [H, N, 1, 1]
 
-    if initial_state is None:
-        S = torch.zeros(B, H, K, V, dtype=cdt, device=q.device)
-    else:
-        S = initial_state.to(cdt)
+    S = matrix_state(initial_state, (B, H, K, V), cdt, q)
     G3 = B * H
 
     def bh(x: Tensor) -> Tensor:  # merge (B, H) into one bmm batch, no copy (heads-first)

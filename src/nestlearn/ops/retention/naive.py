@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nestlearn.ops.common import matrix_state
 from nestlearn.ops.retention.common import check_retention_inputs, compute_dtype
 
 __all__ = ["naive_parallel_retention", "naive_recurrent_retention"]
@@ -61,10 +62,7 @@ def naive_recurrent_retention(
     scale = K**-0.5 if scale is None else scale
     qf, kf, vf = (t.to(cdt) for t in (q, k, v))
     gm = gamma.to(cdt)[None, :, None, None]  # [1, H, 1, 1]
-    if initial_state is None:
-        S = torch.zeros(B, H, K, V, dtype=cdt, device=q.device)
-    else:
-        S = initial_state.to(cdt)
+    S = matrix_state(initial_state, (B, H, K, V), cdt, q)
     out = []
     for t in range(T):
         S = gm * S + kf[:, t, :, :, None] * vf[:, t, :, None, :]

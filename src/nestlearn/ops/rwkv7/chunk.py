@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nestlearn.ops.common import heads_first
+from nestlearn.ops.common import heads_first, matrix_state, per_chunk
 from nestlearn.ops.rwkv7.common import check_dplr_inputs, compute_dtype
 
 __all__ = ["chunk_rwkv7"]
@@ -112,19 +112,11 @@ def chunk_rwkv7(
     KVend = k_end.mT @ vc  # [B, H, N, K, V]
     decC = GC.exp().mT  # [B, H, N, K, 1]
 
-    S = torch.zeros(B, H, K, V, dtype=cdt, device=r.device)
-    if initial_state is not None:
-        S = initial_state.to(cdt)
-    Gn = B * H
-
-    def bh(x: Tensor) -> list[Tensor]:
-        """``[B, H, N, ...]`` -> N tensors ``[G, ...]`` (unbind: backward stays O(N))."""
-        return list(x.reshape(Gn, N, *x.shape[3:]).unbind(1))
-
+    S = matrix_state(initial_state, (B, H, K, V), cdt, r)
     Was, Uvs, Oks, rts, Pbs, bes, KVs, dcs = (
-        bh(x) for x in (Wa, Uv, Okv, r_t, P_b, b_end, KVend, decC)
+        per_chunk(x, N) for x in (Wa, Uv, Okv, r_t, P_b, b_end, KVend, decC)
     )
-    S = S.reshape(Gn, K, V)
+    S = S.reshape(B * H, K, V)
     outs = []
     for n in range(N):  # the sequential part: four small matmuls per chunk
         U = torch.baddbmm(Uvs[n], Was[n], S)  # [G, C, V]: u_t = a_t^T S_{t-1}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nestlearn.ops.common import matrix_state
 from nestlearn.ops.rwkv7.common import check_dplr_inputs, compute_dtype
 
 __all__ = ["naive_recurrent_rwkv7"]
@@ -58,9 +59,7 @@ def naive_recurrent_rwkv7(
     V = v.shape[-1]
     cdt = compute_dtype(r)
     rf, wf, kf, vf, af, bf = (t.to(cdt) for t in (r, w, k, v, a, b))
-    S = torch.zeros(B, H, K, V, dtype=cdt, device=r.device)
-    if initial_state is not None:
-        S = initial_state.to(cdt)
+    S = matrix_state(initial_state, (B, H, K, V), cdt, r)
     out = []
     for t in range(T):
         u = torch.einsum("bhk,bhkv->bhv", af[:, t], S)  # a_t^T S_{t-1}
