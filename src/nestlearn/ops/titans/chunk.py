@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from nestlearn.ops import compiled
-from nestlearn.ops.common import compute_dtype, pad_axis, shift_right
+from nestlearn.ops.common import pad_axis, shift_right
 from nestlearn.ops.recompute import check_recompute_group, grad_flows, recompute_active
 from nestlearn.ops.scan import decay_matrix, exp_flush, log_gate
 from nestlearn.ops.titans.common import (
@@ -45,8 +45,8 @@ from nestlearn.ops.titans.common import (
     TitansState,
     check_inputs,
     check_prior,
+    start_state,
     steady_titans_state,
-    zeros_state,
 )
 from nestlearn.ops.titans.linear import linear_chunks, linear_exact_chunks
 from nestlearn.ops.titans.mlp import mlp_chunks
@@ -126,18 +126,10 @@ def chunk_titans(
     if not recompute_active(group, q, k, v, theta, eta, alpha, initial_state, hidden_prior):
         group = 0
     B, T, H, Dk = k.shape
-    cdt = compute_dtype(k)
+    cdt, ins, state = start_state((q, k, v, theta, eta, alpha), initial_state)
     prior = None if hidden_prior is None else tuple(
         p.to(cdt).reshape(B * H, *p.shape[2:]) for p in hidden_prior[:-1]
     )
-    if initial_state is None:
-        initial_state = zeros_state(
-            B, H, [(v.shape[-1], Dk)], momentum=False, dtype=cdt, device=k.device
-        )
-    state = initial_state.to(cdt)
-    if eta is not None and state.momentum is None:
-        state = state._replace(momentum=tuple(torch.zeros_like(w) for w in state.weights))
-    ins = [None if t is None else t.to(cdt) for t in (q, k, v, theta, eta, alpha)]
     if compiled.stepping():  # one compiled graph for the first chunk and the rest
         state = steady_titans_state(state, grad_flows(ins, state.weights, prior))
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from nestlearn.ops import compiled
-from nestlearn.ops.common import check_per_token, check_values
+from nestlearn.ops.common import check_per_token, check_values, compute_dtype
 
 __all__ = [
     "Activation",
@@ -37,6 +37,7 @@ __all__ = [
     "activation_backward_fn",
     "check_inputs",
     "memory_forward",
+    "start_state",
     "steady_titans_state",
     "zeros_state",
 ]
@@ -297,3 +298,23 @@ def check_inputs(
         anc = initial_state.anchor
         if anc is None or len(anc) != len(ws) or any(a.shape != w.shape for a, w in zip(anc, ws)):
             raise ValueError("initial_state.offset > 0 needs anchor weights shaped like weights")
+
+
+def start_state(
+    ins: tuple[Tensor | None, ...], initial_state: TitansState | None
+) -> tuple[torch.dtype, list[Tensor | None], TitansState]:
+    """The compute dtype, the inputs ``(q, k, v, theta, eta, alpha)`` cast to it, and the state a
+    call starts from: ``initial_state`` cast (a zero linear memory when ``None``), with zero
+    momentum buffers when ``eta`` is given and it has none."""
+    k, v, eta = ins[1], ins[2], ins[4]
+    assert k is not None and v is not None
+    cdt = compute_dtype(k)
+    B, T, H, Dk = k.shape
+    if initial_state is None:
+        initial_state = zeros_state(
+            B, H, [(v.shape[-1], Dk)], momentum=False, dtype=cdt, device=k.device
+        )
+    state = initial_state.to(cdt)
+    if eta is not None and state.momentum is None:
+        state = state._replace(momentum=tuple(torch.zeros_like(w) for w in state.weights))
+    return cdt, [None if t is None else t.to(cdt) for t in ins], state

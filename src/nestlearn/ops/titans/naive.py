@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 from torch.func import grad
 
-from nestlearn.ops.common import compute_dtype
 from nestlearn.ops.titans.common import (
     Activation,
     Optimizer,
@@ -35,32 +34,10 @@ from nestlearn.ops.titans.common import (
     check_inputs,
     check_prior,
     memory_forward,
-    zeros_state,
+    start_state,
 )
 
 __all__ = ["naive_chunk_titans", "naive_recurrent_titans"]
-
-
-def _prepare(
-    q: Tensor | None,
-    k: Tensor,
-    v: Tensor,
-    theta: Tensor,
-    eta: Tensor | None,
-    alpha: Tensor | None,
-    initial_state: TitansState | None,
-) -> tuple[torch.dtype, list[Tensor | None], TitansState]:
-    cdt = compute_dtype(k)
-    B, T, H, Dk = k.shape
-    if initial_state is None:
-        initial_state = zeros_state(
-            B, H, [(v.shape[-1], Dk)], momentum=False, dtype=cdt, device=k.device
-        )
-    state = initial_state.to(cdt)
-    if eta is not None and state.momentum is None:
-        state = state._replace(momentum=tuple(torch.zeros_like(w) for w in state.weights))
-    ins = [None if t is None else t.to(cdt) for t in (q, k, v, theta, eta, alpha)]
-    return cdt, ins, state
 
 
 def _step(
@@ -172,7 +149,8 @@ def naive_chunk_titans(
         q, k, v, theta, eta, alpha, initial_state, chunk_size, optimizer, read, self_target
     )
     check_prior(hidden_prior, hidden_chunk, initial_state)
-    cdt, (qc, kc, vc, tc, ec, ac), state = _prepare(q, k, v, theta, eta, alpha, initial_state)
+    ins = (q, k, v, theta, eta, alpha)
+    cdt, (qc, kc, vc, tc, ec, ac), state = start_state(ins, initial_state)
     prior = None if hidden_prior is None else [p.to(cdt) for p in hidden_prior]
     W = list(state.weights)
     S = None if state.momentum is None else list(state.momentum)
@@ -226,7 +204,8 @@ def naive_recurrent_titans(
     """
     del chunk_size
     check_inputs(q, k, v, theta, eta, alpha, initial_state, 1, optimizer, read)
-    cdt, (qc, kc, vc, tc, ec, ac), state = _prepare(q, k, v, theta, eta, alpha, initial_state)
+    ins = (q, k, v, theta, eta, alpha)
+    cdt, (qc, kc, vc, tc, ec, ac), state = start_state(ins, initial_state)
     W = list(state.weights)
     S = None if state.momentum is None else list(state.momentum)
     ys = []
