@@ -58,35 +58,23 @@ def dedicated_op(spec: MemorySpec) -> str | None:
         and spec.activation in ("silu", "gelu", "relu")
     ):
         return "titans"
-    if (
-        spec.memory == "matrix"
-        and plain
-        and not spec.is_residual
-        and spec.objective == "l2"
+    # one plain gradient step on ||M(k) - v||^2 / 2 per token, read after it: delta rule and TTT
+    plain_gd = (
+        spec.objective == "l2"
         and spec.scale == 0.5
         and spec.retention == "none"
         and spec.algorithm == "gd"
         and not spec.momentum
         and spec.read == "after"
-        and spec.chunk_size == 1
-    ):
+    )
+    delta = spec.memory == "matrix" and plain and plain_gd and not spec.is_residual
+    if delta and spec.chunk_size == 1:
         return "delta_rule"
     ttt_mem = spec.memory == "matrix" or (
         spec.memory == "mlp" and spec.n_layers == 2 and spec.activation == "gelu_tanh"
     )
-    if (
-        ttt_mem
-        and spec.bias
-        and spec.norm == "layernorm"
-        and spec.is_residual
-        and spec.target == "value"
-        and spec.objective == "l2"
-        and spec.scale == 0.5
-        and spec.retention == "none"
-        and spec.algorithm == "gd"
-        and not spec.momentum
-        and spec.read == "after"
-    ):
+    ttt_layout = spec.bias and spec.norm == "layernorm" and spec.is_residual
+    if ttt_mem and ttt_layout and spec.target == "value" and plain_gd:
         return "ttt"
     return None
 
