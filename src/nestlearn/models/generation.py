@@ -87,30 +87,22 @@ def generate(
     out = idx
     done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     try:
-        if use_state:
+        if use_state:  # prefill once, then one token per step
             logits, state = model(idx, state=state, return_state=True)
-            for i in range(max_new_tokens):
-                if i:
-                    logits, state = model(out[:, -1:], state=state)
-                nxt = sample_next(
-                    logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=gen
-                )
-                out = torch.cat([out, nxt[:, None]], dim=1)
-                if eos_id is not None:
-                    done |= nxt == eos_id
-                    if bool(done.all()):
-                        break
-        else:
-            for _ in range(max_new_tokens):
-                logits, _ = model(out)
-                nxt = sample_next(
-                    logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=gen
-                )
-                out = torch.cat([out, nxt[:, None]], dim=1)
-                if eos_id is not None:
-                    done |= nxt == eos_id
-                    if bool(done.all()):
-                        break
+        for i in range(max_new_tokens):
+            if not use_state:
+                logits, _ = model(out)  # the whole sequence again, every step
+            elif i:
+                logits, state = model(out[:, -1:], state=state)
+            nxt = sample_next(
+                logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=gen
+            )
+            out = torch.cat([out, nxt[:, None]], dim=1)
+            if eos_id is not None:
+                done |= nxt == eos_id
+                if bool(done.all()):
+                    break
+        if not use_state:
             state = None
     finally:
         model.train(was_training)
