@@ -120,7 +120,34 @@ class _GatedOutput(nn.Module):
         return wo(_rms(y, self.y_weight) * torch.sigmoid(_rms(m, self.m_weight)))
 
 
-class MAGMixer(nn.Module):
+class _AttentionMemoryPair(nn.Module):
+    """What MAG and MAL share: an attention branch ``attn`` and a neural memory ``memory`` of one
+    width, whose per-sequence states pair up as a :class:`HybridState`. Each subclass registers
+    the two modules itself (their order is its ``state_dict``'s)."""
+
+    supports_naive = True
+    """The memory's ``naive`` option runs its reference op (``nestlearn bench --naive``)."""
+
+    attn: PersistentAttention
+    memory: NeuralMemory
+
+    def __init__(self, attention: PersistentAttention, memory: NeuralMemory) -> None:
+        super().__init__()
+        if attention.dim != memory.dim:
+            raise ValueError(f"attention dim {attention.dim} != memory dim {memory.dim}")
+        self.dim = attention.dim
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> HybridState:
+        return HybridState(
+            self.attn.init_state(batch_size, device, dtype),
+            self.memory.init_state(batch_size, device, dtype),
+        )
+
+    def flops_per_token(self, seq_len: int) -> int:
+        return self.attn.flops_per_token(seq_len) + self.memory.flops_per_token(seq_len)
+
+
+class MAGMixer(_AttentionMemoryPair):
     """Titans MAG: sliding-window attention and the neural memory in parallel, gated (§4.2).
 
     Args:
@@ -129,21 +156,9 @@ class MAGMixer(nn.Module):
         memory: the :class:`NeuralMemory` branch; it reads the block input ``x`` (not ``P``).
     """
 
-    supports_naive = True
-    """The memory's ``naive`` option runs its reference op (``nestlearn bench --naive``)."""
-
     def __init__(self, attention: PersistentAttention, memory: NeuralMemory) -> None:
-        super().__init__()
-        if attention.dim != memory.dim:
-            raise ValueError(f"attention dim {attention.dim} != memory dim {memory.dim}")
-        self.dim = attention.dim
+        super().__init__(attention, memory)
         self.attn, self.memory, self.gate = attention, memory, _GatedOutput(attention.dim)
-
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> HybridState:
-        return HybridState(
-            self.attn.init_state(batch_size, device, dtype),
-            self.memory.init_state(batch_size, device, dtype),
-        )
 
     def forward(
         self, x: Tensor, *, state: HybridState | None = None
@@ -156,37 +171,22 @@ class MAGMixer(nn.Module):
             return out, None
         return out, HybridState(attn_state, mem_state)  # type: ignore[arg-type]
 
-    def flops_per_token(self, seq_len: int) -> int:
-        return self.attn.flops_per_token(seq_len) + self.memory.flops_per_token(seq_len)
 
-
-class MALMixer(nn.Module):
+class MALMixer(_AttentionMemoryPair):
     """Titans MAL: the neural memory layer, then sliding-window attention over its output (§4.3).
 
     ``o = m + W_o SWA([P || rmsnorm(x + m)])`` with ``m = LMM(x)``: two residual sub-layers
     (memory, then attention) inside the block's one mixer slot.
     """
 
-    supports_naive = True
-    """The memory's ``naive`` option runs its reference op (``nestlearn bench --naive``)."""
-
     def __init__(self, attention: PersistentAttention, memory: NeuralMemory) -> None:
-        super().__init__()
-        if attention.dim != memory.dim:
-            raise ValueError(f"attention dim {attention.dim} != memory dim {memory.dim}")
-        self.dim = attention.dim
+        super().__init__(attention, memory)
         self.memory, self.attn = memory, attention
         self.norm_weight = nn.Parameter(torch.empty(attention.dim))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         self.norm_weight.fill_(1.0)
-
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> HybridState:
-        return HybridState(
-            self.attn.init_state(batch_size, device, dtype),
-            self.memory.init_state(batch_size, device, dtype),
-        )
 
     def forward(
         self, x: Tensor, *, state: HybridState | None = None
@@ -198,9 +198,6 @@ class MALMixer(nn.Module):
         if state is None:
             return m + y, None
         return m + y, HybridState(attn_state, mem_state)  # type: ignore[arg-type]
-
-    def flops_per_token(self, seq_len: int) -> int:
-        return self.attn.flops_per_token(seq_len) + self.memory.flops_per_token(seq_len)
 
 
 class MACMixer(nn.Module):
