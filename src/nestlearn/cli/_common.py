@@ -113,19 +113,10 @@ def answer_with_progress(  # noqa: ANN201
     total = len(tasks) * len(lengths) * args.samples
     with tqdm(total=total, disable=None, **bar) as progress:
         return evaluate(
-            run.model,
-            run.tokenizer,
-            tasks,
-            lengths,
-            args.samples,
-            seed=args.seed,
-            split=args.split,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-            prefill_chunk=args.prefill_chunk,
-            progress=progress.update,
-            **kw,
-        )
+            run.model, run.tokenizer, tasks, lengths, args.samples, seed=args.seed,
+            split=args.split, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+            prefill_chunk=args.prefill_chunk, progress=progress.update, **kw,
+        )  # fmt: skip
 
 
 def run_summary(run, **fields: object) -> dict:  # noqa: ANN001

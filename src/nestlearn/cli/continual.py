@@ -19,7 +19,6 @@ See docs/continual.md for the protocol and the measured results.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from nestlearn.cli._common import (
@@ -32,8 +31,6 @@ from nestlearn.cli._common import (
 COMMAND = "continual"
 HELP = "continual learning: class-incremental CLINC/Banking (ICL/EWC/Hope), domain forgetting"
 DESCRIPTION = __doc__
-
-logger = logging.getLogger(__name__)
 
 
 def _list(text: str) -> list[str]:

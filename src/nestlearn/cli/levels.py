@@ -18,7 +18,6 @@ See docs/levels.md for the protocol and the measured results.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from nestlearn.cli._common import (
@@ -31,8 +30,6 @@ from nestlearn.cli._common import (
 COMMAND = "levels"
 HELP = "effect of stacked CMS levels on long-document QA and MK-NIAH (paper Fig. 7)"
 DESCRIPTION = __doc__
-
-logger = logging.getLogger(__name__)
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
