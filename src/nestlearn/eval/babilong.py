@@ -12,13 +12,13 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from nestlearn.data.synthetic.babilong import ANSWER_TOKENS, BABI_TASKS, generate_babilong
 from nestlearn.data.tokenizers import Tokenizer
-from nestlearn.eval.niah import cell_table, generate_answers, length_label, summarize
+from nestlearn.eval.niah import answer_cells, cell_table, length_label, summarize
 from nestlearn.models import LanguageModel
+from nestlearn.utils.figures import write_figure
 
 logger = logging.getLogger(__name__)
 
@@ -56,47 +56,30 @@ def evaluate_babilong(
     bad = [t for t in tasks if t not in BABI_TASKS]
     if bad:
         raise ValueError(f"unknown BABILong tasks {bad}; choose from {', '.join(BABI_TASKS)}")
-    records: list[dict] = []
-    for task in tasks:
-        for length in lengths:
-            samples = generate_babilong(
-                task,
-                tokenizer,
-                length,
-                num_samples,
-                seed=seed,
-                split=split,
-                max_new_tokens=max_new_tokens,
-                babi_dir=babi_dir,
-            )
-            preds = generate_answers(
-                model,
-                tokenizer,
-                samples,
-                batch_size=batch_size,
-                use_state=use_state,
-                prefill_chunk=prefill_chunk,
-                progress=progress,
-            )
-            for s, p in zip(samples, preds):
-                records.append(
-                    {
-                        "task": task,
-                        "length": length,
-                        "index": s.index,
-                        "story": s.story,
-                        "line": s.line,
-                        "question": s.question,
-                        "answer": s.answer,
-                        "prediction": p,
-                        "correct": float(babilong_correct(p, s.answer, s.question, s.labels)),
-                        "fact_depths": [f.token_depth for f in s.facts],
-                        "skipped": s.meta.get("skipped", 0),
-                    }
-                )
-            acc = np.mean([r["correct"] for r in records[-len(samples) :]])
-            logger.info("%s @ %d: %.1f%%", task, length, 100 * float(acc))
-    return records
+
+    def make(task: str, length: int) -> list:
+        return generate_babilong(
+            task, tokenizer, length, num_samples, seed=seed, split=split,
+            max_new_tokens=max_new_tokens, babi_dir=babi_dir,
+        )  # fmt: skip
+
+    def record(s: Any, p: str) -> dict:
+        return {
+            "index": s.index,
+            "story": s.story,
+            "line": s.line,
+            "question": s.question,
+            "answer": s.answer,
+            "prediction": p,
+            "correct": float(babilong_correct(p, s.answer, s.question, s.labels)),
+            "fact_depths": [f.token_depth for f in s.facts],
+            "skipped": s.meta.get("skipped", 0),
+        }
+
+    return answer_cells(
+        model, tokenizer, tasks, lengths, make, record, "correct", logger, batch_size=batch_size,
+        use_state=use_state, prefill_chunk=prefill_chunk, progress=progress,
+    )  # fmt: skip
 
 
 def babilong_summary(records: Sequence[dict]) -> dict[str, dict[int, float]]:
@@ -130,8 +113,4 @@ def plot_babilong(records: Sequence[dict], out: str | Path, title: str = "") -> 
     ax.legend()
     ax.set_title(title or "BABILong")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return write_figure(fig, out)

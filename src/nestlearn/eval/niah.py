@@ -29,6 +29,7 @@ from nestlearn.data.synthetic.niah import NIAH_TASKS, TOKENS_TO_GENERATE, genera
 from nestlearn.data.tokenizers import Tokenizer
 from nestlearn.models import FAMILIES, LanguageModel
 from nestlearn.models.generation import generate
+from nestlearn.utils.figures import write_figure
 from nestlearn.utils.tables import format_table
 
 logger = logging.getLogger(__name__)
@@ -140,44 +141,54 @@ def evaluate_niah(
     bad = [t for t in tasks if t not in NIAH_TASKS]
     if bad:
         raise ValueError(f"unknown NIAH tasks {bad}; choose from {', '.join(NIAH_TASKS)}")
+
+    def make(task: str, length: int) -> list:
+        return generate_niah(
+            task, tokenizer, length, num_samples, seed=seed, split=split, depths=depths,
+            max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+
+    def record(s: Any, p: str) -> dict:
+        clean = clean_prediction(p)
+        return {
+            "index": s.index,
+            "depth": s.depth,
+            "token_depth": s.needles[0].token_depth,
+            "answers": s.answers,
+            "prediction": clean,
+            "score": string_match_all(clean, s.answers),
+        }
+
+    return answer_cells(
+        model, tokenizer, tasks, lengths, make, record, "score", logger, batch_size=batch_size,
+        use_state=use_state, prefill_chunk=prefill_chunk, progress=progress,
+    )  # fmt: skip
+
+
+def answer_cells(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    tasks: Sequence[str],
+    lengths: Sequence[int],
+    make: Callable[[str, int], Sequence[PromptSample]],
+    record: Callable[[Any, str], dict],
+    key: str,
+    log: logging.Logger,
+    **answer_kw: Any,
+) -> list[dict]:
+    """The cell loop of :func:`evaluate_niah` and ``evaluate_babilong``: for every task and
+    length, ``make(task, length)`` the samples, answer them (:func:`generate_answers` with
+    ``answer_kw``) and keep ``{"task", "length", **record(sample, prediction)}`` per sample;
+    each cell's mean ``key`` is logged on ``log``."""
     records: list[dict] = []
     for task in tasks:
         for length in lengths:
-            samples = generate_niah(
-                task,
-                tokenizer,
-                length,
-                num_samples,
-                seed=seed,
-                split=split,
-                depths=depths,
-                max_new_tokens=max_new_tokens,
-            )
-            preds = generate_answers(
-                model,
-                tokenizer,
-                samples,
-                batch_size=batch_size,
-                use_state=use_state,
-                prefill_chunk=prefill_chunk,
-                progress=progress,
-            )
+            samples = make(task, length)
+            preds = generate_answers(model, tokenizer, samples, **answer_kw)
             for s, p in zip(samples, preds):
-                clean = clean_prediction(p)
-                records.append(
-                    {
-                        "task": task,
-                        "length": length,
-                        "index": s.index,
-                        "depth": s.depth,
-                        "token_depth": s.needles[0].token_depth,
-                        "answers": s.answers,
-                        "prediction": clean,
-                        "score": string_match_all(clean, s.answers),
-                    }
-                )
-            cell = [r["score"] for r in records[-len(samples) :]]
-            logger.info("%s @ %d: %.1f%%", task, length, 100 * float(np.mean(cell)))
+                records.append({"task": task, "length": length, **record(s, p)})
+            cell = [r[key] for r in records[-len(samples) :]]
+            log.info("%s @ %d: %.1f%%", task, length, 100 * float(np.mean(cell)))
     return records
 
 
@@ -289,8 +300,4 @@ def plot_niah_heatmap(records: Sequence[dict], out: str | Path, title: str = "")
         fig.colorbar(image, ax=list(axes[0]), label="string-match recall (%)", shrink=0.85)
     if title:
         fig.suptitle(title)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return write_figure(fig, out, bbox_inches="tight")

@@ -51,6 +51,7 @@ from nestlearn.studies.ttl import (
     window_ids,
     write_results,
 )
+from nestlearn.utils.tables import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +259,13 @@ def ctnl_report(report: dict[str, Any]) -> str:
     """The markdown of ``results.md``."""
     cfg, summ = report["config"], report["summary"]
     langs = report["languages"][str(cfg["seeds"][0])]
+    rows = []
+    for m, s in summ.items():
+        v = s["mean"]
+        rows.append([_label(m), f"{v['single/A']:.1f}", f"{v['single/B']:.1f}",
+                     f"{v['single']:.1f}", f"{v['seq/B']:.1f}", f"{v['seq/A']:.1f}",
+                     f"{v['forgetting/A']:+.1f}", f"{s['wall_s']:.0f}",
+                     f"{s['cpu_s']:.0f}"])  # fmt: skip
     md = [
         "# Continual translation of a novel language (CTNL analogue)",
         "",
@@ -269,17 +277,12 @@ def ctnl_report(report: dict[str, Any]) -> str:
         f"Seed {cfg['seeds'][0]}: A = {langs[0]['name']} ({langs[0]['order']}), "
         f"B = {langs[1]['name']} ({langs[1]['order']}).",
         "",
-        "| method | A alone | B alone | mean alone (setting 1) | B after A | A after B "
-        "(setting 2) | forgetting on A | wall s | CPU s |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        markdown_table(
+            ["method", "A alone", "B alone", "mean alone (setting 1)", "B after A",
+             "A after B (setting 2)", "forgetting on A", "wall s", "CPU s"],
+            rows,
+        ),  # fmt: skip
     ]
-    for m, s in summ.items():
-        v = s["mean"]
-        md.append(
-            f"| {_label(m)} | {v['single/A']:.1f} | {v['single/B']:.1f} | {v['single']:.1f} | "
-            f"{v['seq/B']:.1f} | {v['seq/A']:.1f} | {v['forgetting/A']:+.1f} | "
-            f"{s['wall_s']:.0f} | {s['cpu_s']:.0f} |"
-        )
     if len(cfg["seeds"]) > 1:
         md += ["", "Per seed (A alone / A after B):", ""]
         for m, s in summ.items():
@@ -319,6 +322,4 @@ def plot_ctnl(summary: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylim(0, 1.3 * max(single + seq + [1.0]))  # room for the legend
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

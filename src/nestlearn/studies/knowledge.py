@@ -46,6 +46,7 @@ from nestlearn.studies.ttl import (
     save_figure,
     write_results,
 )
+from nestlearn.utils.tables import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -333,6 +334,12 @@ def knowledge_report(report: dict[str, Any]) -> str:
     cfg, summ = report["config"], report["summary"]
     n_q = 3 * cfg["n_entities"]
     ex = report["example"]
+    rows = []
+    for m, s in summ.items():
+        v = s["mean"]
+        rows.append([m, f"{100 * v['acc']:.1f}", f"{100 * v['acc_norm']:.1f}",
+                     f"{v['margin']:+.2f}", f"{v['ppl']:.3f}", f"{v['ppl_change']:+.3f}",
+                     f"{s['wall_s']:.0f}", f"{s['cpu_s']:.0f}"])  # fmt: skip
     md = [
         "# Knowledge incorporation",
         "",
@@ -344,16 +351,12 @@ def knowledge_report(report: dict[str, Any]) -> str:
         f"validation split, {cfg['ppl_tokens']} tokens in windows of {cfg['ppl_window']} "
         f"(before: {report['base_ppl']:.3f}).",
         "",
-        "| method | accuracy % | acc_norm % | answer margin (nats) | corpus ppl | ppl change "
-        "| wall s | CPU s |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        markdown_table(
+            ["method", "accuracy %", "acc_norm %", "answer margin (nats)", "corpus ppl",
+             "ppl change", "wall s", "CPU s"],
+            rows,
+        ),  # fmt: skip
     ]
-    for m, s in summ.items():
-        v = s["mean"]
-        md.append(
-            f"| {m} | {100 * v['acc']:.1f} | {100 * v['acc_norm']:.1f} | {v['margin']:+.2f} | "
-            f"{v['ppl']:.3f} | {v['ppl_change']:+.3f} | {s['wall_s']:.0f} | {s['cpu_s']:.0f} |"
-        )
     md += [
         "",
         "Answer margin: the right option's log-likelihood minus the mean of the distractors', "
@@ -396,6 +399,4 @@ def plot_knowledge(summary: dict[str, Any], path: str | Path, chance: float = 0.
         ax.tick_params(axis="x", labelsize=8, rotation=30)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

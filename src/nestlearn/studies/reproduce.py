@@ -357,22 +357,22 @@ def run_reproduce(
 
     # 5-6. synthetic recipes: one small model per family and task
     families = list(dict.fromkeys(r.cfg.model.family for r in runs))
+
+    def synthetic(stage: str, label: str, names: Sequence[str], fn: Callable[..., Any],
+                  column: str, into: list[dict]) -> None:  # fmt: skip
+        """Each family x name x seed through ``fn(name, family, suite, seed)``."""
+        for fam in families:
+            for name in names:
+                for s in range(suite.synthetic_seeds):
+                    key = stage_key(cache, stage, f"{fam}-{name}-seed{s}", suite)
+                    v = step(label, f"{fam} {name}", key, fn, name, fam, suite, s)
+                    if "not_run" not in v:
+                        into.append({"model": fam, column: name, "seed": s, **v})
+
     say(f"[5/7] MQAR/MAD {','.join(suite.recall_tasks)} for {len(families)} families")
-    for fam in families:
-        for task in suite.recall_tasks:
-            for s in range(suite.synthetic_seeds):
-                key = stage_key(cache, "recall", f"{fam}-{task}-seed{s}", suite)
-                v = step("MQAR/MAD", f"{fam} {task}", key, _recall, task, fam, suite, s)
-                if "not_run" not in v:
-                    res.recall.append({"model": fam, "task": task, "seed": s, **v})
+    synthetic("recall", "MQAR/MAD", suite.recall_tasks, _recall, "task", res.recall)
     say(f"[6/7] formal languages {','.join(suite.formal_languages)}")
-    for fam in families:
-        for lang in suite.formal_languages:
-            for s in range(suite.synthetic_seeds):
-                key = stage_key(cache, "formal", f"{fam}-{lang}-seed{s}", suite)
-                v = step("formal", f"{fam} {lang}", key, _formal, lang, fam, suite, s)
-                if "not_run" not in v:
-                    res.formal.append({"model": fam, "language": lang, "seed": s, **v})
+    synthetic("formal", "formal", suite.formal_languages, _formal, "language", res.formal)
     from nestlearn.studies.sniah import sniah_stage
 
     sniah_stage(suite, cache, res, out, step, say)

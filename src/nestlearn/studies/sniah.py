@@ -54,6 +54,7 @@ from nestlearn.data.synthetic.sniah import (
 )
 from nestlearn.eval.sniah import score_segment
 from nestlearn.studies.recall import RecipeConfig, default_recipe, fit, recipe_model
+from nestlearn.utils.figures import write_figure
 
 logger = logging.getLogger(__name__)
 
@@ -324,8 +325,4 @@ def plot_sniah_bars(rows: Sequence[dict], out: str | Path, title: str = "") -> P
     axes[0][-1].legend(fontsize=7, loc="upper right")
     if title:
         fig.suptitle(title)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return write_figure(fig, out, bbox_inches="tight")

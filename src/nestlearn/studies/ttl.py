@@ -288,13 +288,16 @@ def check_levels(
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
-    """Save a matplotlib figure atomically (PNG)."""
+    """Save a matplotlib figure atomically (PNG) and close it; the path."""
     import os
+
+    import matplotlib.pyplot as plt
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
+    plt.close(fig)
     return path
 
 

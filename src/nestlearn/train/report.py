@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nestlearn.utils.figures import write_figure
+
 
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
     """Training and evaluation records of a ``metrics.jsonl`` (last record per step wins)."""
@@ -55,8 +57,4 @@ def plot_losses(runs: dict[str, str | Path], out: str | Path, title: str = "") -
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return write_figure(fig, out)

@@ -34,9 +34,9 @@ from nestlearn.data.synthetic.haystack import (
     cycle_pool,
     encode_piece,
     fill_tokens,
-    locate_chars,
+    framed_prompt,
+    prompt_head,
     sentence_pool,
-    weave,
 )
 from nestlearn.data.tokenizers import Tokenizer
 
@@ -202,8 +202,7 @@ def babilong_sample(
     """
     questions = load_babi(task, babi_dir)
     rng = make_rng(seed, "babilong", task, length, index)
-    prefix = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
-    head_ids = np.asarray(prefix + tokenizer.encode("<context>\n"), dtype=np.int64)
+    head_ids = prompt_head(tokenizer, "<context>\n")
     for skipped in range(len(questions)):
         q = questions[(index + skipped) % len(questions)]
         tail_ids = np.asarray(
@@ -229,14 +228,8 @@ def babilong_sample(
         hay = fill_tokens(cycle_pool(pool, int(rng.integers(len(pool)))), hay_tokens, tokenizer)
     # BABILong: facts go to random positions of the background, in their original order
     depths = np.sort(rng.uniform(0.0, 100.0, size=len(q.facts)))
-    context, placed = weave(
-        hay, [(float(d), f, ids) for d, f, ids in zip(depths, q.facts, fact_ids)]
-    )
-    ids = np.concatenate([head_ids, context, tail_ids])
-    for ins in placed:
-        ins.token_start += len(head_ids)
-        ins.token_end += len(head_ids)
-    locate_chars(tokenizer, ids, placed)
+    inserts = [(float(d), f, ids) for d, f, ids in zip(depths, q.facts, fact_ids)]
+    ids, placed, meta = framed_prompt(tokenizer, head_ids, hay, inserts, tail_ids)
     return BabiLongSample(
         task=task,
         length=length,
@@ -252,11 +245,7 @@ def babilong_sample(
         line=q.line,
         max_new_tokens=max_new_tokens,
         labels=babi_labels(task, babi_dir),
-        meta={
-            "context_start": len(head_ids),
-            "context_end": len(head_ids) + len(context),
-            "skipped": skipped,
-        },
+        meta={**meta, "skipped": skipped},
     )
 
 

@@ -228,3 +228,31 @@ def locate_chars(tokenizer: Tokenizer, ids: np.ndarray, inserts: Sequence[Insert
     for ins in inserts:
         ins.char_start = len(tokenizer.decode(ids[: ins.token_start]))
         ins.char_end = len(tokenizer.decode(ids[: ins.token_end]))
+
+
+def prompt_head(tokenizer: Tokenizer, text: str) -> np.ndarray:
+    """A prompt's opening ids ``[H]``: end-of-text first (as documents start in training data)
+    when the tokenizer has one, then ``text``."""
+    prefix = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    return np.asarray(prefix + tokenizer.encode(text), dtype=np.int64)
+
+
+def framed_prompt(
+    tokenizer: Tokenizer,
+    head: np.ndarray,
+    haystack: Sequence[np.ndarray],
+    inserts: Sequence[tuple[float, str, np.ndarray]],
+    tail: np.ndarray,
+) -> tuple[np.ndarray, list[Insert], dict]:
+    """``head``, the ``haystack`` with ``inserts`` woven in (:func:`weave`), then ``tail``.
+
+    Returns ``(ids [L], inserts, meta)``: the inserts' token and char positions index the whole
+    prompt, and ``meta`` holds ``context_start`` / ``context_end`` (the woven haystack's span).
+    """
+    context, placed = weave(haystack, inserts)
+    ids = np.concatenate([head, context, tail])
+    for ins in placed:
+        ins.token_start += len(head)
+        ins.token_end += len(head)
+    locate_chars(tokenizer, ids, placed)
+    return ids, placed, {"context_start": len(head), "context_end": len(head) + len(context)}

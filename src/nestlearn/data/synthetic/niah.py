@@ -43,9 +43,9 @@ from nestlearn.data.synthetic.haystack import (
     cycle_pool,
     encode_piece,
     fill_tokens,
-    locate_chars,
+    framed_prompt,
+    prompt_head,
     sentence_pool,
-    weave,
 )
 from nestlearn.data.synthetic.words import ADJECTIVES, NOUNS
 from nestlearn.data.tokenizers import Tokenizer
@@ -245,8 +245,7 @@ def niah_sample(
         for d, (k, v) in zip(needle_depths, needles)
         for text in [NEEDLE.format(kind=kind, key=k, value=v)]
     ]
-    prefix = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
-    head_ids = np.asarray(prefix + tokenizer.encode(head), dtype=np.int64)
+    head_ids = prompt_head(tokenizer, head)
     tail_ids = np.asarray(tokenizer.encode(tail), dtype=np.int64)
     fixed = len(head_ids) + len(tail_ids) + sum(len(x[2]) for x in inserts)
     hay_tokens = length - max_new_tokens - fixed
@@ -264,12 +263,7 @@ def niah_sample(
     else:
         source = _distractor_needles(spec, tokenizer, rng, taken)
     hay = fill_tokens(source, hay_tokens, tokenizer)
-    context, placed = weave(hay, inserts)
-    ids = np.concatenate([head_ids, context, tail_ids])
-    for ins in placed:
-        ins.token_start += len(head_ids)
-        ins.token_end += len(head_ids)
-    locate_chars(tokenizer, ids, placed)
+    ids, placed, meta = framed_prompt(tokenizer, head_ids, hay, inserts, tail_ids)
     return NIAHSample(
         task=spec.name,
         length=length,
@@ -284,7 +278,7 @@ def niah_sample(
         needle_values=[v for _, v in needles],
         max_new_tokens=max_new_tokens,
         haystack=spec.haystack if spec.haystack != "essay" else f"corpus:{split}",
-        meta={"context_start": len(head_ids), "context_end": len(head_ids) + len(context)},
+        meta=meta,
     )
 
 
