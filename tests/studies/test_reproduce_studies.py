@@ -120,6 +120,28 @@ def test_absent_pretrained_model_skips_the_level_studies(tmp_path, monkeypatch) 
     assert "7b." not in _index(none, Reproduction(suite={}), tmp_path)
 
 
+def test_finished_studies_are_read_back_when_their_model_is_gone(tmp_path, monkeypatch) -> None:
+    """A study that finished on SmolLM2 (or a --gguf file) stays in the report after the model
+    is removed, in a report-only run as in a resumed one; other settings' items are not taken."""
+    monkeypatch.setenv("NESTLEARN_CACHE", str(tmp_path / "empty-cache"))
+    suite = dataclasses.replace(SUITES["smoke"], ttl_model="smollm2-135m", vit_optim=None)
+    cache = tmp_path / "cache"
+    done = {"source": "gguf:SmolLM2.gguf", "window": 64, "level_lr": 0.1, "ratio": 4, "cells": []}
+    key = stage_key(cache, "levels", "levels-gguf-SmolLM2_gguf", suite)
+    key.parent.mkdir(parents=True)
+    key.write_text(json.dumps(done))
+    other = dataclasses.replace(suite, ctnl={**suite.ctnl, "n_test": 3})
+    stale = stage_key(cache, "ctnl", "ctnl-smollm2-135m", other)  # another suite's settings
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"summary": {}}))
+    for compute in (True, False):
+        res, _, lines = _run(suite, tmp_path, [], compute=compute)
+        assert res.studies["levels"] == done
+        assert "skipped" in res.studies["ctnl"] and "skipped" in res.studies["knowledge"]
+        assert any("read back from levels-gguf-SmolLM2_gguf-" in line for line in lines)
+    assert not (tmp_path / "empty-cache").exists()  # nothing was downloaded
+
+
 def test_report_only_lists_studies_not_run_yet(tmp_path, tiny_run) -> None:
     res, costs, _ = _run(SUITES["smoke"], tmp_path, [tiny_run], compute=False)
     assert res.studies == {} and not (tmp_path / "studies").exists()

@@ -242,6 +242,15 @@ def studies_stage(
     for name in wanted:
         label, opts, folder = LABELS[name], dict(getattr(suite, name)), out / "studies" / name
         skip = _vit_missing() if name == "vit_optim" else ("" if base else why)
+        kept = _kept_result(cache, name, suite) if skip and name in LEVEL_STUDIES else None
+        if kept is not None:  # finished earlier on a model no longer here: its summary stands
+            say(f"[studies] {label}: read back from {kept.name} (its model is not here now)")
+            v = step(label, label, kept, _absent, skip)
+            if "error" not in v and "not_run" not in v:
+                res.studies[name] = v
+                if (folder / PLOTS[name]).is_file():
+                    res.plots[f"study {name}"] = f"studies/{name}/{PLOTS[name]}"
+                continue
         if skip:
             logger.warning("%s skipped: %s", label, skip)
             say(f"[studies] {label} skipped: {skip}")
@@ -260,6 +269,27 @@ def studies_stage(
         res.studies[name] = v
         if (folder / PLOTS[name]).is_file():
             res.plots[f"study {name}"] = f"studies/{name}/{PLOTS[name]}"
+
+
+def _absent(why: str) -> dict[str, Any]:
+    """The runner of a study whose cached summary could not be read and whose model is absent."""
+    raise FileNotFoundError(why)
+
+
+def _kept_result(cache: Path, name: str, suite: Any) -> Path | None:
+    """The cached summary of study ``name`` on a pretrained model (``Suite.ttl_model``, or a
+    ``--gguf`` file) for this suite's settings, or None: found by name, since without the model
+    its tag cannot be derived; the newest where several GGUF files ran."""
+    from nestlearn.studies.reproduce import stage_key
+
+    if suite.ttl_model.startswith("run:") or not (cache / name).is_dir():
+        return None
+    found = []
+    for f in (cache / name).glob(f"{name}-*.json"):
+        tag = f.stem[len(name) + 1 : -11]  # <name>-<tag>-<10-digit digest>
+        if tag and stage_key(cache, name, f"{name}-{tag}", suite) == f:
+            found.append(f)
+    return max(found, key=lambda f: f.stat().st_mtime, default=None)
 
 
 # ----------------------------------------------------------------- the report section
