@@ -246,22 +246,19 @@ def studies_stage(
         if kept is not None:  # finished earlier on a model no longer here: its summary stands
             say(f"[studies] {label}: read back from {kept.name} (its model is not here now)")
             v = step(label, label, kept, _absent, skip)
-            if "error" not in v and "not_run" not in v:
-                res.studies[name] = v
-                if (folder / PLOTS[name]).is_file():
-                    res.plots[f"study {name}"] = f"studies/{name}/{PLOTS[name]}"
-                continue
-        if skip:
+            if "error" in v:  # unreadable: the study counts as skipped, as without the item
+                kept = None
+        if skip and kept is None:
             logger.warning("%s skipped: %s", label, skip)
             say(f"[studies] {label} skipped: {skip}")
             res.studies[name] = {"skipped": skip}
             continue
-        say(f"[studies] {label}" + (f" on {base.source}" if name in LEVEL_STUDIES and base else ""))
         if name == "vit_optim":
-            key = stage_key(cache, name, name, suite)
-            v = step(label, label, key, _vit_optim, opts, folder)
-        else:
+            say(f"[studies] {label}")
+            v = step(label, label, stage_key(cache, name, name, suite), _vit_optim, opts, folder)
+        elif kept is None:
             assert base is not None
+            say(f"[studies] {label} on {base.source}")
             key = stage_key(cache, name, f"{name}-{base.tag}", suite, base.run_dir)
             v = step(label, label, key, RUNNERS[name], opts, base, folder)
         if "not_run" in v:
