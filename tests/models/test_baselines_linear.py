@@ -7,6 +7,7 @@ CPU never importing flash-linear-attention, and a GPU-only check of the fla kern
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import subprocess
@@ -328,3 +329,30 @@ def test_fla_probe_reports_kernels_that_fail(monkeypatch, caplog, fails_in) -> N
     else:
         assert err is not None and "Triton too old" in err
         assert "uses the PyTorch op" in caplog.text
+
+
+@pytest.mark.parametrize("family", ["deltanet", "gated-deltanet"])
+def test_allow_neg_eigval_doubles_beta_and_builds_from_config(family: str, monkeypatch) -> None:
+    """``model.mixer.allow_neg_eigval=true`` reaches the op as ``beta = 2 sigmoid(.)`` (the
+    same weights give exactly twice the default's beta), and the model still trains."""
+    seen: list[torch.Tensor] = []
+    inner = DeltaNetMixer._delta
+
+    def spy(self, q, k, v, beta, g, S0, act):  # noqa: ANN001, ANN202
+        seen.append(beta.detach())
+        return inner(self, q, k, v, beta, g, S0, act)
+
+    monkeypatch.setattr(DeltaNetMixer, "_delta", spy)
+    cfg = dataclasses.replace(preset_config(f"{family}-tiny"), n_layers=1, vocab_size=64)
+    torch.manual_seed(0)
+    m0 = build_model(cfg)
+    m1 = build_model(dataclasses.replace(cfg, mixer={**cfg.mixer, "allow_neg_eigval": True}))
+    m1.load_state_dict(m0.state_dict())
+    x = torch.randint(0, cfg.vocab_size, (2, 40))
+    m0(x)
+    m1(x)
+    assert_close(seen[1], 2.0 * seen[0])
+    assert float(seen[1].max()) > 1.0  # some transitions have a negative eigenvalue
+    loss = F.cross_entropy(m1(x)[0][:, :-1].flatten(0, 1), x[:, 1:].flatten())
+    loss.backward()
+    assert math.isfinite(loss.item())

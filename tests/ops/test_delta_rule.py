@@ -177,3 +177,40 @@ def test_bad_inputs_name_the_shape() -> None:
         chunk_gated_delta_rule(inp["q"], inp["k"], inp["v"], inp["g"][:, :3], inp["beta"])
     with pytest.raises(ValueError, match="chunk_size"):
         chunk_delta_rule(inp["q"], inp["k"], inp["v"], inp["beta"], chunk_size=0)
+
+
+@pytest.mark.parametrize("variant", list(OPS))
+@pytest.mark.parametrize(("T", "C"), [(37, 4), (37, 16)])
+def test_chunk_equals_recurrent_with_negative_eigenvalues(variant: str, T: int, C: int) -> None:
+    """``allow_neg_eigval`` doubles beta: with beta in (0, 2) the transition ``I - beta k k^T``
+    has an eigenvalue below zero, and the chunked form is still exact, forward and backward."""
+    naive, chunk = OPS[variant]
+    inp = make_inputs(T, gated=variant == "gated")
+    with torch.no_grad():
+        inp["beta"].mul_(2.0)  # (0.1, 1.9)
+    o_ref, S_ref, g_ref = run(naive, inp)
+    o, S, grads = run(chunk, inp, chunk_size=C)
+    assert_close(o, o_ref, **TOL)
+    assert_close(S, S_ref, **TOL)
+    for name, a, b in zip(inp, grads, g_ref):
+        assert_close(a, b, **TOL, msg=lambda m, n=name: f"grad of {n}: {m}")
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 6])
+def test_beta_two_reflects_the_state_so_it_counts_parity(n: int) -> None:
+    """With beta = 2 and a value of zero, each write of the same unit key is the Householder
+    reflection ``S (I - 2 k k^T)``: the state's component along ``k`` flips sign per write, so
+    after ``n`` writes it holds ``n mod 2`` (the mechanism parity needs; with beta <= 1 the
+    component can only shrink)."""
+    gen = torch.Generator().manual_seed(3)
+    k = F.normalize(torch.randn(1, 1, 1, K, generator=gen, dtype=DT), dim=-1).expand(1, n, 1, K)
+    S0 = torch.randn(1, 1, K, V, generator=gen, dtype=DT)
+    v = torch.zeros(1, n, 1, V, dtype=DT)
+    beta = torch.full((1, n, 1), 2.0, dtype=DT)
+    _, S = chunk_delta_rule(k, k, v, beta, S0, chunk_size=4)
+    k0 = k[0, 0, 0]
+    along = k0 @ S[0, 0]  # the component along k, [V]
+    expect = (k0 @ S0[0, 0]) * (-1) ** n
+    assert_close(along, expect, rtol=1e-12, atol=1e-12)
+    ortho = S[0, 0] - torch.outer(k0, along)  # the rest is untouched
+    assert_close(ortho, S0[0, 0] - torch.outer(k0, k0 @ S0[0, 0]), rtol=1e-12, atol=1e-12)
