@@ -1,4 +1,4 @@
-"""Parity with negative eigenvalues: an exploration for issue 15 (not a library option yet).
+"""Parity with negative eigenvalues (issue 15): DeltaNet's ``allow_neg_eigval`` and Hope's ``max_lr``.
 
 A linear recurrence ``S_t = S_{t-1} (I - beta_t k_t k_t^T) + ...`` with ``||k|| = 1`` tracks
 parity at every length only if its transition can have a negative eigenvalue (Grazzi et al.,
@@ -6,8 +6,9 @@ ICLR 2025, arXiv 2411.12537). DeltaNet's ``beta = sigmoid(.)`` keeps ``1 - beta`
 Hope's strong-write rule keeps its output layer's step ``theta / max(1, ||z||^2) <= max_lr = 0.5``.
 This script trains the formal-language recipe (``default_recipe(LANG)``, seed 0) with
 
-* ``deltanet SCALE``: DeltaNet with ``beta`` multiplied by ``SCALE`` (2: eigenvalues in [-1, 1]),
-  by wrapping ``DeltaNetMixer._delta``;
+* ``deltanet SCALE``: DeltaNet with ``beta`` multiplied by ``SCALE``: 2 is the library option
+  ``model.mixer.allow_neg_eigval=true`` (eigenvalues in [-1, 1]); other scales wrap
+  ``DeltaNetMixer._delta``;
 * ``hope MAX_LR``: Hope with ``model.mixer.max_lr = MAX_LR`` (2: the normalised step may reach 2),
 
 and prints Bin0 / Bin1 (%), the steps taken and the wall time.
@@ -34,7 +35,9 @@ def main() -> None:
     p.add_argument("language", nargs="?", default="parity")
     a = p.parse_args()
     mixer = {}
-    if a.family == "deltanet" and a.value != 1.0:
+    if a.family == "deltanet" and a.value == 2.0:
+        mixer = {"allow_neg_eigval": True}
+    elif a.family == "deltanet" and a.value != 1.0:
         inner = DeltaNetMixer._delta
 
         def scaled(self, q, k, v, beta, g, S0, act):  # noqa: ANN001, ANN202
