@@ -75,8 +75,12 @@ CASES = [
 @pytest.mark.parametrize("variant", list(OPS))
 @pytest.mark.parametrize(("T", "C"), CASES)
 def test_chunk_equals_recurrent_fwd_bwd(variant: str, T: int, C: int) -> None:
+    assert_chunk_equals_recurrent(variant, make_inputs(T, gated=variant == "gated"), C)
+
+
+def assert_chunk_equals_recurrent(variant: str, inp: dict, C: int) -> None:
+    """Output, final state and every input's gradient of the chunked op equal the recurrence."""
     naive, chunk = OPS[variant]
-    inp = make_inputs(T, gated=variant == "gated")
     o_ref, S_ref, g_ref = run(naive, inp)
     o, S, grads = run(chunk, inp, chunk_size=C)
     assert_close(o, o_ref, **TOL)
@@ -184,16 +188,10 @@ def test_bad_inputs_name_the_shape() -> None:
 def test_chunk_equals_recurrent_with_negative_eigenvalues(variant: str, T: int, C: int) -> None:
     """``allow_neg_eigval`` doubles beta: with beta in (0, 2) the transition ``I - beta k k^T``
     has an eigenvalue below zero, and the chunked form is still exact, forward and backward."""
-    naive, chunk = OPS[variant]
     inp = make_inputs(T, gated=variant == "gated")
     with torch.no_grad():
         inp["beta"].mul_(2.0)  # (0.1, 1.9)
-    o_ref, S_ref, g_ref = run(naive, inp)
-    o, S, grads = run(chunk, inp, chunk_size=C)
-    assert_close(o, o_ref, **TOL)
-    assert_close(S, S_ref, **TOL)
-    for name, a, b in zip(inp, grads, g_ref):
-        assert_close(a, b, **TOL, msg=lambda m, n=name: f"grad of {n}: {m}")
+    assert_chunk_equals_recurrent(variant, inp, C)
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 6])
