@@ -174,7 +174,6 @@ class DeltaNetMixer(nn.Module):
         self.options = o = options_or_keywords(DeltaNetMixerOptions, options, kwargs)
         head_dim, expand_v, conv_size, output_gate = o.head_dim, o.expand_v, o.conv_size, o.output_gate
         chunk_size, naive, backend = o.chunk_size, o.naive, o.backend
-        self.beta_scale = 2.0 if o.allow_neg_eigval else 1.0
         self.init_seed = init_seed
         K = head_dim or dim // n_heads
         V = K * expand_v
@@ -249,8 +248,8 @@ class DeltaNetMixer(nn.Module):
         k = F.normalize(k.view(B, T, H, K), dim=-1, eps=1e-6)
         v = v.reshape(B, T, H, V)
         beta = torch.sigmoid(self.wb(x).to(cdt))  # [B, T, H]
-        if self.beta_scale != 1.0:  # allow_neg_eigval: beta in (0, 2)
-            beta = self.beta_scale * beta
+        if self.options.allow_neg_eigval:  # beta in (0, 2): eigenvalues of I - beta k k^T >= -1
+            beta = 2.0 * beta
         g = None
         if self.gated:  # log alpha_t = -A softplus(W_a x + dt_bias)  [B, T, H]
             g = -self.A_log.to(cdt).exp() * F.softplus(self.wa(x).to(cdt) + self.dt_bias.to(cdt))
